@@ -1,0 +1,7 @@
+//! Users and passwords: the Dovecot-compatible passwd-file and hash verification.
+//! Blocking and pure; knows nothing of tokio or protocols.
+
+pub mod users;
+pub mod verify;
+
+pub use users::{Role, UserDb, UserEntry, validate_name};

@@ -1,0 +1,67 @@
+//! The composition of `auth` and `maildir` behind the protocol seams:
+//! `smtp::Backend` (in `smtp.rs`) and `pop3::Store` (in `pop3.rs`).
+
+pub mod pop3;
+pub mod recipients;
+pub mod smtp;
+
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::Semaphore;
+
+use crate::auth::{UserDb, UserEntry};
+use crate::config::Config;
+
+/// Everything a session needs from the server, swapped as a whole on reload.
+pub struct Backend {
+    pub config: Arc<Config>,
+    users: RwLock<Arc<UserDb>>,
+    aliases: RwLock<Arc<recipients::Aliases>>,
+    /// Bounds concurrent password hashing (argon2id: 64 MiB each).
+    hash_permits: Semaphore,
+}
+
+impl Backend {
+    /// Load users and aliases for `config`.
+    pub fn load(config: Arc<Config>) -> Result<Backend, String> {
+        let users = UserDb::load(&config.users_file)
+            .map_err(|e| format!("{}: {e}", config.users_file.display()))?;
+        let aliases = match &config.aliases_file {
+            Some(p) if p.exists() => recipients::Aliases::load(p).map_err(|e| format!("{}: {e}", p.display()))?,
+            _ => recipients::Aliases::default(),
+        };
+        let permits = config.limits.hash_concurrency;
+        Ok(Backend {
+            config,
+            users: RwLock::new(Arc::new(users)),
+            aliases: RwLock::new(Arc::new(aliases)),
+            hash_permits: Semaphore::new(permits),
+        })
+    }
+
+    pub fn users(&self) -> Arc<UserDb> {
+        self.users.read().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn aliases(&self) -> Arc<recipients::Aliases> {
+        self.aliases.read().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Re-read users and aliases (SIGHUP). On error the old ones stay.
+    pub fn reload_users(&self) -> Result<(), String> {
+        let fresh = Backend::load(self.config.clone())?;
+        *self.users.write().unwrap_or_else(|p| p.into_inner()) = fresh.users();
+        *self.aliases.write().unwrap_or_else(|p| p.into_inner()) = fresh.aliases();
+        Ok(())
+    }
+
+    /// Verify a password off the async threads, bounded by `hash_concurrency`.
+    /// Unknown users cost the same as wrong passwords (a dummy hash is verified).
+    pub async fn authenticate(&self, user: &str, password: &[u8]) -> Option<UserEntry> {
+        let _permit = self.hash_permits.acquire().await.ok()?;
+        let db = self.users();
+        let user = user.to_string();
+        let password = password.to_vec();
+        tokio::task::spawn_blocking(move || db.authenticate(&user, &password)).await.ok().flatten()
+    }
+}

@@ -1,0 +1,1 @@
+//! TODO (being written): pop3::Store over maildir scan + lock.

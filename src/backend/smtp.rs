@@ -1,0 +1,1 @@
+//! TODO (being written): smtp::Backend over maildir delivery.

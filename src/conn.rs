@@ -1,0 +1,202 @@
+//! The line reader/writer over a connection's (filtered) byte stream, shared by
+//! SMTP and POP3: bounded lines that are never silently chopped, raw reads for
+//! DATA/BDAT, and output that is flushed only when the client has nothing more
+//! pipelined (RFC 2920 §3.2: one write per group of replies).
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+/// What reading a line produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A complete line without its terminator (CRLF, or a bare LF).
+    Complete(Vec<u8>),
+    /// The line exceeded the limit; it was read up to its end and discarded.
+    TooLong,
+    /// The peer closed the connection (possibly in the middle of a line).
+    Eof,
+}
+
+/// Errors of the connection layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("timed out")]
+    Timeout,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A buffered connection: reads lines and raw bytes, buffers replies.
+pub struct Conn<S> {
+    inner: BufReader<S>,
+    out: Vec<u8>,
+    /// Total bytes read from / written to the stream (for logs and `who`).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    pub fn new(stream: S) -> Self {
+        Conn { inner: BufReader::with_capacity(16 * 1024, stream), out: Vec::with_capacity(1024), bytes_in: 0, bytes_out: 0 }
+    }
+
+    /// Bytes the client sent that have been read from the stream but not yet
+    /// consumed (pipelined input). STARTTLS/STLS must refuse when this is not 0.
+    pub fn buffered_input(&self) -> usize {
+        self.inner.buffer().len()
+    }
+
+    /// Queue bytes for the peer. They are sent by `flush`, or automatically before
+    /// a read that would block.
+    pub fn queue(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Send all queued output now.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            let s = self.inner.get_mut();
+            s.write_all(&self.out).await?;
+            self.bytes_out += self.out.len() as u64;
+            self.out.clear();
+        }
+        self.inner.get_mut().flush().await
+    }
+
+    /// Flush queued output if no pipelined input is waiting (RFC 2920 §3.2).
+    async fn flush_if_idle(&mut self) -> io::Result<()> {
+        if self.inner.buffer().is_empty() { self.flush().await } else { Ok(()) }
+    }
+
+    /// Read one line of at most `max` octets (terminator included), with a timeout.
+    /// A longer line is consumed to its end and reported as `TooLong`, never chopped.
+    pub async fn read_line(&mut self, max: usize, timeout: Duration) -> Result<Line, ConnError> {
+        self.flush_if_idle().await?;
+        match tokio::time::timeout(timeout, self.read_line_inner(max)).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnError::Timeout),
+        }
+    }
+
+    async fn read_line_inner(&mut self, max: usize) -> Result<Line, ConnError> {
+        let mut line = Vec::new();
+        let mut too_long = false;
+        loop {
+            if self.inner.buffer().is_empty() {
+                self.flush().await?;
+            }
+            let buf = self.inner.fill_buf().await?;
+            if buf.is_empty() {
+                return Ok(Line::Eof);
+            }
+            let (take, done) = match memchr(b'\n', buf) {
+                Some(i) => (i + 1, true),
+                None => (buf.len(), false),
+            };
+            if !too_long {
+                if line.len() + take > max {
+                    too_long = true;
+                    line.clear();
+                } else {
+                    line.extend_from_slice(&buf[..take]);
+                }
+            }
+            self.inner.consume(take);
+            self.bytes_in += take as u64;
+            if done {
+                if too_long {
+                    return Ok(Line::TooLong);
+                }
+                line.pop(); // LF
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(Line::Complete(line));
+            }
+        }
+    }
+
+    /// Read whatever raw bytes are available (at least one, unless EOF), with a
+    /// timeout. Used for DATA and BDAT bodies; returns an empty Vec at EOF.
+    pub async fn read_chunk(&mut self, max: usize, timeout: Duration) -> Result<Vec<u8>, ConnError> {
+        self.flush_if_idle().await?;
+        let fut = async {
+            let buf = self.inner.fill_buf().await?;
+            let n = buf.len().min(max);
+            let v = buf[..n].to_vec();
+            self.inner.consume(n);
+            self.bytes_in += n as u64;
+            Ok::<_, io::Error>(v)
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ConnError::Timeout),
+        }
+    }
+
+    /// Read exactly `n` raw bytes into `dst` (BDAT chunks), with a timeout per read.
+    pub async fn read_exact_into(&mut self, dst: &mut [u8], timeout: Duration) -> Result<(), ConnError> {
+        self.flush_if_idle().await?;
+        match tokio::time::timeout(timeout, self.inner.read_exact(dst)).await {
+            Ok(Ok(_)) => {
+                self.bytes_in += dst.len() as u64;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ConnError::Timeout),
+        }
+    }
+
+    /// Give back the stream (after flushing) for an upgrade such as STARTTLS.
+    /// Callers must have checked `buffered_input() == 0`.
+    pub async fn into_inner(mut self) -> io::Result<S> {
+        self.flush().await?;
+        Ok(self.inner.into_inner())
+    }
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    const T: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn lines_crlf_lf_and_too_long() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut c = Conn::new(server);
+        tokio::spawn(async move {
+            client.write_all(b"HELO a\r\nNOOP\n").await.unwrap();
+            client.write_all(&[b'x'; 100]).await.unwrap();
+            client.write_all(b"\r\nQUIT\r\npartial").await.unwrap();
+        });
+        assert_eq!(c.read_line(20, T).await.unwrap(), Line::Complete(b"HELO a".to_vec()));
+        assert_eq!(c.read_line(20, T).await.unwrap(), Line::Complete(b"NOOP".to_vec()));
+        assert_eq!(c.read_line(20, T).await.unwrap(), Line::TooLong);
+        assert_eq!(c.read_line(20, T).await.unwrap(), Line::Complete(b"QUIT".to_vec()));
+        assert_eq!(c.read_line(20, T).await.unwrap(), Line::Eof);
+    }
+
+    #[tokio::test]
+    async fn limit_counts_the_terminator() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut c = Conn::new(server);
+        client.write_all(b"abcd\r\nabc\r\n").await.unwrap();
+        assert_eq!(c.read_line(5, T).await.unwrap(), Line::TooLong);
+        assert_eq!(c.read_line(5, T).await.unwrap(), Line::Complete(b"abc".to_vec()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_is_reported() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut c = Conn::new(server);
+        assert!(matches!(c.read_line(20, T).await, Err(ConnError::Timeout)));
+    }
+}

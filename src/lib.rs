@@ -1,0 +1,20 @@
+//! maildird: an SMTP receiver for final delivery and a POP3 server over Maildir,
+//! started by systemd socket activation, standalone or inetd-style.
+//!
+//! Data flows top to bottom (see DESIGN.md §3): `daemon` composes `listen`,
+//! the protocol engines (`smtp`, `pop3`) and `backend`, which joins `auth` and
+//! `maildir`. Parsers and state checks are pure and tested without sockets.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod daemon;
+pub mod listen;
+pub mod logging;
+pub mod maildir;
+pub mod pop3;
+pub mod sasl;
+pub mod smtp;

@@ -1,0 +1,46 @@
+//! The seam between the POP3 engine and storage.
+
+use std::future::Future;
+
+/// One message of the login snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// RFC 1939 §7 unique-id: 1-70 chars in 0x21-0x7E, stable across mutt's renames.
+    pub uidl: String,
+    /// Octets RETR sends (CRLF line endings, dot-stuffing not counted, RFC 1939 §11).
+    pub size: u64,
+}
+
+/// Why a login or mailbox open failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// Wrong user or password, or the user may not use POP3: `-ERR [AUTH]`.
+    Auth,
+    /// Another session holds the mailbox: `-ERR [IN-USE]`.
+    InUse,
+    /// Temporary failure (I/O, lock): `-ERR [SYS/TEMP]`.
+    Temporary,
+}
+
+/// Storage for POP3. Implemented by `crate::backend`.
+pub trait Store: Send + Sync + 'static {
+    type Mailbox: Mailbox;
+
+    /// Check credentials (in a blocking pool, same path for unknown users), take the
+    /// mailbox lock and snapshot `new/` + `cur/`.
+    fn login(&self, user: &str, password: &str) -> impl Future<Output = Result<Self::Mailbox, StoreError>> + Send;
+}
+
+/// A locked mailbox with its login snapshot. Dropping it releases the lock and
+/// changes nothing.
+pub trait Mailbox: Send + 'static {
+    fn messages(&self) -> &[MessageInfo];
+    /// The message's bytes as stored (LF line endings); the session encodes them.
+    /// `lines`: Some(n) for TOP n (headers plus n body lines may be read lazily).
+    fn read(&mut self, index: usize) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+    /// Mark a message seen after a full RETR (when configured).
+    fn mark_seen(&mut self, index: usize) -> impl Future<Output = ()> + Send;
+    /// UPDATE state: remove these messages (by snapshot index), tolerating ones
+    /// already moved or removed by others. Consumes the mailbox (lock released).
+    fn commit_deletes(self, indexes: Vec<usize>) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

@@ -1,0 +1,60 @@
+//! The seam between the SMTP engine and storage (go-smtp's Backend, maddy's
+//! Body -> Commit | Abort). The engine never touches files; errors come back as
+//! ready-made `Reply` values with generic wire text (logs carry the details).
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use super::reply::Reply;
+
+/// What the backend may know about the session (for `Received:` and logs).
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub id: u64,
+    /// The real client address (behind PROXY: the proxied one). None for inetd on a pipe.
+    pub peer: Option<SocketAddr>,
+    /// The EHLO/HELO argument.
+    pub helo: String,
+    /// `SMTP`, `ESMTP`, `ESMTPS`, `ESMTPA`, `UTF8SMTP`... (RFC 3848) for `Received: with`.
+    pub with_protocol: String,
+    /// Authenticated user, when AUTH succeeded.
+    pub auth_user: Option<String>,
+}
+
+/// The envelope of one mail transaction, as accepted so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    /// Reverse path without angle brackets; empty for the null sender `<>`.
+    pub mail_from: String,
+    /// Each accepted recipient: (address as given, local mailbox it resolved to).
+    pub rcpts: Vec<(String, String)>,
+    pub body_8bit: bool,
+    pub smtputf8: bool,
+    /// The SIZE= the client declared, if any.
+    pub declared_size: Option<u64>,
+}
+
+/// Storage for SMTP. Implemented by `crate::backend` over auth + maildir.
+pub trait Backend: Send + Sync + 'static {
+    type Sink: BodySink;
+
+    /// RFC 5321 §4.1.1.3: resolve a recipient address to a local mailbox, or refuse
+    /// it (`550 5.1.1` unknown user, `550 5.7.1` foreign domain, ...).
+    fn resolve_recipient(&self, address: &str) -> impl Future<Output = Result<String, Reply>> + Send;
+
+    /// Start storing a message for `env` (called at DATA or the first BDAT). The
+    /// backend writes its trace headers (`Return-Path:`, `Received:`) first.
+    fn begin(&self, info: &SessionInfo, env: &Envelope) -> impl Future<Output = Result<Self::Sink, Reply>> + Send;
+}
+
+/// A message being stored. Body bytes arrive with LF line endings (CRLF already
+/// turned into LF, dot-stuffing removed). Dropping a sink without `commit` must
+/// leave nothing in `new/`.
+pub trait BodySink: Send + 'static {
+    fn write(&mut self, bytes: &[u8]) -> impl Future<Output = Result<(), Reply>> + Send;
+    /// Make the message durable in every recipient's `new/`; only after this
+    /// returns Ok may the session answer 250.
+    fn commit(self) -> impl Future<Output = Result<(), Reply>> + Send;
+    /// Discard the message (oversize, client gone, RSET during BDAT...).
+    fn abort(self) -> impl Future<Output = ()> + Send;
+}
