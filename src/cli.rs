@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{DEFAULT_PATH, Protocol};
 
 #[derive(Debug, Parser)]
-#[command(name = "maildird", version, about = "SMTP receiver and POP3 server over Maildir")]
+#[command(
+    name = "maildird",
+    version,
+    about = "SMTP receiver and POP3 server over Maildir"
+)]
 pub struct Cli {
     /// Configuration file.
     #[arg(short = 'c', long = "config", global = true, default_value = DEFAULT_PATH)]

@@ -159,7 +159,10 @@ pub struct SmtpOptions {
 
 impl Default for SmtpOptions {
     fn default() -> Self {
-        SmtpOptions { bare_lf: BareLf::Normalize, delivered_to: true }
+        SmtpOptions {
+            bare_lf: BareLf::Normalize,
+            delivered_to: true,
+        }
     }
 }
 
@@ -178,7 +181,11 @@ pub struct Pop3Options {
 
 impl Default for Pop3Options {
     fn default() -> Self {
-        Pop3Options { allow_plaintext_auth: false, retr_marks_seen: false, lock_stale_after: Duration::from_secs(1800) }
+        Pop3Options {
+            allow_plaintext_auth: false,
+            retr_marks_seen: false,
+            lock_stale_after: Duration::from_secs(1800),
+        }
     }
 }
 
@@ -241,14 +248,17 @@ impl Config {
     /// Parse and validate config text; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| 1 + text[..s.start.min(text.len())].matches('\n').count());
+            let line = e
+                .span()
+                .map(|s| 1 + text[..s.start.min(text.len())].matches('\n').count());
             let msg = e.message().trim_end().to_string();
             match line {
                 Some(l) => ConfigError(format!("{origin}:{l}: {msg}")),
                 None => ConfigError(format!("{origin}: {msg}")),
             }
         })?;
-        cfg.validate().map_err(|m| ConfigError(format!("{origin}: {m}")))?;
+        cfg.validate()
+            .map_err(|m| ConfigError(format!("{origin}: {m}")))?;
         Ok(cfg)
     }
 
@@ -272,8 +282,16 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if self.hostname.is_empty() || !self.hostname.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b)) {
-            return Err(format!("hostname {:?} is not a valid domain name", self.hostname));
+        if self.hostname.is_empty()
+            || !self
+                .hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+        {
+            return Err(format!(
+                "hostname {:?} is not a valid domain name",
+                self.hostname
+            ));
         }
         for d in &self.domains {
             if d.is_empty() || d.contains(['@', ' ', '/']) {
@@ -285,7 +303,9 @@ impl Config {
         }
         let l = &self.limits;
         if l.max_command_line < 512 {
-            return Err("limits.max_command_line must be at least 512 (RFC 5321 §4.5.3.1.4)".into());
+            return Err(
+                "limits.max_command_line must be at least 512 (RFC 5321 §4.5.3.1.4)".into(),
+            );
         }
         if l.max_text_line < 1000 {
             return Err("limits.max_text_line must be at least 1000 (RFC 5321 §4.5.3.1.6)".into());
@@ -305,10 +325,16 @@ impl Config {
                 return Err(format!("listener {:?} is defined twice", li.name));
             }
             if li.starttls && self.tls.is_none() {
-                return Err(format!("listener {:?}: starttls needs a [tls] section", li.name));
+                return Err(format!(
+                    "listener {:?}: starttls needs a [tls] section",
+                    li.name
+                ));
             }
             if let Some(f) = li.filters.first() {
-                return Err(format!("listener {:?}: unknown filter {f:?} (transport filters are not built yet)", li.name));
+                return Err(format!(
+                    "listener {:?}: unknown filter {f:?} (transport filters are not built yet)",
+                    li.name
+                ));
             }
         }
         Ok(())
@@ -347,23 +373,60 @@ mod effective {
         let _ = writeln!(s, "control_socket = {}", q(&c.control_socket));
         let _ = writeln!(s, "user = {:?}\ngroup = {:?}", c.user, c.group);
         let l = &c.limits;
-        let _ = writeln!(s, "\n[limits]\nmax_connections = {}\nmax_connections_per_ip = {}\nmax_message_size = {}\nmax_recipients = {}\nmax_command_line = {}\nmax_text_line = {}\nmax_errors = {}\ncommand_timeout = {}\ndata_timeout = {}\npop3_idle_timeout = {}\nauth_failures = {}\nauth_failure_delay = {}\nhash_concurrency = {}",
-            l.max_connections, l.max_connections_per_ip, l.max_message_size, l.max_recipients, l.max_command_line,
-            l.max_text_line, l.max_errors, dur(l.command_timeout), dur(l.data_timeout), dur(l.pop3_idle_timeout),
-            l.auth_failures, dur(l.auth_failure_delay), l.hash_concurrency);
+        let _ = writeln!(
+            s,
+            "\n[limits]\nmax_connections = {}\nmax_connections_per_ip = {}\nmax_message_size = {}\nmax_recipients = {}\nmax_command_line = {}\nmax_text_line = {}\nmax_errors = {}\ncommand_timeout = {}\ndata_timeout = {}\npop3_idle_timeout = {}\nauth_failures = {}\nauth_failure_delay = {}\nhash_concurrency = {}",
+            l.max_connections,
+            l.max_connections_per_ip,
+            l.max_message_size,
+            l.max_recipients,
+            l.max_command_line,
+            l.max_text_line,
+            l.max_errors,
+            dur(l.command_timeout),
+            dur(l.data_timeout),
+            dur(l.pop3_idle_timeout),
+            l.auth_failures,
+            dur(l.auth_failure_delay),
+            l.hash_concurrency
+        );
         let k = &c.keepalive;
-        let _ = writeln!(s, "\n[keepalive]\nenabled = {}\nidle = {}\ninterval = {}\ncount = {}\nuser_timeout = {}",
-            k.enabled, dur(k.idle), dur(k.interval), k.count, dur(k.user_timeout));
-        let _ = writeln!(s, "\n[smtp]\nbare_lf = {:?}\ndelivered_to = {}",
-            if c.smtp.bare_lf == BareLf::Normalize { "normalize" } else { "reject" }, c.smtp.delivered_to);
+        let _ = writeln!(
+            s,
+            "\n[keepalive]\nenabled = {}\nidle = {}\ninterval = {}\ncount = {}\nuser_timeout = {}",
+            k.enabled,
+            dur(k.idle),
+            dur(k.interval),
+            k.count,
+            dur(k.user_timeout)
+        );
+        let _ = writeln!(
+            s,
+            "\n[smtp]\nbare_lf = {:?}\ndelivered_to = {}",
+            if c.smtp.bare_lf == BareLf::Normalize {
+                "normalize"
+            } else {
+                "reject"
+            },
+            c.smtp.delivered_to
+        );
         let p = &c.pop3;
-        let _ = writeln!(s, "\n[pop3]\nallow_plaintext_auth = {}\nretr_marks_seen = {}\nlock_stale_after = {}",
-            p.allow_plaintext_auth, p.retr_marks_seen, dur(p.lock_stale_after));
+        let _ = writeln!(
+            s,
+            "\n[pop3]\nallow_plaintext_auth = {}\nretr_marks_seen = {}\nlock_stale_after = {}",
+            p.allow_plaintext_auth,
+            p.retr_marks_seen,
+            dur(p.lock_stale_after)
+        );
         if let Some(t) = &c.tls {
             let _ = writeln!(s, "\n[tls]\ncert = {}\nkey = {}", q(&t.cert), q(&t.key));
         }
         for li in &c.listeners {
-            let _ = writeln!(s, "\n[[listener]]\nname = {:?}\nprotocol = \"{}\"", li.name, li.protocol);
+            let _ = writeln!(
+                s,
+                "\n[[listener]]\nname = {:?}\nprotocol = \"{}\"",
+                li.name, li.protocol
+            );
             if let Some(b) = li.bind {
                 let _ = writeln!(s, "bind = \"{b}\"");
             }
@@ -374,7 +437,10 @@ mod effective {
 }
 
 fn default_hostname() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 fn default_mail_root() -> PathBuf {
     "/var/lib/maildird/mail".into()
@@ -414,7 +480,9 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         b'd' => (&s[..s.len() - 1], 86400),
         _ => (s, 1),
     };
-    Some(Duration::from_secs(num.trim().parse::<u64>().ok()?.checked_mul(mult)?))
+    Some(Duration::from_secs(
+        num.trim().parse::<u64>().ok()?.checked_mul(mult)?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -427,22 +495,30 @@ enum NumOrStr {
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match NumOrStr::deserialize(d)? {
         NumOrStr::Num(n) => Ok(n),
-        NumOrStr::Str(s) => parse_size(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid size {s:?} (use bytes or a K/M/G suffix)"))),
+        NumOrStr::Str(s) => parse_size(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("invalid size {s:?} (use bytes or a K/M/G suffix)"))
+        }),
     }
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     match NumOrStr::deserialize(d)? {
         NumOrStr::Num(n) => Ok(Duration::from_secs(n)),
-        NumOrStr::Str(s) => parse_duration(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {s:?} (use seconds or a s/m/h/d suffix)"))),
+        NumOrStr::Str(s) => parse_duration(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} (use seconds or a s/m/h/d suffix)"
+            ))
+        }),
     }
 }
 
 fn de_opt_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
     let s = String::deserialize(d)?;
-    s.parse().map(Some).map_err(|_| serde::de::Error::custom(format!("invalid bind address {s:?} (use IP:PORT or [IPv6]:PORT)")))
+    s.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "invalid bind address {s:?} (use IP:PORT or [IPv6]:PORT)"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -460,7 +536,11 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
-        let e = Config::parse("hostname = \"a.example\"\n\n[limits]\nmax_conections = 3\n", "/etc/x.toml").unwrap_err();
+        let e = Config::parse(
+            "hostname = \"a.example\"\n\n[limits]\nmax_conections = 3\n",
+            "/etc/x.toml",
+        )
+        .unwrap_err();
         let m = e.to_string();
         assert!(m.starts_with("/etc/x.toml:4:"), "{m}");
         assert!(m.contains("max_conections"), "{m}");
@@ -468,23 +548,47 @@ mod tests {
 
     #[test]
     fn unknown_top_level_key() {
-        let m = Config::parse("a = 1\nbogus = 2\n", "f").unwrap_err().to_string();
+        let m = Config::parse("a = 1\nbogus = 2\n", "f")
+            .unwrap_err()
+            .to_string();
         assert!(m.starts_with("f:1:") && m.contains("`a`"), "{m}");
     }
 
     #[test]
     fn sizes_and_durations() {
-        let c = Config::parse("[limits]\nmax_message_size = \"10M\"\ncommand_timeout = \"2m\"\ndata_timeout = 90\n", "t").unwrap();
+        let c = Config::parse(
+            "[limits]\nmax_message_size = \"10M\"\ncommand_timeout = \"2m\"\ndata_timeout = 90\n",
+            "t",
+        )
+        .unwrap();
         assert_eq!(c.limits.max_message_size, 10 * 1024 * 1024);
         assert_eq!(c.limits.command_timeout, Duration::from_secs(120));
         assert_eq!(c.limits.data_timeout, Duration::from_secs(90));
-        for (s, v) in [("25M", Some(25 << 20)), ("64k", Some(64 << 10)), ("100", Some(100)), ("x", None), ("", None), ("-1", None)] {
+        for (s, v) in [
+            ("25M", Some(25 << 20)),
+            ("64k", Some(64 << 10)),
+            ("100", Some(100)),
+            ("x", None),
+            ("", None),
+            ("-1", None),
+        ] {
             assert_eq!(parse_size(s), v, "{s}");
         }
-        for (s, v) in [("5m", Some(300)), ("10", Some(10)), ("1d", Some(86400)), ("m", None), ("3w", None)] {
+        for (s, v) in [
+            ("5m", Some(300)),
+            ("10", Some(10)),
+            ("1d", Some(86400)),
+            ("m", None),
+            ("3w", None),
+        ] {
             assert_eq!(parse_duration(s).map(|d| d.as_secs()), v, "{s}");
         }
-        assert!(Config::parse("[limits]\nmax_message_size = \"lots\"\n", "t").unwrap_err().to_string().starts_with("t:2:"));
+        assert!(
+            Config::parse("[limits]\nmax_message_size = \"lots\"\n", "t")
+                .unwrap_err()
+                .to_string()
+                .starts_with("t:2:")
+        );
     }
 
     #[test]
@@ -493,10 +597,27 @@ mod tests {
         assert_eq!(c.listeners.len(), 2);
         assert_eq!(c.listener("pop3").unwrap().protocol, Protocol::Pop3);
         assert!(Config::parse("[[listener]]\nname = \"a\"\nprotocol = \"imap\"\n", "t").is_err());
-        assert!(Config::parse("[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\nbind = \"nowhere\"\n", "t").is_err());
+        assert!(
+            Config::parse(
+                "[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\nbind = \"nowhere\"\n",
+                "t"
+            )
+            .is_err()
+        );
         let dup = "[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\n[[listener]]\nname = \"a\"\nprotocol = \"pop3\"\n";
-        assert!(Config::parse(dup, "t").unwrap_err().to_string().contains("twice"));
-        assert!(Config::parse("[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\nstarttls = true\n", "t").is_err());
+        assert!(
+            Config::parse(dup, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+        assert!(
+            Config::parse(
+                "[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\nstarttls = true\n",
+                "t"
+            )
+            .is_err()
+        );
     }
 
     #[test]

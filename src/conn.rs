@@ -39,7 +39,12 @@ pub struct Conn<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub fn new(stream: S) -> Self {
-        Conn { inner: BufReader::with_capacity(16 * 1024, stream), out: Vec::with_capacity(1024), bytes_in: 0, bytes_out: 0 }
+        Conn {
+            inner: BufReader::with_capacity(16 * 1024, stream),
+            out: Vec::with_capacity(1024),
+            bytes_in: 0,
+            bytes_out: 0,
+        }
     }
 
     /// Bytes the client sent that have been read from the stream but not yet
@@ -67,7 +72,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Flush queued output if no pipelined input is waiting (RFC 2920 §3.2).
     async fn flush_if_idle(&mut self) -> io::Result<()> {
-        if self.inner.buffer().is_empty() { self.flush().await } else { Ok(()) }
+        if self.inner.buffer().is_empty() {
+            self.flush().await
+        } else {
+            Ok(())
+        }
     }
 
     /// Read one line of at most `max` octets (terminator included), with a timeout.
@@ -120,7 +129,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Read whatever raw bytes are available (at least one, unless EOF), with a
     /// timeout. Used for DATA and BDAT bodies; returns an empty Vec at EOF.
-    pub async fn read_chunk(&mut self, max: usize, timeout: Duration) -> Result<Vec<u8>, ConnError> {
+    pub async fn read_chunk(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ConnError> {
         self.flush_if_idle().await?;
         let fut = async {
             let buf = self.inner.fill_buf().await?;
@@ -136,8 +149,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Wait (with a timeout) until input is buffered and return it without
+    /// consuming it; empty at EOF. Pair with `consume` so that bytes after the end of
+    /// DATA stay buffered for the next pipelined command.
+    pub async fn fill(&mut self, timeout: Duration) -> Result<&[u8], ConnError> {
+        self.flush_if_idle().await?;
+        match tokio::time::timeout(timeout, self.inner.fill_buf()).await {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ConnError::Timeout),
+        }
+    }
+
+    /// Mark `n` bytes returned by `fill` as used.
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.inner.buffer().len());
+        self.inner.consume(n);
+        self.bytes_in += n as u64;
+    }
+
     /// Read exactly `n` raw bytes into `dst` (BDAT chunks), with a timeout per read.
-    pub async fn read_exact_into(&mut self, dst: &mut [u8], timeout: Duration) -> Result<(), ConnError> {
+    pub async fn read_exact_into(
+        &mut self,
+        dst: &mut [u8],
+        timeout: Duration,
+    ) -> Result<(), ConnError> {
         self.flush_if_idle().await?;
         match tokio::time::timeout(timeout, self.inner.read_exact(dst)).await {
             Ok(Ok(_)) => {
@@ -177,10 +213,19 @@ mod tests {
             client.write_all(&[b'x'; 100]).await.unwrap();
             client.write_all(b"\r\nQUIT\r\npartial").await.unwrap();
         });
-        assert_eq!(c.read_line(20, T).await.unwrap(), Line::Complete(b"HELO a".to_vec()));
-        assert_eq!(c.read_line(20, T).await.unwrap(), Line::Complete(b"NOOP".to_vec()));
+        assert_eq!(
+            c.read_line(20, T).await.unwrap(),
+            Line::Complete(b"HELO a".to_vec())
+        );
+        assert_eq!(
+            c.read_line(20, T).await.unwrap(),
+            Line::Complete(b"NOOP".to_vec())
+        );
         assert_eq!(c.read_line(20, T).await.unwrap(), Line::TooLong);
-        assert_eq!(c.read_line(20, T).await.unwrap(), Line::Complete(b"QUIT".to_vec()));
+        assert_eq!(
+            c.read_line(20, T).await.unwrap(),
+            Line::Complete(b"QUIT".to_vec())
+        );
         assert_eq!(c.read_line(20, T).await.unwrap(), Line::Eof);
     }
 
@@ -190,7 +235,10 @@ mod tests {
         let mut c = Conn::new(server);
         client.write_all(b"abcd\r\nabc\r\n").await.unwrap();
         assert_eq!(c.read_line(5, T).await.unwrap(), Line::TooLong);
-        assert_eq!(c.read_line(5, T).await.unwrap(), Line::Complete(b"abc".to_vec()));
+        assert_eq!(
+            c.read_line(5, T).await.unwrap(),
+            Line::Complete(b"abc".to_vec())
+        );
     }
 
     #[tokio::test(start_paused = true)]

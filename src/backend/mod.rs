@@ -27,7 +27,9 @@ impl Backend {
         let users = UserDb::load(&config.users_file)
             .map_err(|e| format!("{}: {e}", config.users_file.display()))?;
         let aliases = match &config.aliases_file {
-            Some(p) if p.exists() => recipients::Aliases::load(p).map_err(|e| format!("{}: {e}", p.display()))?,
+            Some(p) if p.exists() => {
+                recipients::Aliases::load(p).map_err(|e| format!("{}: {e}", p.display()))?
+            }
             _ => recipients::Aliases::default(),
         };
         let permits = config.limits.hash_concurrency;
@@ -40,11 +42,17 @@ impl Backend {
     }
 
     pub fn users(&self) -> Arc<UserDb> {
-        self.users.read().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.users
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     pub fn aliases(&self) -> Arc<recipients::Aliases> {
-        self.aliases.read().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.aliases
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     /// Re-read users and aliases (SIGHUP). On error the old ones stay.
@@ -62,6 +70,9 @@ impl Backend {
         let db = self.users();
         let user = user.to_string();
         let password = password.to_vec();
-        tokio::task::spawn_blocking(move || db.authenticate(&user, &password)).await.ok().flatten()
+        tokio::task::spawn_blocking(move || db.authenticate(&user, &password))
+            .await
+            .ok()
+            .flatten()
     }
 }

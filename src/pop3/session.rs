@@ -28,7 +28,11 @@ pub struct Session<S, St: Store> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
     pub fn new(stream: S, store: Arc<St>, cfg: SessionConfig) -> Self {
-        Session { conn: Conn::new(stream), store, cfg }
+        Session {
+            conn: Conn::new(stream),
+            store,
+            cfg,
+        }
     }
 
     pub async fn run(self) -> std::io::Result<()> {

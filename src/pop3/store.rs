@@ -28,7 +28,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Check credentials (in a blocking pool, same path for unknown users), take the
     /// mailbox lock and snapshot `new/` + `cur/`.
-    fn login(&self, user: &str, password: &str) -> impl Future<Output = Result<Self::Mailbox, StoreError>> + Send;
+    fn login(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> impl Future<Output = Result<Self::Mailbox, StoreError>> + Send;
 }
 
 /// A locked mailbox with its login snapshot. Dropping it releases the lock and
@@ -42,5 +46,8 @@ pub trait Mailbox: Send + 'static {
     fn mark_seen(&mut self, index: usize) -> impl Future<Output = ()> + Send;
     /// UPDATE state: remove these messages (by snapshot index), tolerating ones
     /// already moved or removed by others. Consumes the mailbox (lock released).
-    fn commit_deletes(self, indexes: Vec<usize>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn commit_deletes(
+        self,
+        indexes: Vec<usize>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

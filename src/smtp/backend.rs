@@ -40,11 +40,18 @@ pub trait Backend: Send + Sync + 'static {
 
     /// RFC 5321 §4.1.1.3: resolve a recipient address to a local mailbox, or refuse
     /// it (`550 5.1.1` unknown user, `550 5.7.1` foreign domain, ...).
-    fn resolve_recipient(&self, address: &str) -> impl Future<Output = Result<String, Reply>> + Send;
+    fn resolve_recipient(
+        &self,
+        address: &str,
+    ) -> impl Future<Output = Result<String, Reply>> + Send;
 
     /// Start storing a message for `env` (called at DATA or the first BDAT). The
     /// backend writes its trace headers (`Return-Path:`, `Received:`) first.
-    fn begin(&self, info: &SessionInfo, env: &Envelope) -> impl Future<Output = Result<Self::Sink, Reply>> + Send;
+    fn begin(
+        &self,
+        info: &SessionInfo,
+        env: &Envelope,
+    ) -> impl Future<Output = Result<Self::Sink, Reply>> + Send;
 }
 
 /// A message being stored. Body bytes arrive with LF line endings (CRLF already

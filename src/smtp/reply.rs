@@ -13,7 +13,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn new(code: u16, status: &'static str, text: impl Into<String>) -> Reply {
-        Reply { code, status, lines: vec![text.into()] }
+        Reply {
+            code,
+            status,
+            lines: vec![text.into()],
+        }
     }
 
     /// Is this a positive completion (2xx/3xx)?
@@ -36,7 +40,10 @@ impl Reply {
                 }
             }
             // Never let text inject a line break onto the wire.
-            out.extend(text.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+            out.extend(
+                text.bytes()
+                    .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+            );
             out.extend_from_slice(b"\r\n");
         }
     }

@@ -31,7 +31,12 @@ pub struct Session<S, B: Backend> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
     pub fn new(stream: S, backend: Arc<B>, cfg: SessionConfig, info: SessionInfo) -> Self {
-        Session { conn: Conn::new(stream), backend, cfg, info }
+        Session {
+            conn: Conn::new(stream),
+            backend,
+            cfg,
+            info,
+        }
     }
 
     /// Run the session to its end (QUIT, EOF, timeout, error cap).
