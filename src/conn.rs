@@ -8,6 +8,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
+/// Any bidirectional byte stream a session can run over: a TCP stream, stdin/stdout
+/// (inetd), or a filtered stream.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// What reading a line produced.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {

@@ -1,1 +1,352 @@
-//! TODO: composition root.
+//! The composition root: start-up order (config -> sockets -> users -> privilege
+//! drop -> runtime), the accept loops, dispatch to the protocol sessions, reload
+//! (SIGHUP) and graceful stop (SIGTERM/SIGINT).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Notify, watch};
+use tracing::Instrument;
+
+use crate::backend::Backend;
+use crate::config::{Config, ListenerConfig, Protocol};
+use crate::conn::Io;
+use crate::listen::accept::{Caps, Refused};
+use crate::listen::{self, Bound};
+use crate::{notify, pop3, privs, smtp};
+
+/// A start-up or runtime failure, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Configuration or usage problem: exit 2 (systemd `RestartPreventExitStatus=2`).
+    #[error("{0}")]
+    Config(String),
+    /// Anything else: exit 1.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl DaemonError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Config(_) => 2,
+            DaemonError::Runtime(_) => 1,
+        }
+    }
+}
+
+/// How long a stop waits for sessions in flight before exiting anyway.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What every connection shares.
+struct Shared {
+    backend: Arc<Backend>,
+    caps: Arc<Caps>,
+    next_id: AtomicU64,
+    active: AtomicUsize,
+    idle: Notify,
+    deliveries: AtomicU64,
+}
+
+/// `maildird serve [--inetd PROTO]`.
+pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonError> {
+    let config =
+        Arc::new(Config::load(config_path).map_err(|e| DaemonError::Config(e.to_string()))?);
+    // Sockets first (fds from systemd are only ours before anything else runs),
+    // then everything that needs root to read, then drop, then threads.
+    let sockets = match inetd {
+        Some(_) => Vec::new(),
+        None => listen::take_sockets(&config).map_err(DaemonError::Config)?,
+    };
+    let backend = Backend::load(config.clone()).map_err(DaemonError::Config)?;
+    prepare_mail_root(&config)?;
+    privs::drop_privileges(&config.user, &config.group).map_err(DaemonError::Config)?;
+    privs::refuse_root().map_err(DaemonError::Config)?;
+    check_mail_root(&config)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("maildird")
+        .build()
+        .map_err(|e| DaemonError::Runtime(format!("cannot start the runtime: {e}")))?;
+    let shared = Arc::new(Shared {
+        backend: Arc::new(backend),
+        caps: Caps::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        ),
+        next_id: AtomicU64::new(1),
+        active: AtomicUsize::new(0),
+        idle: Notify::new(),
+        deliveries: AtomicU64::new(0),
+    });
+    match inetd {
+        Some(proto) => runtime.block_on(serve_inetd(shared, proto)),
+        None => runtime.block_on(serve_sockets(shared, sockets)),
+    }
+}
+
+/// As root, create `mail_root` and hand it to the service user, so the daemon can
+/// create Maildirs after dropping privileges (what a tmpfiles.d line does for
+/// the packaged service).
+fn prepare_mail_root(config: &Config) -> Result<(), DaemonError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let root = &config.mail_root;
+    if !root.exists() {
+        std::fs::create_dir_all(root).map_err(|e| {
+            DaemonError::Runtime(format!("creating mail_root {}: {e}", root.display()))
+        })?;
+        let user = nix::unistd::User::from_name(&config.user).ok().flatten();
+        let group = nix::unistd::Group::from_name(&config.group).ok().flatten();
+        if let (Some(u), Some(g)) = (user, group) {
+            nix::unistd::chown(root, Some(u.uid), Some(g.gid)).map_err(|e| {
+                DaemonError::Runtime(format!("chown mail_root {}: {e}", root.display()))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// After the drop: mail_root must be usable, or say clearly why not.
+fn check_mail_root(config: &Config) -> Result<(), DaemonError> {
+    let root = &config.mail_root;
+    if let Err(e) = std::fs::create_dir_all(root).and_then(|_| std::fs::read_dir(root).map(|_| ()))
+    {
+        return Err(DaemonError::Runtime(format!(
+            "mail_root {} is not usable by uid {} ({e}); it and its parent directories must be accessible to the service user",
+            root.display(),
+            nix::unistd::geteuid()
+        )));
+    }
+    Ok(())
+}
+
+async fn serve_inetd(shared: Arc<Shared>, proto: Protocol) -> Result<(), DaemonError> {
+    let (stream, peer) = listen::inetd::stdio_stream()
+        .map_err(|e| DaemonError::Runtime(format!("inetd: cannot use stdin/stdout: {e}")))?;
+    let listener = ListenerConfig {
+        name: "inetd".into(),
+        protocol: proto,
+        bind: None,
+        filters: vec![],
+        starttls: false,
+    };
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    run_session(&shared, &listener, stream, peer, id).await;
+    Ok(())
+}
+
+async fn serve_sockets(shared: Arc<Shared>, sockets: Vec<Bound>) -> Result<(), DaemonError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut names = Vec::new();
+    for b in sockets {
+        let listener = tokio::net::TcpListener::from_std(b.socket)
+            .map_err(|e| DaemonError::Runtime(format!("listener {:?}: {e}", b.config.name)))?;
+        let addr = listener.local_addr().ok();
+        tracing::info!(listener = %b.config.name, protocol = %b.config.protocol, addr = ?addr, inherited = b.inherited, "listening");
+        names.push(b.config.name.clone());
+        tokio::spawn(accept_loop(
+            shared.clone(),
+            b.config,
+            listener,
+            stop_rx.clone(),
+        ));
+    }
+    let config = shared.backend.config.clone();
+    notify::ready(&format!("listening on {}", names.join(", ")));
+
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                notify::reloading();
+                match shared.backend.reload_users() {
+                    Ok(()) => tracing::info!("reloaded users and aliases"),
+                    Err(e) => tracing::error!(error = %e, "reload failed; keeping the old users and aliases"),
+                }
+                notify::ready("reloaded");
+            }
+            _ = status_tick.tick() => {
+                notify::status(&format!("{} sessions, {} deliveries",
+                    shared.caps.in_use(config.limits.max_connections), shared.deliveries.load(Ordering::Relaxed)));
+            }
+        }
+    }
+    tracing::info!("stopping: no new connections; waiting for sessions in flight");
+    notify::stopping();
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+        loop {
+            let notified = shared.idle.notified();
+            if shared.active.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            notified.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            sessions = shared.active.load(Ordering::SeqCst),
+            "drain deadline passed; closing remaining sessions"
+        );
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener_cfg: ListenerConfig,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener_cfg = Arc::new(listener_cfg);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(listener = %listener_cfg.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listen::accept::apply_keepalive(&stream, &shared.backend.config.keepalive) {
+            tracing::debug!(error = %e, "setting keep-alive failed");
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let admission = match shared.caps.admit(Some(peer.ip())) {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::warn!(session = id, peer = %peer, listener = %listener_cfg.name, reason = ?why, "connection refused by limits");
+                tokio::spawn(refuse(
+                    stream,
+                    listener_cfg.protocol,
+                    why,
+                    shared.backend.config.hostname.clone(),
+                ));
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let cfg = listener_cfg.clone();
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            run_session(&shared, &cfg, Box::new(stream), Some(peer), id).await;
+            drop(admission);
+            if shared.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+                shared.idle.notify_waiters();
+            }
+        });
+    }
+}
+
+/// Over the caps: say so in the protocol's words, then close (RFC 5321 §3.8: 421).
+async fn refuse(
+    mut stream: tokio::net::TcpStream,
+    proto: Protocol,
+    why: Refused,
+    hostname: String,
+) {
+    let text = match why {
+        Refused::TooManyConnections => "Too many connections",
+        Refused::TooManyFromIp => "Too many connections from your address",
+    };
+    let line = match proto {
+        Protocol::Pop3 => format!("-ERR [SYS/TEMP] {text}, try again later\r\n"),
+        _ => format!("421 4.7.0 {hostname} {text}, try again later\r\n"),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = stream.write_all(line.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+async fn run_session(
+    shared: &Arc<Shared>,
+    listener: &ListenerConfig,
+    stream: Box<dyn Io>,
+    peer: Option<SocketAddr>,
+    id: u64,
+) {
+    let config = shared.backend.config.clone();
+    let peer_s = peer.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+    let span = tracing::info_span!("session", id, peer = %peer_s, protocol = %listener.protocol, listener = %listener.name);
+    async move {
+        tracing::info!("connect");
+        let result = match listener.protocol {
+            Protocol::Smtp | Protocol::Submission => {
+                let info = smtp::SessionInfo {
+                    id,
+                    peer,
+                    helo: String::new(),
+                    with_protocol: "ESMTP".into(),
+                    auth_user: None,
+                };
+                smtp::Session::new(stream, shared.backend.clone(), smtp_config(&config), info)
+                    .run()
+                    .await
+            }
+            Protocol::Pop3 => {
+                let loopback = peer.is_some_and(|p| p.ip().is_loopback()) || peer.is_none();
+                let cfg = pop3_config(&config, loopback);
+                pop3::Session::new(stream, shared.backend.clone(), cfg)
+                    .run()
+                    .await
+            }
+        };
+        match result {
+            Ok(()) => tracing::info!("close"),
+            Err(e) => tracing::info!(error = %e, "close"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+pub fn smtp_config(c: &Config) -> smtp::SessionConfig {
+    smtp::SessionConfig {
+        hostname: c.hostname.clone(),
+        max_message_size: c.limits.max_message_size,
+        max_recipients: c.limits.max_recipients,
+        max_command_line: usize::try_from(c.limits.max_command_line).unwrap_or(usize::MAX),
+        max_text_line: usize::try_from(c.limits.max_text_line).unwrap_or(usize::MAX),
+        max_errors: c.limits.max_errors,
+        command_timeout: c.limits.command_timeout,
+        data_timeout: c.limits.data_timeout,
+        bare_lf: c.smtp.bare_lf,
+    }
+}
+
+/// `secure`: the connection counts as secure for plaintext logins (loopback or
+/// local pipe today; TLS once the filter chain lands).
+pub fn pop3_config(c: &Config, secure: bool) -> pop3::SessionConfig {
+    pop3::SessionConfig {
+        hostname: c.hostname.clone(),
+        plaintext_auth_allowed: secure || c.pop3.allow_plaintext_auth,
+        idle_timeout: c.limits.pop3_idle_timeout,
+        max_errors: c.limits.max_errors,
+        auth_failures: c.limits.auth_failures,
+        auth_failure_delay: c.limits.auth_failure_delay,
+        retr_marks_seen: c.pop3.retr_marks_seen,
+    }
+}

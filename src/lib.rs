@@ -4,8 +4,9 @@
 //! Data flows top to bottom (see DESIGN.md §3): `daemon` composes `listen`,
 //! the protocol engines (`smtp`, `pop3`) and `backend`, which joins `auth` and
 //! `maildir`. Parsers and state checks are pure and tested without sockets.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // the one exception adopts fds from systemd (listen::activation)
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod cli;
@@ -15,6 +16,8 @@ pub mod daemon;
 pub mod listen;
 pub mod logging;
 pub mod maildir;
+pub mod notify;
 pub mod pop3;
+pub mod privs;
 pub mod sasl;
 pub mod smtp;

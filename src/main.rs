@@ -4,9 +4,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use maildird::cli::{Cli, Command};
+use maildird::{admin, daemon, logging};
 
 fn main() -> ExitCode {
-    let cli = match maildird::cli::Cli::try_parse() {
+    let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
@@ -14,6 +16,20 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let _ = cli;
-    ExitCode::SUCCESS
+    let result = match cli.command {
+        Command::Serve { inetd } => {
+            logging::init();
+            daemon::serve(&cli.config, inetd)
+        }
+        Command::CheckConfig => admin::check_config(&cli.config),
+        Command::User(cmd) => admin::user(&cli.config, cmd),
+        Command::HashPassword { password_stdin } => admin::hash_password(password_stdin),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("maildird: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }

@@ -1,0 +1,172 @@
+//! The offline admin commands: `check-config`, `user add|passwd|del|list` and
+//! `hash-password`. They edit files directly (atomically) and need no daemon.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use crate::auth::users::{self, Role, UserDb};
+use crate::auth::{validate_name, verify};
+use crate::cli::UserCommand;
+use crate::config::Config;
+use crate::daemon::DaemonError;
+use crate::maildir::{Maildir, deliver};
+
+fn config_err(e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::Config(e.to_string())
+}
+
+fn runtime_err(e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::Runtime(e.to_string())
+}
+
+/// `check-config`: validate, then print the effective config.
+pub fn check_config(path: &Path) -> Result<(), DaemonError> {
+    let config = Config::load(path).map_err(config_err)?;
+    UserDb::load(&config.users_file)
+        .map_err(|e| config_err(format!("{}: {e}", config.users_file.display())))?;
+    if let Some(a) = config.aliases_file.as_ref().filter(|a| a.exists()) {
+        crate::backend::recipients::Aliases::load(a)
+            .map_err(|e| config_err(format!("{}: {e}", a.display())))?;
+    }
+    print!("{}", config.to_toml());
+    Ok(())
+}
+
+/// `hash-password`.
+pub fn hash_password(password_stdin: bool) -> Result<(), DaemonError> {
+    let pw = read_password(password_stdin)?;
+    println!("{}", verify::hash_password(pw.as_bytes()));
+    Ok(())
+}
+
+/// `user ...`.
+pub fn user(path: &Path, cmd: UserCommand) -> Result<(), DaemonError> {
+    let config = Config::load(path).map_err(config_err)?;
+    let file = &config.users_file;
+    match cmd {
+        UserCommand::Add {
+            name,
+            password_stdin,
+            roles,
+        } => {
+            validate_name(&name)
+                .map_err(|e| config_err(format!("invalid user name {name:?}: {e}")))?;
+            let roles = parse_roles(&roles)?;
+            let pw = read_password(password_stdin)?;
+            let hash = verify::hash_password(pw.as_bytes());
+            users::add_user(file, &name, &hash, &roles).map_err(config_err)?;
+            let md = Maildir::new(config.mail_root.join(&name));
+            deliver::ensure_maildir(&md)
+                .map_err(|e| runtime_err(format!("creating {}: {e}", md.path().display())))?;
+            hand_to_service_user(&config, md.path());
+            println!("added {name}; Maildir {}", md.path().display());
+        }
+        UserCommand::Passwd {
+            name,
+            password_stdin,
+        } => {
+            validate_name(&name)
+                .map_err(|e| config_err(format!("invalid user name {name:?}: {e}")))?;
+            let pw = read_password(password_stdin)?;
+            users::set_password(file, &name, &verify::hash_password(pw.as_bytes()))
+                .map_err(config_err)?;
+            println!("password changed for {name}");
+        }
+        UserCommand::Del { name } => {
+            validate_name(&name)
+                .map_err(|e| config_err(format!("invalid user name {name:?}: {e}")))?;
+            users::delete_user(file, &name).map_err(config_err)?;
+            println!("removed {name} (Maildir kept)");
+        }
+        UserCommand::List => {
+            let db =
+                UserDb::load(file).map_err(|e| config_err(format!("{}: {e}", file.display())))?;
+            for u in db.iter() {
+                let roles: Vec<&str> = u.roles.iter().map(|r| r.as_str()).collect();
+                println!("{}\t{}", u.name, roles.join(","));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_roles(names: &[String]) -> Result<Vec<Role>, DaemonError> {
+    if names.is_empty() {
+        return Ok(vec![Role::Pop3, Role::Submit]);
+    }
+    names
+        .iter()
+        .flat_map(|n| n.split(','))
+        .map(|n| {
+            Role::parse(n.trim())
+                .ok_or_else(|| config_err(format!("unknown role {n:?} (pop3, submit, admin)")))
+        })
+        .collect()
+}
+
+/// Run as root, `user add` makes the new Maildir (and mail_root) belong to the
+/// service user, which delivers into it after dropping privileges.
+fn hand_to_service_user(config: &Config, md: &Path) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let (Ok(Some(u)), Ok(Some(g))) = (
+        nix::unistd::User::from_name(&config.user),
+        nix::unistd::Group::from_name(&config.group),
+    ) else {
+        eprintln!(
+            "warning: service user {}:{} not found; {} stays owned by root",
+            config.user,
+            config.group,
+            md.display()
+        );
+        return;
+    };
+    let mut paths = vec![config.mail_root.clone(), md.to_path_buf()];
+    for sub in ["tmp", "new", "cur"] {
+        paths.push(md.join(sub));
+    }
+    for p in paths {
+        if let Err(e) = nix::unistd::chown(&p, Some(u.uid), Some(g.gid)) {
+            eprintln!("warning: chown {}: {e}", p.display());
+        }
+    }
+}
+
+/// A password from stdin (`--password-stdin`: the first line) or typed at the
+/// terminal without echo.
+fn read_password(from_stdin: bool) -> Result<String, DaemonError> {
+    let stdin = std::io::stdin();
+    let tty = !from_stdin && stdin.is_terminal();
+    if !from_stdin && !tty {
+        return Err(config_err(
+            "no terminal to ask for the password: use --password-stdin",
+        ));
+    }
+    let saved = if tty {
+        eprint!("Password: ");
+        let _ = std::io::stderr().flush();
+        use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+        let old = tcgetattr(stdin.as_fd()).map_err(runtime_err)?;
+        let mut quiet = old.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &quiet).map_err(runtime_err)?;
+        Some(old)
+    } else {
+        None
+    };
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(old) = saved {
+        let _ =
+            nix::sys::termios::tcsetattr(stdin.as_fd(), nix::sys::termios::SetArg::TCSANOW, &old);
+        eprintln!();
+    }
+    read.map_err(runtime_err)?;
+    let pw = line.trim_end_matches(['\r', '\n']).to_string();
+    if pw.is_empty() {
+        return Err(config_err("empty password"));
+    }
+    Ok(pw)
+}
