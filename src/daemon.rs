@@ -160,6 +160,7 @@ async fn serve_sockets(shared: Arc<Shared>, sockets: Vec<Bound>) -> Result<(), D
         ));
     }
     let config = shared.backend.config.clone();
+    tokio::spawn(sweep_loop(config.mail_root.clone()));
     notify::ready(&format!("listening on {}", names.join(", ")));
 
     let mut term =
@@ -206,6 +207,32 @@ async fn serve_sockets(shared: Arc<Shared>, sockets: Vec<Bound>) -> Result<(), D
         );
     }
     Ok(())
+}
+
+/// tmp/ files older than 36 hours are leftovers of interrupted deliveries
+/// (the Maildir convention); sweep them at start-up and every 6 hours.
+async fn sweep_loop(mail_root: std::path::PathBuf) {
+    const MAX_AGE: Duration = Duration::from_secs(36 * 3600);
+    let mut tick = tokio::time::interval(Duration::from_secs(6 * 3600));
+    loop {
+        tick.tick().await;
+        let root = mail_root.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            let mut n = 0;
+            for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                let md = crate::maildir::Maildir::new(entry.path());
+                if md.tmp().is_dir() {
+                    n += crate::maildir::deliver::sweep_tmp(&md, MAX_AGE).unwrap_or(0);
+                }
+            }
+            n
+        })
+        .await
+        .unwrap_or(0);
+        if swept > 0 {
+            tracing::info!(files = swept, "swept stale tmp/ files");
+        }
+    }
 }
 
 async fn accept_loop(
