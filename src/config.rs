@@ -241,7 +241,9 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
         let mut cfg = Self::parse(&text, &path.display().to_string())?;
-        cfg.resolve_relative(path.parent().unwrap_or(Path::new(".")));
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        cfg.resolve_relative(&dir);
         Ok(cfg)
     }
 
@@ -286,7 +288,7 @@ impl Config {
             || !self
                 .hostname
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
         {
             return Err(format!(
                 "hostname {:?} is not a valid domain name",

@@ -61,7 +61,7 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonEr
     // then everything that needs root to read, then drop, then threads.
     let sockets = match inetd {
         Some(_) => Vec::new(),
-        None => listen::take_sockets(&config).map_err(DaemonError::Config)?,
+        None => listen::take_sockets(&config).map_err(DaemonError::Runtime)?,
     };
     let backend = Backend::load(config.clone()).map_err(DaemonError::Config)?;
     prepare_mail_root(&config)?;

@@ -21,7 +21,8 @@ fn stderr_is_journal() -> bool {
         .is_ok_and(|st| dev.parse() == Ok(st.st_dev as u64) && ino.parse() == Ok(st.st_ino as u64))
 }
 
-/// Install the global subscriber. `RUST_LOG` overrides the default level (info).
+/// Install the global subscriber. `MAILDIRD_LOG` (else `RUST_LOG`) overrides the
+/// default level (info).
 pub fn init() {
     let filter = EnvFilter::try_from_env("MAILDIRD_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
