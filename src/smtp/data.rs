@@ -17,7 +17,7 @@ pub struct Feed {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dot {
+enum Pos {
     /// At the start of a line that followed CRLF (or the start of the body).
     LineStart,
     /// At the start of a line that followed a bare LF: a `.` here is plain text
@@ -72,7 +72,7 @@ impl Lines {
 /// dot-stuffing removed and CRLF turned into LF) to `out` until `CRLF.CRLF`.
 #[derive(Debug, Clone)]
 pub struct DotDecoder {
-    state: Dot,
+    state: Pos,
     policy: BareLf,
     lines: Lines,
 }
@@ -82,7 +82,7 @@ impl DotDecoder {
         DotDecoder {
             // The 354 reply's CRLF precedes the body: the first line may be stuffed
             // or be the terminating dot.
-            state: Dot::LineStart,
+            state: Pos::LineStart,
             policy: bare_lf,
             lines: Lines::new(max_text_line),
         }
@@ -108,41 +108,41 @@ impl DotDecoder {
     /// One byte; true when it completed the terminator.
     fn step(&mut self, b: u8, out: &mut Vec<u8>) -> bool {
         match (self.state, b) {
-            (Dot::LineStart, b'.') => self.state = Dot::Dot,
-            (Dot::Dot, b'\r') => self.state = Dot::DotCr,
-            (Dot::DotCr, b'\n') => {
+            (Pos::LineStart, b'.') => self.state = Pos::Dot,
+            (Pos::Dot, b'\r') => self.state = Pos::DotCr,
+            (Pos::DotCr, b'\n') => {
                 self.lines.end_line();
                 return true;
             }
             // `.` then a bare LF: a lone dot on a line that did not end with CRLF.
             // It ends nothing; keep it as text.
-            (Dot::Dot, b'\n') => {
+            (Pos::Dot, b'\n') => {
                 out.push(b'.');
                 self.bare_lf(out);
             }
             // RFC 5321 §4.5.2: a leading dot followed by more text is deleted.
-            (Dot::Dot, _) => {
-                self.state = Dot::Text;
+            (Pos::Dot, _) => {
+                self.state = Pos::Text;
                 self.text(b, out);
             }
             // `.` CR then not LF: the dot is deleted, the CR is ordinary text.
-            (Dot::DotCr, _) => {
-                self.state = Dot::Cr;
+            (Pos::DotCr, _) => {
+                self.state = Pos::Cr;
                 return self.step(b, out);
             }
-            (Dot::Cr, b'\n') => {
+            (Pos::Cr, b'\n') => {
                 out.push(b'\n');
                 self.lines.end_line();
-                self.state = Dot::LineStart;
+                self.state = Pos::LineStart;
             }
-            (Dot::Cr, _) => {
+            (Pos::Cr, _) => {
                 // A bare CR is kept as is.
                 out.push(b'\r');
-                self.state = Dot::Text;
+                self.state = Pos::Text;
                 self.text(b, out);
             }
-            (Dot::LineStart | Dot::BareLineStart | Dot::Text, _) => {
-                self.state = Dot::Text;
+            (Pos::LineStart | Pos::BareLineStart | Pos::Text, _) => {
+                self.state = Pos::Text;
                 self.text(b, out);
             }
         }
@@ -152,7 +152,7 @@ impl DotDecoder {
     /// An ordinary byte in state Text (CR and LF decide the next state).
     fn text(&mut self, b: u8, out: &mut Vec<u8>) {
         match b {
-            b'\r' => self.state = Dot::Cr,
+            b'\r' => self.state = Pos::Cr,
             b'\n' => self.bare_lf(out),
             _ => out.push(b),
         }
@@ -162,7 +162,7 @@ impl DotDecoder {
         self.lines.bare_lf = true;
         out.push(b'\n');
         self.lines.end_line();
-        self.state = Dot::BareLineStart;
+        self.state = Pos::BareLineStart;
     }
 
     /// After `done`: was the message acceptable? Bare LF under `BareLf::Reject`
