@@ -1,12 +1,25 @@
-//! TODO (being written): the SMTP session over a `Conn`.
+//! The SMTP session over a `Conn` (RFC 5321 §4.1 and §3.3, PIPELINING RFC 2920,
+//! CHUNKING RFC 3030): read a line, parse, check, act. Storage is reached only
+//! through the `Backend`; message bodies are streamed to its sink in batches.
+
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, info};
 
-use super::backend::{Backend, SessionInfo};
+use super::backend::{Backend, BodySink, Envelope, SessionInfo};
+use super::command::{self, Command, MailParams};
+use super::data::{BdatDecoder, DotDecoder};
+use super::reply::Reply;
+use super::state::{self, Chunks, State, Transaction};
 use crate::config::BareLf;
-use crate::conn::Conn;
+use crate::conn::{Conn, ConnError, Line};
+
+/// Body bytes are handed to the sink in batches of about this size, so a message
+/// is never held whole in memory.
+const BATCH: usize = 64 * 1024;
 
 /// Per-session settings, taken from the config when the connection is accepted.
 #[derive(Debug, Clone)]
@@ -22,26 +35,1346 @@ pub struct SessionConfig {
     pub bare_lf: BareLf,
 }
 
+/// Whether the loop goes on after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// Why a body read stopped early.
+enum Stop {
+    Eof,
+    Timeout,
+    Io(io::Error),
+}
+
+impl From<ConnError> for Stop {
+    fn from(e: ConnError) -> Self {
+        match e {
+            ConnError::Timeout => Stop::Timeout,
+            ConnError::Io(e) => Stop::Io(e),
+        }
+    }
+}
+
 pub struct Session<S, B: Backend> {
     conn: Conn<S>,
     backend: Arc<B>,
     cfg: SessionConfig,
     info: SessionInfo,
+    state: State<B::Sink>,
+    /// EHLO (true) or HELO (false): for `Received: with` (RFC 3848).
+    esmtp: bool,
+    /// The AUTH identity (set by AUTH in a later issue). RSET and EHLO never
+    /// clear it; only STARTTLS would.
+    auth_user: Option<String>,
+    /// 4xx/5xx replies so far; at `max_errors` the session ends.
+    errors: u32,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
     pub fn new(stream: S, backend: Arc<B>, cfg: SessionConfig, info: SessionInfo) -> Self {
+        let auth_user = info.auth_user.clone();
         Session {
             conn: Conn::new(stream),
             backend,
             cfg,
             info,
+            state: State::Connected,
+            esmtp: false,
+            auth_user,
+            errors: 0,
         }
     }
 
     /// Run the session to its end (QUIT, EOF, timeout, error cap).
-    pub async fn run(self) -> std::io::Result<()> {
-        let _ = (&self.conn, &self.backend, &self.cfg, &self.info);
+    pub async fn run(mut self) -> io::Result<()> {
+        let result = self.serve().await;
+        // Whatever ended the session, a half-received BDAT body is discarded.
+        self.reset_transaction().await;
+        debug!(
+            session = self.info.id,
+            bytes_in = self.conn.bytes_in,
+            bytes_out = self.conn.bytes_out,
+            "smtp session ended"
+        );
+        result
+    }
+
+    async fn serve(&mut self) -> io::Result<()> {
+        // RFC 5321 §4.2, RFC 2034 §3: no enhanced status code on the greeting.
+        let greeting = format!("{} ESMTP maildird", self.cfg.hostname);
+        self.queue(&Reply::new(220, "", greeting));
+        loop {
+            let flow = match self
+                .conn
+                .read_line(self.cfg.max_command_line, self.cfg.command_timeout)
+                .await
+            {
+                Ok(Line::Complete(line)) => self.command(&line).await?,
+                // RFC 5321 §4.5.3.1.4; Conn has already read the line to its end.
+                Ok(Line::TooLong) => self.reply(Reply::new(500, "5.5.2", "Line too long")),
+                Ok(Line::Eof) => {
+                    debug!(session = self.info.id, "client closed the connection");
+                    Flow::Close
+                }
+                Err(e) => self.stopped(e.into())?,
+            };
+            if flow == Flow::Close {
+                return self.conn.flush().await;
+            }
+        }
+    }
+
+    fn queue(&mut self, r: &Reply) {
+        let mut buf = Vec::with_capacity(64);
+        r.encode(&mut buf);
+        self.conn.queue(&buf);
+    }
+
+    /// Queue a reply, counting errors (RFC 5321 §4.3.2 leaves the limit to us;
+    /// Postfix's `smtpd_hard_error_limit` does the same).
+    fn reply(&mut self, r: Reply) -> Flow {
+        self.queue(&r);
+        if r.is_positive() {
+            return Flow::Continue;
+        }
+        self.errors += 1;
+        if self.errors >= self.cfg.max_errors {
+            info!(
+                session = self.info.id,
+                errors = self.errors,
+                "too many errors"
+            );
+            let text = format!("{} Too many errors", self.cfg.hostname);
+            self.queue(&Reply::new(421, "4.7.0", text));
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    /// End of input in the middle of something: EOF closes quietly, a timeout
+    /// gets a 421 (RFC 5321 §4.5.3.2), an I/O error ends the session with it.
+    fn stopped(&mut self, stop: Stop) -> io::Result<Flow> {
+        match stop {
+            Stop::Eof => {
+                debug!(session = self.info.id, "client closed the connection");
+                Ok(Flow::Close)
+            }
+            Stop::Timeout => {
+                info!(session = self.info.id, "timeout");
+                let text = format!("{} Error: timeout exceeded", self.cfg.hostname);
+                self.queue(&Reply::new(421, "4.4.2", text));
+                Ok(Flow::Close)
+            }
+            Stop::Io(e) => Err(e),
+        }
+    }
+
+    /// Drop the mail transaction, aborting a BDAT body in progress. The session
+    /// (greeting, AUTH) stays.
+    async fn reset_transaction(&mut self) {
+        let next = match self.state {
+            State::Connected => State::Connected,
+            _ => State::Idle,
+        };
+        if let State::Mail(tx) = std::mem::replace(&mut self.state, next)
+            && let Some(chunks) = tx.chunks
+        {
+            chunks.sink.abort().await;
+        }
+    }
+
+    /// Parse, check, act.
+    async fn command(&mut self, line: &[u8]) -> io::Result<Flow> {
+        let cmd = match command::parse(line) {
+            Ok(cmd) => cmd,
+            Err(r) => return Ok(self.reply(r)),
+        };
+        if let Err(r) = state::check(&self.state, &cmd) {
+            // RFC 3030 §2: the chunk follows the command whatever the answer, so
+            // it must be read and thrown away, never taken as commands.
+            if let Command::Bdat { size, .. } = cmd
+                && let Err(stop) = self.discard(size).await
+            {
+                return self.stopped(stop);
+            }
+            return Ok(self.reply(r));
+        }
+        let flow = match cmd {
+            Command::Ehlo(domain) => self.ehlo(domain, true).await,
+            Command::Helo(domain) => self.ehlo(domain, false).await,
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt { to } => self.rcpt(to).await,
+            Command::Data => return self.data().await,
+            Command::Bdat { size, last } => return self.bdat(size, last).await,
+            // RFC 5321 §4.1.1.5
+            Command::Rset => {
+                self.reset_transaction().await;
+                self.reply(Reply::new(250, "2.0.0", "Ok"))
+            }
+            // RFC 5321 §4.1.1.9
+            Command::Noop => self.reply(Reply::new(250, "2.0.0", "Ok")),
+            // RFC 5321 §4.1.1.10
+            Command::Quit => {
+                self.queue(&Reply::new(221, "2.0.0", "Bye"));
+                Flow::Close
+            }
+            // RFC 5321 §3.5.3: 252 when we will not say, but will accept.
+            Command::Vrfy(_) => self.reply(Reply::new(
+                252,
+                "2.5.0",
+                "Cannot VRFY user, but will accept message",
+            )),
+            // RFC 5321 §3.5.2: EXPN may be refused; lists are nobody's business.
+            Command::Expn(_) => self.reply(Reply::new(502, "5.5.1", "EXPN not available")),
+            // RFC 5321 §4.1.1.8
+            Command::Help => self.reply(Reply::new(
+                214,
+                "2.0.0",
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
+            )),
+            // Not offered yet (TLS and AUTH come later).
+            Command::StartTls | Command::Auth(_) => {
+                self.reply(Reply::new(502, "5.5.1", "Error: command not implemented"))
+            }
+        };
+        Ok(flow)
+    }
+
+    /// RFC 5321 §4.1.1.1: EHLO/HELO (also mid-session) resets the transaction.
+    async fn ehlo(&mut self, domain: String, esmtp: bool) -> Flow {
+        self.reset_transaction().await;
+        self.state = State::Idle;
+        self.esmtp = esmtp;
+        self.info.helo = domain;
+        let host = self.cfg.hostname.clone();
+        // RFC 2034 §3: no enhanced status code on the EHLO/HELO reply.
+        let reply = if esmtp {
+            Reply {
+                code: 250,
+                status: "",
+                lines: vec![
+                    host,
+                    "PIPELINING".into(),
+                    format!("SIZE {}", self.cfg.max_message_size),
+                    "8BITMIME".into(),
+                    "ENHANCEDSTATUSCODES".into(),
+                    "SMTPUTF8".into(),
+                    "CHUNKING".into(),
+                ],
+            }
+        } else {
+            Reply::new(250, "", host)
+        };
+        self.reply(reply)
+    }
+
+    /// RFC 5321 §4.1.1.2, with SIZE (RFC 1870 §6), BODY (RFC 6152), SMTPUTF8.
+    fn mail(&mut self, from: String, params: MailParams) -> Flow {
+        if params.size.is_some_and(|n| n > self.cfg.max_message_size) {
+            return self.reply(Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            ));
+        }
+        let env = Envelope {
+            mail_from: from,
+            rcpts: Vec::new(),
+            body_8bit: params.body_8bit,
+            smtputf8: params.smtputf8,
+            declared_size: params.size,
+        };
+        self.state = State::Mail(Transaction::new(env));
+        self.reply(Reply::new(250, "2.1.0", "Ok"))
+    }
+
+    /// RFC 5321 §4.1.1.3.
+    async fn rcpt(&mut self, to: String) -> Flow {
+        let State::Mail(tx) = &mut self.state else {
+            return self.reply(Reply::new(503, "5.5.1", "Error: need MAIL command"));
+        };
+        // RFC 6531 §3.4: a Unicode address needs SMTPUTF8 on MAIL.
+        let refusal = if !to.is_ascii() && !tx.env.smtputf8 {
+            Some(Reply::new(
+                553,
+                "5.6.7",
+                "Must declare SMTPUTF8 to send Unicode addresses",
+            ))
+        } else if tx.env.rcpts.len() >= self.cfg.max_recipients {
+            // RFC 5321 §4.5.3.1.10: 452 lets the client send the rest later.
+            Some(Reply::new(452, "4.5.3", "Too many recipients"))
+        } else {
+            match self.backend.resolve_recipient(&to).await {
+                Ok(mailbox) => {
+                    let entry = (to, mailbox);
+                    // The same recipient twice gets one copy.
+                    if !tx.env.rcpts.contains(&entry) {
+                        tx.env.rcpts.push(entry);
+                    }
+                    None
+                }
+                Err(r) => {
+                    info!(session = self.info.id, rcpt = %to, code = r.code, "recipient refused");
+                    Some(r)
+                }
+            }
+        };
+        match refusal {
+            Some(r) => {
+                tx.refused += 1;
+                self.reply(r)
+            }
+            None => self.reply(Reply::new(250, "2.1.5", "Ok")),
+        }
+    }
+
+    /// Fill in what the backend's `Received:` needs (RFC 3848, RFC 6531 §3.7.4).
+    fn describe_session(&mut self, env: &Envelope) {
+        let base = match (env.smtputf8, self.esmtp) {
+            (true, _) => "UTF8SMTP",
+            (false, true) => "ESMTP",
+            (false, false) => "SMTP",
+        };
+        let auth = if self.auth_user.is_some() && base != "SMTP" {
+            "A"
+        } else {
+            ""
+        };
+        self.info.with_protocol = format!("{base}{auth}");
+        self.info.auth_user = self.auth_user.clone();
+    }
+
+    /// RFC 5321 §4.1.1.4 and §4.5.2: the body up to `CRLF.CRLF`, streamed to the
+    /// sink. Whatever goes wrong, the body is read to its end so that its lines
+    /// are never taken as commands.
+    async fn data(&mut self) -> io::Result<Flow> {
+        let State::Mail(tx) = std::mem::replace(&mut self.state, State::Idle) else {
+            return Ok(self.reply(Reply::new(503, "5.5.1", "Error: need MAIL command")));
+        };
+        let env = tx.env;
+        self.queue(&Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
+        self.describe_session(&env);
+        let (mut sink, mut failure) = match self.backend.begin(&self.info, &env).await {
+            Ok(sink) => (Some(sink), None),
+            Err(r) => (None, Some(r)),
+        };
+        let mut decoder = DotDecoder::new(self.cfg.bare_lf, self.cfg.max_text_line);
+        let mut out = Vec::with_capacity(BATCH + 16 * 1024);
+        let mut size: u64 = 0;
+        loop {
+            let feed = match self.fill(self.cfg.data_timeout).await {
+                Ok(buf) => {
+                    let before = out.len();
+                    let feed = decoder.feed(buf, &mut out);
+                    size += crlf_size(out.get(before..).unwrap_or_default());
+                    feed
+                }
+                Err(stop) => {
+                    abort(sink).await;
+                    return self.stopped(stop);
+                }
+            };
+            self.conn.consume(feed.consumed);
+            if failure.is_none() && size > self.cfg.max_message_size {
+                failure = Some(too_big());
+                abort(sink.take()).await;
+            }
+            if failure.is_none()
+                && (out.len() >= BATCH || feed.done)
+                && let Err(r) = write(&mut sink, &out).await
+            {
+                failure = Some(r);
+                abort(sink.take()).await;
+            }
+            // Written, or to be thrown away after a failure.
+            if failure.is_some() || out.len() >= BATCH || feed.done {
+                out.clear();
+            }
+            if feed.done {
+                break;
+            }
+        }
+        let result = match (failure, decoder.finish(), sink) {
+            (Some(r), _, sink) | (None, Err(r), sink) => {
+                abort(sink).await;
+                Err(r)
+            }
+            (None, Ok(()), Some(sink)) => sink.commit().await,
+            (None, Ok(()), None) => Err(Reply::new(451, "4.3.0", "Error: internal error")),
+        };
+        Ok(self.delivered(&env, size, result))
+    }
+
+    /// RFC 3030 §2: `BDAT size [LAST]`, exactly `size` octets follow.
+    async fn bdat(&mut self, size: u64, last: bool) -> io::Result<Flow> {
+        let State::Mail(mut tx) = std::mem::replace(&mut self.state, State::Idle) else {
+            return Ok(self.reply(Reply::new(503, "5.5.1", "Error: need MAIL command")));
+        };
+        let mut chunks = match tx.chunks.take() {
+            Some(chunks) => chunks,
+            None => {
+                self.describe_session(&tx.env);
+                match self.backend.begin(&self.info, &tx.env).await {
+                    Ok(sink) => Chunks {
+                        sink,
+                        decoder: BdatDecoder::new(self.cfg.max_text_line),
+                        size: 0,
+                    },
+                    Err(r) => return self.refuse_chunk(size, r).await,
+                }
+            }
+        };
+        // The chunk size counts CRLF as two octets, like SIZE (RFC 1870), so the
+        // limit can be enforced before reading.
+        let total = chunks.size.saturating_add(size);
+        if total > self.cfg.max_message_size {
+            chunks.sink.abort().await;
+            info!(session = self.info.id, size = total, "message too big");
+            return self.refuse_chunk(size, too_big()).await;
+        }
+        let mut out = Vec::with_capacity(BATCH + 16 * 1024);
+        let mut remaining = size;
+        while remaining > 0 {
+            let n = match self.fill(self.cfg.data_timeout).await {
+                Ok(buf) => {
+                    let n = buf
+                        .len()
+                        .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    chunks
+                        .decoder
+                        .feed(buf.get(..n).unwrap_or_default(), &mut out);
+                    n
+                }
+                Err(stop) => {
+                    chunks.sink.abort().await;
+                    return self.stopped(stop);
+                }
+            };
+            self.conn.consume(n);
+            remaining -= n as u64;
+            if out.len() >= BATCH {
+                if let Err(r) = put(&mut chunks.sink, &out).await {
+                    chunks.sink.abort().await;
+                    return self.refuse_chunk(remaining, r).await;
+                }
+                out.clear();
+            }
+        }
+        chunks.size = total;
+        if !last {
+            if let Err(r) = put(&mut chunks.sink, &out).await {
+                chunks.sink.abort().await;
+                return Ok(self.reply(r));
+            }
+            tx.chunks = Some(chunks);
+            self.state = State::Mail(tx);
+            let text = format!("{size} octets received");
+            return Ok(self.reply(Reply::new(250, "2.0.0", text)));
+        }
+        let result = match chunks.decoder.finish(&mut out) {
+            Ok(()) => match put(&mut chunks.sink, &out).await {
+                Ok(()) => chunks.sink.commit().await,
+                Err(r) => {
+                    chunks.sink.abort().await;
+                    Err(r)
+                }
+            },
+            Err(r) => {
+                chunks.sink.abort().await;
+                Err(r)
+            }
+        };
+        Ok(self.delivered(&tx.env, total, result))
+    }
+
+    /// A chunk that will not be stored: read it away, answer, and (RFC 3030 §2)
+    /// leave the transaction failed; the state is already back to Idle.
+    async fn refuse_chunk(&mut self, remaining: u64, r: Reply) -> io::Result<Flow> {
+        if let Err(stop) = self.discard(remaining).await {
+            return self.stopped(stop);
+        }
+        Ok(self.reply(r))
+    }
+
+    /// Log the outcome of a transaction (never content) and answer it.
+    fn delivered(&mut self, env: &Envelope, size: u64, result: Result<(), Reply>) -> Flow {
+        match result {
+            Ok(()) => {
+                info!(
+                    session = self.info.id,
+                    from = %env.mail_from,
+                    rcpts = env.rcpts.len(),
+                    size,
+                    result = "delivered",
+                    "message accepted"
+                );
+                self.reply(Reply::new(250, "2.0.0", "Ok: delivered"))
+            }
+            Err(r) => {
+                info!(
+                    session = self.info.id,
+                    from = %env.mail_from,
+                    rcpts = env.rcpts.len(),
+                    size,
+                    result = r.code,
+                    "message refused"
+                );
+                self.reply(r)
+            }
+        }
+    }
+
+    /// Buffered input, waiting up to `timeout`; EOF is an error here.
+    async fn fill(&mut self, timeout: Duration) -> Result<&[u8], Stop> {
+        let buf = self.conn.fill(timeout).await?;
+        if buf.is_empty() {
+            return Err(Stop::Eof);
+        }
+        Ok(buf)
+    }
+
+    /// Read and drop exactly `n` octets (a refused BDAT chunk).
+    async fn discard(&mut self, mut n: u64) -> Result<(), Stop> {
+        while n > 0 {
+            let len = self.fill(self.cfg.data_timeout).await?.len();
+            let take = len.min(usize::try_from(n).unwrap_or(usize::MAX));
+            self.conn.consume(take);
+            n -= take as u64;
+        }
         Ok(())
+    }
+}
+
+fn too_big() -> Reply {
+    Reply::new(552, "5.3.4", "Message too big")
+}
+
+/// Size on the wire of LF-terminated text: every LF was a CRLF (RFC 1870).
+fn crlf_size(lf_text: &[u8]) -> u64 {
+    let lfs = lf_text.iter().filter(|&&b| b == b'\n').count();
+    (lf_text.len() + lfs) as u64
+}
+
+/// Hand bytes to the sink; empty batches are not worth a call.
+async fn put<K: BodySink>(sink: &mut K, bytes: &[u8]) -> Result<(), Reply> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    sink.write(bytes).await
+}
+
+async fn write<K: BodySink>(sink: &mut Option<K>, bytes: &[u8]) -> Result<(), Reply> {
+    match sink {
+        Some(sink) => put(sink, bytes).await,
+        None => Ok(()),
+    }
+}
+
+async fn abort<K: BodySink>(sink: Option<K>) {
+    if let Some(sink) = sink {
+        sink.abort().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadBuf};
+    use tokio::task::JoinHandle;
+
+    /// What the fake backend saw.
+    #[derive(Debug, Default)]
+    struct Log {
+        /// (helo, with_protocol, envelope) per `begin`.
+        begins: Vec<(String, String, Envelope)>,
+        /// (envelope, body) per commit.
+        delivered: Vec<(Envelope, Vec<u8>)>,
+        /// Sizes of every `write` call.
+        writes: Vec<usize>,
+        aborted: usize,
+    }
+
+    #[derive(Default)]
+    struct Fake {
+        log: Arc<Mutex<Log>>,
+    }
+
+    struct FakeSink {
+        log: Arc<Mutex<Log>>,
+        env: Envelope,
+        body: Vec<u8>,
+    }
+
+    impl Backend for Fake {
+        type Sink = FakeSink;
+
+        fn resolve_recipient(
+            &self,
+            address: &str,
+        ) -> impl Future<Output = Result<String, Reply>> + Send {
+            let local = address.split('@').next().unwrap_or("").to_lowercase();
+            let r = if local.starts_with("unknown") {
+                Err(Reply::new(
+                    550,
+                    "5.1.1",
+                    "Recipient address rejected: User unknown",
+                ))
+            } else {
+                Ok(local)
+            };
+            std::future::ready(r)
+        }
+
+        fn begin(
+            &self,
+            info: &SessionInfo,
+            env: &Envelope,
+        ) -> impl Future<Output = Result<FakeSink, Reply>> + Send {
+            self.log.lock().unwrap().begins.push((
+                info.helo.clone(),
+                info.with_protocol.clone(),
+                env.clone(),
+            ));
+            let r = if env.mail_from == "fail@x.test" {
+                Err(Reply::new(451, "4.3.0", "Temporary failure"))
+            } else {
+                Ok(FakeSink {
+                    log: self.log.clone(),
+                    env: env.clone(),
+                    body: Vec::new(),
+                })
+            };
+            std::future::ready(r)
+        }
+    }
+
+    impl BodySink for FakeSink {
+        fn write(&mut self, bytes: &[u8]) -> impl Future<Output = Result<(), Reply>> + Send {
+            self.log.lock().unwrap().writes.push(bytes.len());
+            self.body.extend_from_slice(bytes);
+            std::future::ready(Ok(()))
+        }
+
+        fn commit(self) -> impl Future<Output = Result<(), Reply>> + Send {
+            self.log
+                .lock()
+                .unwrap()
+                .delivered
+                .push((self.env, self.body));
+            std::future::ready(Ok(()))
+        }
+
+        fn abort(self) -> impl Future<Output = ()> + Send {
+            self.log.lock().unwrap().aborted += 1;
+            std::future::ready(())
+        }
+    }
+
+    fn config() -> SessionConfig {
+        SessionConfig {
+            hostname: "mx.test".into(),
+            max_message_size: 10_000,
+            max_recipients: 100,
+            max_command_line: 512,
+            max_text_line: 1000,
+            max_errors: 10,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            bare_lf: BareLf::Normalize,
+        }
+    }
+
+    struct Client {
+        io: DuplexStream,
+        log: Arc<Mutex<Log>>,
+        session: JoinHandle<io::Result<()>>,
+    }
+
+    fn start(cfg: SessionConfig) -> Client {
+        let (io, server) = tokio::io::duplex(1 << 20);
+        start_on(server, io, cfg)
+    }
+
+    fn start_on<S>(server: S, io: DuplexStream, cfg: SessionConfig) -> Client
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let fake = Fake::default();
+        let log = fake.log.clone();
+        let info = SessionInfo {
+            id: 1,
+            peer: None,
+            helo: String::new(),
+            with_protocol: String::new(),
+            auth_user: None,
+        };
+        // tokio::spawn also proves the session future is Send.
+        let session = tokio::spawn(Session::new(server, Arc::new(fake), cfg, info).run());
+        Client { io, log, session }
+    }
+
+    const GREETING: &str = "220 mx.test ESMTP maildird\r\n";
+    const EHLO_REPLY: &str = "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n\
+        250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n";
+    const OK: &str = "250 2.0.0 Ok\r\n";
+    const MAIL_OK: &str = "250 2.1.0 Ok\r\n";
+    const RCPT_OK: &str = "250 2.1.5 Ok\r\n";
+    const GO_AHEAD: &str = "354 End data with <CR><LF>.<CR><LF>\r\n";
+    const DELIVERED: &str = "250 2.0.0 Ok: delivered\r\n";
+    const BYE: &str = "221 2.0.0 Bye\r\n";
+
+    impl Client {
+        async fn send(&mut self, bytes: &str) {
+            self.io.write_all(bytes.as_bytes()).await.unwrap();
+        }
+
+        /// Read exactly the expected bytes and compare.
+        async fn expect(&mut self, want: &str) {
+            let mut got = vec![0; want.len()];
+            self.io.read_exact(&mut got).await.unwrap();
+            assert_eq!(String::from_utf8_lossy(&got), want);
+        }
+
+        async fn say(&mut self, line: &str, want: &str) {
+            self.send(line).await;
+            self.expect(want).await;
+        }
+
+        /// The session closes the connection and ends without error.
+        async fn expect_close(mut self) -> Arc<Mutex<Log>> {
+            let mut rest = Vec::new();
+            self.io.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(String::from_utf8_lossy(&rest), "");
+            self.session.await.unwrap().unwrap();
+            self.log
+        }
+
+        async fn quit(mut self) -> Arc<Mutex<Log>> {
+            self.say("QUIT\r\n", BYE).await;
+            self.expect_close().await
+        }
+
+        async fn ehlo(&mut self) {
+            self.expect(GREETING).await;
+            self.say("EHLO client.test\r\n", EHLO_REPLY).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn greeting_ehlo_helo_and_quit() {
+        let mut c = start(config());
+        c.ehlo().await;
+        c.say("HELO other.test\r\n", "250 mx.test\r\n").await;
+        c.say("NOOP\r\n", OK).await;
+        c.say(
+            "VRFY alice\r\n",
+            "252 2.5.0 Cannot VRFY user, but will accept message\r\n",
+        )
+        .await;
+        c.say("EXPN staff\r\n", "502 5.5.1 EXPN not available\r\n")
+            .await;
+        c.say(
+            "HELP\r\n",
+            "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\r\n",
+        )
+        .await;
+        c.say(
+            "STARTTLS\r\n",
+            "502 5.5.1 Error: command not implemented\r\n",
+        )
+        .await;
+        c.say(
+            "AUTH PLAIN AGEAYg==\r\n",
+            "502 5.5.1 Error: command not implemented\r\n",
+        )
+        .await;
+        c.quit().await;
+    }
+
+    /// Records every write the session makes to the stream.
+    struct Recorder {
+        inner: DuplexStream,
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if let Poll::Ready(Ok(n)) = r {
+                self.writes.lock().unwrap().push(buf[..n].to_vec());
+            }
+            r
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    // RFC 2920 §3.2: the replies to a pipelined group go out in one write.
+    #[tokio::test]
+    async fn pipelined_group_is_answered_in_order_with_one_write() {
+        let (io, server) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let server = Recorder {
+            inner: server,
+            writes: writes.clone(),
+        };
+        let mut c = start_on(server, io, config());
+        c.ehlo().await;
+        writes.lock().unwrap().clear();
+        c.send("MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\nRCPT TO:<unknown@d>\r\nRCPT TO:<b@d>\r\nDATA\r\n")
+            .await;
+        let group = format!(
+            "{MAIL_OK}{RCPT_OK}550 5.1.1 Recipient address rejected: User unknown\r\n{RCPT_OK}{GO_AHEAD}"
+        );
+        c.expect(&group).await;
+        assert_eq!(*writes.lock().unwrap(), vec![group.into_bytes()]);
+        c.say("Hi\r\n.\r\n", DELIVERED).await;
+        let log = c.quit().await;
+        let log = log.lock().unwrap();
+        let (env, body) = &log.delivered[0];
+        assert_eq!(env.mail_from, "s@x.test");
+        assert_eq!(
+            env.rcpts,
+            vec![("a@d".into(), "a".into()), ("b@d".into(), "b".into())]
+        );
+        assert_eq!(body, b"Hi\n");
+    }
+
+    #[tokio::test]
+    async fn ehlo_and_rset_reset_the_transaction() {
+        let mut c = start(config());
+        c.ehlo().await;
+        c.say("MAIL FROM:<s@x.test>\r\n", MAIL_OK).await;
+        c.say("RCPT TO:<a@d>\r\n", RCPT_OK).await;
+        c.say("EHLO again.test\r\n", EHLO_REPLY).await;
+        c.say(
+            "RCPT TO:<a@d>\r\n",
+            "503 5.5.1 Error: need MAIL command\r\n",
+        )
+        .await;
+        c.say("DATA\r\n", "503 5.5.1 Error: need MAIL command\r\n")
+            .await;
+        c.say("MAIL FROM:<s@x.test>\r\n", MAIL_OK).await;
+        c.say("RCPT TO:<a@d>\r\n", RCPT_OK).await;
+        c.say("RSET\r\n", OK).await;
+        c.say("DATA\r\n", "503 5.5.1 Error: need MAIL command\r\n")
+            .await;
+        // The session survives: a new transaction works and HELO data is kept.
+        c.say("MAIL FROM:<>\r\n", MAIL_OK).await;
+        c.say(
+            "MAIL FROM:<>\r\n",
+            "503 5.5.1 Error: nested MAIL command\r\n",
+        )
+        .await;
+        c.say("RCPT TO:<b@d>\r\n", RCPT_OK).await;
+        c.say("DATA\r\n", GO_AHEAD).await;
+        c.say("x\r\n.\r\n", DELIVERED).await;
+        let log = c.quit().await;
+        let log = log.lock().unwrap();
+        assert_eq!(log.delivered.len(), 1);
+        assert_eq!(log.delivered[0].0.mail_from, "");
+        assert_eq!(log.delivered[0].0.rcpts, vec![("b@d".into(), "b".into())]);
+        assert_eq!(log.begins[0].0, "again.test");
+        assert_eq!(log.begins[0].1, "ESMTP");
+    }
+
+    #[tokio::test]
+    async fn commands_before_helo_are_refused() {
+        let mut c = start(config());
+        c.expect(GREETING).await;
+        c.say(
+            "MAIL FROM:<s@x.test>\r\n",
+            "503 5.5.1 Error: send HELO/EHLO first\r\n",
+        )
+        .await;
+        c.say("RSET\r\n", OK).await;
+        c.say("HELO c.test\r\n", "250 mx.test\r\n").await;
+        c.say("MAIL FROM:<s@x.test>\r\n", MAIL_OK).await;
+        c.say("RCPT TO:<a@d>\r\n", RCPT_OK).await;
+        c.say("DATA\r\n", GO_AHEAD).await;
+        c.say(".\r\n", DELIVERED).await;
+        let log = c.quit().await;
+        let log = log.lock().unwrap();
+        assert_eq!(
+            (log.begins[0].0.as_str(), log.begins[0].1.as_str()),
+            ("c.test", "SMTP")
+        );
+        assert_eq!(log.delivered[0].1, b"");
+    }
+
+    #[tokio::test]
+    async fn recipient_cap() {
+        let mut c = start(SessionConfig {
+            max_errors: 1000,
+            ..config()
+        });
+        c.ehlo().await;
+        let mut cmds = String::from("MAIL FROM:<s@x.test>\r\n");
+        let mut want = String::from(MAIL_OK);
+        for i in 0..100 {
+            cmds.push_str(&format!("RCPT TO:<u{i}@d>\r\n"));
+            want.push_str(RCPT_OK);
+        }
+        cmds.push_str("RCPT TO:<one-too-many@d>\r\nDATA\r\n");
+        want.push_str("452 4.5.3 Too many recipients\r\n");
+        want.push_str(GO_AHEAD);
+        c.say(&cmds, &want).await;
+        c.say("x\r\n.\r\n", DELIVERED).await;
+        let log = c.quit().await;
+        let log = log.lock().unwrap();
+        assert_eq!(log.delivered[0].0.rcpts.len(), 100);
+        assert_eq!(log.delivered[0].0.rcpts[99].1, "u99");
+    }
+
+    #[tokio::test]
+    async fn postmaster_unknown_users_and_no_valid_recipients() {
+        let mut c = start(config());
+        c.ehlo().await;
+        c.say("MAIL FROM:<s@x.test>\r\n", MAIL_OK).await;
+        c.say(
+            "RCPT TO:<unknown1@d>\r\n",
+            "550 5.1.1 Recipient address rejected: User unknown\r\n",
+        )
+        .await;
+        c.say("DATA\r\n", "554 5.5.1 Error: no valid recipients\r\n")
+            .await;
+        c.say(
+            "BDAT 3 LAST\r\nabc",
+            "554 5.5.1 Error: no valid recipients\r\n",
+        )
+        .await;
+        c.say("RCPT TO:<Postmaster>\r\n", RCPT_OK).await;
+        // Same recipient twice: one copy.
+        c.say("RCPT TO:<Postmaster>\r\n", RCPT_OK).await;
+        c.say(
+            "RCPT TO:<jörg@d>\r\n",
+            "553 5.6.7 Must declare SMTPUTF8 to send Unicode addresses\r\n",
+        )
+        .await;
+        c.say("DATA\r\n", GO_AHEAD).await;
+        c.say("x\r\n.\r\n", DELIVERED).await;
+        let log = c.quit().await;
+        let log = log.lock().unwrap();
+        assert_eq!(
+            log.delivered[0].0.rcpts,
+            vec![("Postmaster".into(), "postmaster".into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn smtputf8_transaction() {
+        let mut c = start(config());
+        c.ehlo().await;
+        c.say(
+            "MAIL FROM:<jörg@x.test> SMTPUTF8 BODY=8BITMIME SIZE=20\r\n",
+            MAIL_OK,
+        )
+        .await;
+        c.say("RCPT TO:<zoë@d>\r\n", RCPT_OK).await;
+        c.say("DATA\r\n", GO_AHEAD).await;
+        c.say("x\r\n.\r\n", DELIVERED).await;
+        let log = c.quit().await;
+        let log = log.lock().unwrap();
+        let (_, proto, env) = &log.begins[0];
+        assert_eq!(proto, "UTF8SMTP");
+        assert!(env.smtputf8 && env.body_8bit);
+        assert_eq!(env.declared_size, Some(20));
+        assert_eq!(env.rcpts, vec![("zoë@d".into(), "zoë".into())]);
+    }
+
+    #[tokio::test]
+    async fn bad_lines_get_replies() {
+        let mut c = start(config());
+        c.ehlo().await;
+        let long = format!("NOOP {}\r\n", "x".repeat(600));
+        c.say(&long, "500 5.5.2 Line too long\r\n").await;
+        c.say("FROB\r\n", "500 5.5.2 Error: command not recognized\r\n")
+            .await;
+        c.say(
+            "NO\0OP\r\n",
+            "500 5.5.2 Error: invalid character in command\r\n",
+        )
+        .await;
+        c.say(
+            "MAIL FROM:<a@b> X=1\r\n",
+            "555 5.5.4 Unsupported or malformed MAIL FROM parameter\r\n",
+        )
+        .await;
+        c.say("NOOP\r\n", OK).await;
+        c.quit().await;
+    }
+
+    #[tokio::test]
+    async fn error_cap_closes_the_session() {
+        let mut c = start(SessionConfig {
+            max_errors: 3,
+            ..config()
+        });
+        c.ehlo().await;
+        c.say("FROB\r\n", "500 5.5.2 Error: command not recognized\r\n")
+            .await;
+        c.say(
+            "RCPT TO:<a@d>\r\n",
+            "503 5.5.1 Error: need MAIL command\r\n",
+        )
+        .await;
+        c.say(
+            "FROB\r\nNOOP\r\n",
+            "500 5.5.2 Error: command not recognized\r\n421 4.7.0 mx.test Too many errors\r\n",
+        )
+        .await;
+        c.expect_close().await;
+    }
+
+    #[tokio::test]
+    async fn oversize_declared_and_streamed() {
+        let mut c = start(config());
+        c.ehlo().await;
+        c.say(
+            "MAIL FROM:<s@x.test> SIZE=10001\r\n",
+            "552 5.3.4 Message size exceeds fixed maximum message size\r\n",
+        )
+        .await;
+        c.say("MAIL FROM:<s@x.test> SIZE=10000\r\n", MAIL_OK).await;
+        c.say("RCPT TO:<a@d>\r\n", RCPT_OK).await;
+        c.say("DATA\r\n", GO_AHEAD).await;
+        // 200 lines of 100 octets: 20000 > 10000. The body is read to its end and
+        // the next command is answered.
+        let line = format!("{}\r\n", "y".repeat(98));
+        c.send(&line.repeat(200)).await;
+        c.say(
+            ".\r\nNOOP\r\n",
+            &format!("552 5.3.4 Message too big\r\n{OK}"),
+        )
+        .await;
+        let log = c.quit().await;
+        let log = log.lock().unwrap();
+        assert!(log.delivered.is_empty());
+        assert_eq!(log.aborted, 1);
+    }
+
+    #[tokio::test]
+    async fn exactly_the_limit_is_accepted() {
+        let mut c = start(config());
+        c.ehlo().await;
+        c.say(
+            "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\nDATA\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}{GO_AHEAD}"),
+        )
+        .await;
+        // 100 lines of 100 octets (CRLF counted): exactly 10000.
+        let line = format!("{}\r\n", "y".repeat(98));
+        c.say(&format!("{}.\r\n", line.repeat(100)), DELIVERED)
+            .await;
+        let log = c.quit().await;
+        assert_eq!(log.lock().unwrap().delivered[0].1.len(), 9900);
+    }
+
+    #[tokio::test]
+    async fn large_message_is_streamed_in_batches() {
+        let mut c = start(SessionConfig {
+            max_message_size: 1 << 20,
+            ..config()
+        });
+        c.expect(GREETING).await;
+        c.say("HELO c\r\n", "250 mx.test\r\n").await;
+        c.say(
+            "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\nDATA\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}{GO_AHEAD}"),
+        )
+        .await;
+        let line = format!("{}\r\n", "z".repeat(510));
+        c.say(&format!("{}.\r\n", line.repeat(1000)), DELIVERED)
+            .await;
+        let log = c.quit().await;
+        let log = log.lock().unwrap();
+        assert_eq!(log.delivered[0].1.len(), 511_000);
+        assert!(log.writes.len() >= 7, "{:?}", log.writes);
+        assert!(
+            log.writes.iter().all(|&n| n < BATCH + 16 * 1024),
+            "{:?}",
+            log.writes
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn command_timeout() {
+        let mut c = start(config());
+        c.ehlo().await;
+        c.expect("421 4.4.2 mx.test Error: timeout exceeded\r\n")
+            .await;
+        c.expect_close().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn data_timeout_aborts_the_message() {
+        let mut c = start(config());
+        c.ehlo().await;
+        c.say(
+            "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\nDATA\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}{GO_AHEAD}"),
+        )
+        .await;
+        c.send("half a message\r\n").await;
+        c.expect("421 4.4.2 mx.test Error: timeout exceeded\r\n")
+            .await;
+        let log = c.expect_close().await;
+        let log = log.lock().unwrap();
+        assert!(log.delivered.is_empty());
+        assert_eq!(log.aborted, 1);
+    }
+
+    #[tokio::test]
+    async fn eof_during_data_aborts() {
+        let mut c = start(config());
+        c.ehlo().await;
+        c.say(
+            "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\nDATA\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}{GO_AHEAD}"),
+        )
+        .await;
+        c.send("partial\r\n").await;
+        c.io.shutdown().await.unwrap();
+        let log = c.expect_close().await;
+        let log = log.lock().unwrap();
+        assert!(log.delivered.is_empty());
+        assert_eq!(log.aborted, 1);
+    }
+
+    #[tokio::test]
+    async fn dot_stuffing_and_smuggling_make_one_message() {
+        let mut c = start(config());
+        c.ehlo().await;
+        c.say(
+            "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\nDATA\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}{GO_AHEAD}"),
+        )
+        .await;
+        c.say(
+            "..first\r\nhi\n.\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<b@d>\r\nDATA\r\nsmuggled\r\n.\r\n",
+            DELIVERED,
+        )
+        .await;
+        let log = c.quit().await;
+        let log = log.lock().unwrap();
+        assert_eq!(log.delivered.len(), 1);
+        assert_eq!(
+            String::from_utf8_lossy(&log.delivered[0].1),
+            ".first\nhi\n.\nMAIL FROM:<evil@x.test>\nRCPT TO:<b@d>\nDATA\nsmuggled\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn bare_lf_reject_and_long_lines() {
+        let mut c = start(SessionConfig {
+            bare_lf: BareLf::Reject,
+            ..config()
+        });
+        c.ehlo().await;
+        c.say(
+            "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\nDATA\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}{GO_AHEAD}"),
+        )
+        .await;
+        c.say(
+            "a\nb\r\n.\r\n",
+            "554 5.6.0 Message contains bare LF line endings\r\n",
+        )
+        .await;
+        c.say(
+            "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\nDATA\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}{GO_AHEAD}"),
+        )
+        .await;
+        c.say(
+            &format!("{}\r\n.\r\n", "l".repeat(999)),
+            "552 5.6.0 Message has lines too long\r\n",
+        )
+        .await;
+        let log = c.quit().await;
+        let log = log.lock().unwrap();
+        assert!(log.delivered.is_empty());
+        assert_eq!(log.aborted, 2);
+    }
+
+    #[tokio::test]
+    async fn begin_failure_discards_the_body() {
+        let mut c = start(config());
+        c.ehlo().await;
+        c.say(
+            "MAIL FROM:<fail@x.test>\r\nRCPT TO:<a@d>\r\nDATA\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}{GO_AHEAD}"),
+        )
+        .await;
+        c.say(
+            "QUIT\r\n.\r\nNOOP\r\n",
+            &format!("451 4.3.0 Temporary failure\r\n{OK}"),
+        )
+        .await;
+        c.say(
+            "MAIL FROM:<fail@x.test>\r\nRCPT TO:<a@d>\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}"),
+        )
+        .await;
+        c.say("BDAT 6\r\nQUIT\r\n", "451 4.3.0 Temporary failure\r\n")
+            .await;
+        // RFC 3030 §2: the failed transaction is over; pipelined chunks get 503.
+        c.say(
+            "BDAT 6 LAST\r\nQUIT\r\n",
+            "503 5.5.1 Error: need MAIL command\r\n",
+        )
+        .await;
+        let log = c.quit().await;
+        assert!(log.lock().unwrap().delivered.is_empty());
+    }
+
+    // RFC 3030
+    #[tokio::test]
+    async fn bdat_chunks() {
+        let mut c = start(config());
+        c.ehlo().await;
+        // A refused chunk is still read: its "QUIT" is data, not a command.
+        c.say(
+            "BDAT 6\r\nQUIT\r\n",
+            "503 5.5.1 Error: need MAIL command\r\n",
+        )
+        .await;
+        c.say(
+            "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}"),
+        )
+        .await;
+        c.say("BDAT 5\r\nab\r\nc", "250 2.0.0 5 octets received\r\n")
+            .await;
+        c.say("RCPT TO:<b@d>\r\n", "503 5.5.1 Error: RCPT after BDAT\r\n")
+            .await;
+        c.say("DATA\r\n", "503 5.5.1 Error: DATA after BDAT\r\n")
+            .await;
+        c.say("BDAT 0\r\n", "250 2.0.0 0 octets received\r\n").await;
+        // CR at the end of one chunk, LF at the start of the next.
+        c.say("BDAT 4\r\n\r\n.\r", "250 2.0.0 4 octets received\r\n")
+            .await;
+        c.say("BDAT 2 LAST\r\n\nxNOOP\r\n", &format!("{DELIVERED}{OK}"))
+            .await;
+        c.say(
+            "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}"),
+        )
+        .await;
+        c.say("BDAT 0 LAST\r\n", DELIVERED).await;
+        let log = c.quit().await;
+        let log = log.lock().unwrap();
+        assert_eq!(log.delivered.len(), 2);
+        assert_eq!(String::from_utf8_lossy(&log.delivered[0].1), "ab\nc\n.\nx");
+        assert_eq!(log.delivered[1].1, b"");
+        assert!(!log.writes.contains(&0), "{:?}", log.writes);
+        assert_eq!(log.begins[0].1, "ESMTP");
+    }
+
+    #[tokio::test]
+    async fn bdat_oversize_and_rset() {
+        let mut c = start(config());
+        c.ehlo().await;
+        c.say(
+            "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}"),
+        )
+        .await;
+        c.say("BDAT 4\r\nabcd", "250 2.0.0 4 octets received\r\n")
+            .await;
+        let big = "b".repeat(9_997);
+        c.say(
+            &format!("BDAT 9997\r\n{big}NOOP\r\n"),
+            &format!("552 5.3.4 Message too big\r\n{OK}"),
+        )
+        .await;
+        c.say("BDAT 1 LAST\r\nx", "503 5.5.1 Error: need MAIL command\r\n")
+            .await;
+        c.say(
+            "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}"),
+        )
+        .await;
+        c.say("BDAT 4\r\nabcd", "250 2.0.0 4 octets received\r\n")
+            .await;
+        c.say("RSET\r\n", OK).await;
+        c.say("BDAT 1 LAST\r\nx", "503 5.5.1 Error: need MAIL command\r\n")
+            .await;
+        c.say(
+            "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}"),
+        )
+        .await;
+        c.say("BDAT 4\r\nabcd", "250 2.0.0 4 octets received\r\n")
+            .await;
+        let log = c.quit().await;
+        let log = log.lock().unwrap();
+        assert!(log.delivered.is_empty());
+        // Oversize, RSET, and QUIT in the middle of the third transaction.
+        assert_eq!(log.aborted, 3);
+    }
+
+    #[tokio::test]
+    async fn eof_during_bdat_aborts() {
+        let mut c = start(config());
+        c.ehlo().await;
+        c.say(
+            "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}"),
+        )
+        .await;
+        c.send("BDAT 100\r\nshort").await;
+        c.io.shutdown().await.unwrap();
+        let log = c.expect_close().await;
+        assert_eq!(log.lock().unwrap().aborted, 1);
+    }
+
+    #[tokio::test]
+    async fn commands_pipelined_after_the_end_of_data_are_answered() {
+        let mut c = start(config());
+        c.ehlo().await;
+        c.say(
+            "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\nDATA\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}{GO_AHEAD}"),
+        )
+        .await;
+        c.say("body\r\n.\r\nQUIT\r\n", &format!("{DELIVERED}{BYE}"))
+            .await;
+        let log = c.expect_close().await;
+        assert_eq!(log.lock().unwrap().delivered[0].1, b"body\n");
+    }
+
+    #[tokio::test]
+    async fn eof_between_commands_ends_quietly() {
+        let mut c = start(config());
+        c.ehlo().await;
+        c.io.shutdown().await.unwrap();
+        c.expect_close().await;
     }
 }
