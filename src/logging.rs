@@ -18,7 +18,7 @@ fn stderr_is_journal() -> bool {
     };
     let stderr = std::io::stderr();
     nix::sys::stat::fstat(stderr.as_fd())
-        .is_ok_and(|st| dev.parse() == Ok(st.st_dev as u64) && ino.parse() == Ok(st.st_ino as u64))
+        .is_ok_and(|st| dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino))
 }
 
 /// Install the global subscriber. `MAILDIRD_LOG` (else `RUST_LOG`) overrides the
