@@ -86,8 +86,10 @@ pub fn decode_plain(b64: &str) -> Result<Plain, SaslError> {
     else {
         return Err(SaslError::Malformed("expected two NUL separators"));
     };
-    let authzid = std::str::from_utf8(authzid).map_err(|_| SaslError::Malformed("authzid is not UTF-8"))?;
-    let authcid = std::str::from_utf8(authcid).map_err(|_| SaslError::Malformed("authcid is not UTF-8"))?;
+    let authzid =
+        std::str::from_utf8(authzid).map_err(|_| SaslError::Malformed("authzid is not UTF-8"))?;
+    let authcid =
+        std::str::from_utf8(authcid).map_err(|_| SaslError::Malformed("authcid is not UTF-8"))?;
     if authcid.is_empty() {
         return Err(SaslError::Malformed("empty authcid"));
     }
@@ -118,7 +120,7 @@ pub fn decode_login_step(b64: &str) -> Result<String, SaslError> {
 /// The LOGIN password step, kept as redacted bytes.
 pub fn decode_login_password(b64: &str) -> Result<Password, SaslError> {
     let raw = decode_response(b64)?;
-    if raw.iter().any(|&b| b == 0) {
+    if raw.contains(&0) {
         return Err(SaslError::Malformed("NUL in password"));
     }
     Ok(Password::new(raw))
@@ -136,35 +138,78 @@ mod tests {
         base64::engine::general_purpose::STANDARD.encode(raw)
     }
 
+    type Decoded = Result<(Option<String>, String, Vec<u8>), SaslError>;
+
     #[test]
     fn plain_table() {
         let ok = |z: Option<&str>, c: &str, p: &[u8]| {
             Ok::<_, SaslError>((z.map(String::from), c.to_string(), p.to_vec()))
         };
-        let cases: Vec<(String, Result<(Option<String>, String, Vec<u8>), SaslError>)> = vec![
+        let cases: Vec<(String, Decoded)> = vec![
             (b64(b"\0alice\0secret"), ok(None, "alice", b"secret")),
             (b64(b"alice\0alice\0secret"), ok(None, "alice", b"secret")),
-            (b64(b"\0al\xc3\xafce\0p\xffw"), ok(None, "al\u{ef}ce", b"p\xffw")),
+            (
+                b64(b"\0al\xc3\xafce\0p\xffw"),
+                ok(None, "al\u{ef}ce", b"p\xffw"),
+            ),
             // Unpadded base64 is accepted; surrounding spaces too.
-            (b64(b"\0bob\0pw").trim_end_matches('=').to_string(), ok(None, "bob", b"pw")),
+            (
+                b64(b"\0bob\0pw").trim_end_matches('=').to_string(),
+                ok(None, "bob", b"pw"),
+            ),
             (format!(" {} ", b64(b"\0bob\0pw")), ok(None, "bob", b"pw")),
-            (b64(b"admin\0alice\0secret"), Err(SaslError::AuthzidMismatch)),
-            (b64(b"\0\0secret"), Err(SaslError::Malformed("empty authcid"))),
-            (b64(b"\0alice\0"), Err(SaslError::Malformed("empty password"))),
-            (b64(b"alice\0secret"), Err(SaslError::Malformed("expected two NUL separators"))),
-            (b64(b"alicesecret"), Err(SaslError::Malformed("expected two NUL separators"))),
-            (b64(b"\0alice\0sec\0ret"), Err(SaslError::Malformed("expected two NUL separators"))),
-            (b64(b"\0\xffalice\0pw"), Err(SaslError::Malformed("authcid is not UTF-8"))),
-            (b64(b"\xff\0alice\0pw"), Err(SaslError::Malformed("authzid is not UTF-8"))),
-            ("=".into(), Err(SaslError::Malformed("expected two NUL separators"))),
-            ("".into(), Err(SaslError::Malformed("expected two NUL separators"))),
+            (
+                b64(b"admin\0alice\0secret"),
+                Err(SaslError::AuthzidMismatch),
+            ),
+            (
+                b64(b"\0\0secret"),
+                Err(SaslError::Malformed("empty authcid")),
+            ),
+            (
+                b64(b"\0alice\0"),
+                Err(SaslError::Malformed("empty password")),
+            ),
+            (
+                b64(b"alice\0secret"),
+                Err(SaslError::Malformed("expected two NUL separators")),
+            ),
+            (
+                b64(b"alicesecret"),
+                Err(SaslError::Malformed("expected two NUL separators")),
+            ),
+            (
+                b64(b"\0alice\0sec\0ret"),
+                Err(SaslError::Malformed("expected two NUL separators")),
+            ),
+            (
+                b64(b"\0\xffalice\0pw"),
+                Err(SaslError::Malformed("authcid is not UTF-8")),
+            ),
+            (
+                b64(b"\xff\0alice\0pw"),
+                Err(SaslError::Malformed("authzid is not UTF-8")),
+            ),
+            (
+                "=".into(),
+                Err(SaslError::Malformed("expected two NUL separators")),
+            ),
+            (
+                "".into(),
+                Err(SaslError::Malformed("expected two NUL separators")),
+            ),
             ("not base64!".into(), Err(SaslError::Base64)),
             ("AGFsaWNlAHNlY3JldA=x".into(), Err(SaslError::Base64)),
             ("*".into(), Err(SaslError::Cancelled)),
         ];
         for (input, want) in cases {
-            let got = decode_plain(&input)
-                .map(|p| (p.authzid.clone(), p.authcid.clone(), p.password.expose().to_vec()));
+            let got = decode_plain(&input).map(|p| {
+                (
+                    p.authzid.clone(),
+                    p.authcid.clone(),
+                    p.password.expose().to_vec(),
+                )
+            });
             assert_eq!(got, want, "{input:?}");
         }
     }
@@ -179,8 +224,14 @@ mod tests {
             decode_login_step(&b64(b"a\nb")),
             Err(SaslError::Malformed("control character"))
         );
-        assert_eq!(decode_login_step(&b64(b"\xff")), Err(SaslError::Malformed("not UTF-8")));
-        assert_eq!(decode_login_password(&b64(b"s3cr3t")).unwrap().expose(), b"s3cr3t");
+        assert_eq!(
+            decode_login_step(&b64(b"\xff")),
+            Err(SaslError::Malformed("not UTF-8"))
+        );
+        assert_eq!(
+            decode_login_password(&b64(b"s3cr3t")).unwrap().expose(),
+            b"s3cr3t"
+        );
         assert_eq!(decode_login_password("*"), Err(SaslError::Cancelled));
         assert!(decode_login_password(&b64(b"a\0b")).is_err());
         let dec = |s| base64::engine::general_purpose::STANDARD.decode(s).unwrap();

@@ -135,7 +135,8 @@ impl UserDb {
                 return Err(err("empty user name".into()));
             }
             if let Err(e) = validate_name(name) {
-                db.skipped.push((line_no, format!("user {name:?} skipped: {e}")));
+                db.skipped
+                    .push((line_no, format!("user {name:?} skipped: {e}")));
                 continue;
             }
             // Dovecot allows numeric ids or system names; only numbers are kept
@@ -466,7 +467,10 @@ mod tests {
         assert_eq!(db.get("carol").unwrap().password, "{PLAIN}x");
         assert!(db.get("dave").unwrap().roles.is_empty());
         let e = db.get("eve").unwrap();
-        assert_eq!((e.uid, e.roles.as_slice()), (None, [Role::Submit].as_slice()));
+        assert_eq!(
+            (e.uid, e.roles.as_slice()),
+            (None, [Role::Submit].as_slice())
+        );
         assert_eq!(e.home, "/var/mail/eve");
         assert!(db.skipped().is_empty());
         assert_eq!(db.len(), 5);
@@ -492,9 +496,13 @@ mod tests {
 
     #[test]
     fn invalid_names_are_skipped_not_loaded() {
-        let db = UserDb::parse("Alice:{PLAIN}x\nbob@example.org:{PLAIN}y\n../x:{PLAIN}z\nok:{PLAIN}w\n")
-            .unwrap();
-        assert_eq!(db.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["ok"]);
+        let db =
+            UserDb::parse("Alice:{PLAIN}x\nbob@example.org:{PLAIN}y\n../x:{PLAIN}z\nok:{PLAIN}w\n")
+                .unwrap();
+        assert_eq!(
+            db.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+            ["ok"]
+        );
         let lines: Vec<usize> = db.skipped().iter().map(|(l, _)| *l).collect();
         assert_eq!(lines, [1, 2, 3]);
     }
@@ -565,16 +573,32 @@ mod tests {
         // Missing file: created with 0640.
         add_user(&path, "alice", "{PLAIN}a", &[]).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "alice:{PLAIN}a::::::\n");
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
 
-        let original = "# comment  kept\r\nalice:{PLAIN}a:1:2::/h::userdb_x=1 roles=pop3\nzed:{PLAIN}z";
+        let original =
+            "# comment  kept\r\nalice:{PLAIN}a:1:2::/h::userdb_x=1 roles=pop3\nzed:{PLAIN}z";
         fs::write(&path, original).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
 
-        add_user(&path, "bob", "{PLAIN}b", &[Role::Admin, Role::Pop3, Role::Admin]).unwrap();
+        add_user(
+            &path,
+            "bob",
+            "{PLAIN}b",
+            &[Role::Admin, Role::Pop3, Role::Admin],
+        )
+        .unwrap();
         let after_add = fs::read_to_string(&path).unwrap();
-        assert_eq!(after_add, format!("{original}\nbob:{{PLAIN}}b::::::roles=admin,pop3\n"));
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            after_add,
+            format!("{original}\nbob:{{PLAIN}}b::::::roles=admin,pop3\n")
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let db = UserDb::load(&path).unwrap();
         assert_eq!(db.get("bob").unwrap().roles, [Role::Admin, Role::Pop3]);
 
@@ -596,7 +620,11 @@ mod tests {
             after_add.replace("alice:{PLAIN}a:1:2", "alice:{PLAIN}new:1:2")
         );
         set_password(&path, "zed", "{PLAIN}zz").unwrap();
-        assert!(fs::read_to_string(&path).unwrap().contains("\nzed:{PLAIN}zz\n"));
+        assert!(
+            fs::read_to_string(&path)
+                .unwrap()
+                .contains("\nzed:{PLAIN}zz\n")
+        );
         assert!(matches!(
             set_password(&path, "nobody", "{PLAIN}x"),
             Err(UsersError::NotFound(_))
@@ -607,7 +635,10 @@ mod tests {
             fs::read_to_string(&path).unwrap(),
             "# comment  kept\r\nzed:{PLAIN}zz\nbob:{PLAIN}b::::::roles=admin,pop3\n"
         );
-        assert!(matches!(delete_user(&path, "alice"), Err(UsersError::NotFound(_))));
+        assert!(matches!(
+            delete_user(&path, "alice"),
+            Err(UsersError::NotFound(_))
+        ));
         // No tmp file left behind.
         assert!(!tmp_path(&path).exists());
         let db = UserDb::load(&path).unwrap();

@@ -32,7 +32,10 @@ pub fn scheme(stored: &str) -> &str {
 }
 
 fn split_scheme(stored: &str) -> (&str, &str) {
-    match stored.strip_prefix('{').and_then(|rest| rest.split_once('}')) {
+    match stored
+        .strip_prefix('{')
+        .and_then(|rest| rest.split_once('}'))
+    {
         Some((scheme, hash)) => (scheme, hash),
         None => ("CRYPT", stored),
     }
@@ -75,7 +78,10 @@ fn verify_bcrypt(hash: &str, password: &[u8]) -> bool {
 /// of the first difference nor the length of the stored value shows in timing.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let (da, db) = (Sha256::digest(a), Sha256::digest(b));
-    da.iter().zip(db.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    da.iter()
+        .zip(db.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// A new `{SHA512-CRYPT}$6$rounds=5000$<salt>$<hash>` for the users file.

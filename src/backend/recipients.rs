@@ -32,7 +32,9 @@ impl Aliases {
                 continue;
             }
             let Some((alias, targets)) = line.split_once(':') else {
-                return Err(format!("line {line_no}: expected \"alias: user[, user...]\""));
+                return Err(format!(
+                    "line {line_no}: expected \"alias: user[, user...]\""
+                ));
             };
             let alias = alias.trim().to_ascii_lowercase();
             validate_name(&alias).map_err(|e| format!("line {line_no}: alias {alias:?}: {e}"))?;
@@ -118,7 +120,9 @@ pub fn resolve(
                 return Err(Refusal::Syntax);
             }
             if !domains.iter().any(|d| {
-                d.strip_suffix('.').unwrap_or(d).eq_ignore_ascii_case(domain)
+                d.strip_suffix('.')
+                    .unwrap_or(d)
+                    .eq_ignore_ascii_case(domain)
             }) {
                 return Err(Refusal::Relay);
             }
@@ -251,7 +255,11 @@ mod tests {
             ("postmaster+x@example.org", "+", ok(&["root"])),
             ("postmaster@example.com", "+", Err(Refusal::Relay)),
         ] {
-            assert_eq!(resolve(addr, &domains, delim, &db, &al), want, "{addr:?} {delim:?}");
+            assert_eq!(
+                resolve(addr, &domains, delim, &db, &al),
+                want,
+                "{addr:?} {delim:?}"
+            );
         }
     }
 
@@ -265,7 +273,10 @@ mod tests {
         let al = Aliases::parse("postmaster: alice\n").unwrap();
         assert_eq!(resolve(pm, &d, "+", &db, &al), Ok(vec!["alice".into()]));
         // Then a user named postmaster, before admins.
-        assert_eq!(resolve(pm, &d, "+", &db, &none), Ok(vec!["postmaster".into()]));
+        assert_eq!(
+            resolve(pm, &d, "+", &db, &none),
+            Ok(vec!["postmaster".into()])
+        );
         // No admin: the first user.
         let db = users("zoe:{PLAIN}z\nalice:{PLAIN}a\n");
         assert_eq!(resolve(pm, &d, "+", &db, &none), Ok(vec!["zoe".into()]));
@@ -288,6 +299,9 @@ mod tests {
         };
         assert_eq!(enc(Refusal::Relay), "550 5.7.1 Relaying denied\r\n");
         assert_eq!(enc(Refusal::Unknown), "550 5.1.1 User unknown\r\n");
-        assert_eq!(enc(Refusal::Syntax), "501 5.1.3 Bad recipient address syntax\r\n");
+        assert_eq!(
+            enc(Refusal::Syntax),
+            "501 5.1.3 Bad recipient address syntax\r\n"
+        );
     }
 }

@@ -125,7 +125,10 @@ mod tests {
     #[test]
     fn from_parts_layout() {
         let n = UniqueName::from_parts(1795315389, 42, 1234, 7, 0xbeef, "mail.example.org");
-        assert_eq!(n.as_str(), "1795315389.M42P1234Q7R0000beef.mail.example.org");
+        assert_eq!(
+            n.as_str(),
+            "1795315389.M42P1234Q7R0000beef.mail.example.org"
+        );
         assert_eq!(
             n.with_sizes(100, 104),
             "1795315389.M42P1234Q7R0000beef.mail.example.org,S=100,W=104"
@@ -155,7 +158,10 @@ mod tests {
         for n in [&a, &b] {
             let s = n.as_str();
             assert!(s.ends_with(".h\\057x"), "{s}");
-            assert!(!s.contains(':') && !s.contains('/') && !s.contains(','), "{s}");
+            assert!(
+                !s.contains(':') && !s.contains('/') && !s.contains(','),
+                "{s}"
+            );
             let (secs, rest) = s.split_once('.').unwrap();
             assert!(secs.parse::<u64>().unwrap() > 1_600_000_000);
             assert!(rest.starts_with('M'), "{s}");
@@ -201,7 +207,10 @@ mod tests {
         let n = UniqueName::generate("mail.example.org");
         let full = n.with_sizes(1234, 1290);
         assert_eq!(parse_sizes(&full), (Some(1234), Some(1290)));
-        assert_eq!(parse_sizes(&format!("{full}:2,RS")), (Some(1234), Some(1290)));
+        assert_eq!(
+            parse_sizes(&format!("{full}:2,RS")),
+            (Some(1234), Some(1290))
+        );
         assert_eq!(base_name(&format!("{full}:2,S")), full);
     }
 }
