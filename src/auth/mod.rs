@@ -4,4 +4,7 @@
 pub mod users;
 pub mod verify;
 
-pub use users::{Role, UserDb, UserEntry, validate_name};
+pub use users::{
+    Role, UserDb, UserEntry, UsersError, add_user, delete_user, set_password, validate_name,
+};
+pub use verify::{hash_password, verify};

@@ -1,1 +1,524 @@
-//! TODO (being written): smtp::Backend over maildir delivery.
+//! `smtp::Backend` over recipient resolution and durable Maildir delivery: the
+//! trace headers, batching body bytes into `spawn_blocking` writes, and mapping
+//! storage errors to generic replies (details go to the log, DESIGN.md §2.1).
+
+use std::io;
+use std::mem;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+
+use super::Backend;
+use super::recipients::resolve;
+use crate::auth::validate_name;
+use crate::maildir::deliver::{Delivery, ensure_maildir};
+use crate::maildir::{Maildir, is_no_space};
+use crate::smtp::backend::{Backend as SmtpBackend, BodySink, Envelope, SessionInfo};
+use crate::smtp::reply::Reply;
+
+/// Body bytes are handed to a blocking task in batches of about this size:
+/// one thread hop per batch, not per line, and bounded memory per message.
+const BATCH: usize = 64 * 1024;
+
+fn temp_failure() -> Reply {
+    Reply::new(451, "4.3.0", "Temporary failure")
+}
+
+/// Wire text stays generic; the log gets the error (STYLE.md "wire text generic").
+fn storage_failure(e: &io::Error, session: u64, what: &str) -> Reply {
+    if is_no_space(e) {
+        tracing::error!(session, error = %e, "{what}: no space left");
+        Reply::new(452, "4.3.1", "Insufficient system storage")
+    } else {
+        tracing::warn!(session, error = %e, "{what} failed");
+        temp_failure()
+    }
+}
+
+impl SmtpBackend for Backend {
+    type Sink = MaildirSink;
+
+    /// RFC 5321 §4.1.1.3. Several mailboxes (an alias) come back joined with
+    /// `,`; `begin` splits them again.
+    async fn resolve_recipient(&self, address: &str) -> Result<String, Reply> {
+        let users = self.users();
+        let aliases = self.aliases();
+        match resolve(
+            address,
+            &self.config.domains,
+            &self.config.recipient_delimiter,
+            &users,
+            &aliases,
+        ) {
+            Ok(mailboxes) => Ok(mailboxes.join(",")),
+            Err(refusal) => {
+                tracing::info!(rcpt = ?address, ?refusal, "recipient refused");
+                Err(refusal.reply())
+            }
+        }
+    }
+
+    async fn begin(&self, info: &SessionInfo, env: &Envelope) -> Result<MaildirSink, Reply> {
+        let mailboxes = distinct_mailboxes(env);
+        if mailboxes.is_empty() {
+            return Err(Reply::new(554, "5.5.1", "No valid recipients"));
+        }
+        // Resolution already validated these; check again because they become paths.
+        if let Some(bad) = mailboxes.iter().find(|m| validate_name(m).is_err()) {
+            tracing::error!(session = info.id, mailbox = ?bad, "refusing unsafe mailbox name");
+            return Err(temp_failure());
+        }
+        let targets: Vec<Maildir> = mailboxes
+            .iter()
+            .map(|m| Maildir::new(self.config.mail_root.join(m)))
+            .collect();
+        let delivered_to = (self.config.smtp.delivered_to && mailboxes.len() == 1)
+            .then(|| env.rcpts.first().map(|(addr, _)| addr.as_str()))
+            .flatten();
+        let headers = trace_headers(
+            info,
+            env,
+            &self.config.hostname,
+            delivered_to,
+            Timestamp::now(),
+        );
+        let host = self.config.hostname.clone();
+        let dirs = targets.clone();
+        let started = tokio::task::spawn_blocking(move || -> io::Result<Delivery> {
+            for md in &dirs {
+                ensure_maildir(md)?;
+            }
+            let first = dirs
+                .first()
+                .ok_or_else(|| io::Error::other("no target maildir"))?;
+            let mut delivery = Delivery::begin(first, &host)?;
+            delivery.write(headers.as_bytes())?;
+            Ok(delivery)
+        })
+        .await;
+        match started {
+            Ok(Ok(delivery)) => Ok(MaildirSink {
+                delivery: Some(delivery),
+                buf: Vec::with_capacity(BATCH),
+                targets,
+                session: info.id,
+            }),
+            Ok(Err(e)) => Err(storage_failure(&e, info.id, "maildir delivery start")),
+            Err(e) => {
+                tracing::error!(session = info.id, error = %e, "delivery task failed");
+                Err(temp_failure())
+            }
+        }
+    }
+}
+
+/// The mailboxes of an envelope, split on `,` (aliases), in order, once each.
+fn distinct_mailboxes(env: &Envelope) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (_, mailboxes) in &env.rcpts {
+        for m in mailboxes.split(',').filter(|m| !m.is_empty()) {
+            if !out.iter().any(|o| o == m) {
+                out.push(m.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Client-supplied text goes into a header: no control characters, ever.
+fn header_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// `Return-Path:`, optional `Delivered-To:` and `Received:` (RFC 5321 §4.4,
+/// RFC 5322 §3.6.7), with LF line endings as stored in the Maildir.
+pub fn trace_headers(
+    info: &SessionInfo,
+    env: &Envelope,
+    hostname: &str,
+    delivered_to: Option<&str>,
+    now: Timestamp,
+) -> String {
+    let mut h = format!("Return-Path: <{}>\n", header_safe(&env.mail_from));
+    if let Some(rcpt) = delivered_to {
+        h.push_str(&format!("Delivered-To: {}\n", header_safe(rcpt)));
+    }
+    let helo = if info.helo.is_empty() {
+        "unknown".to_string()
+    } else {
+        header_safe(&info.helo)
+    };
+    let peer = match info.peer {
+        Some(addr) => format!("([{}])", addr.ip().to_canonical()),
+        None => "(unknown)".to_string(),
+    };
+    h.push_str(&format!(
+        "Received: from {helo} {peer}\n\tby {hostname} (maildird) with {} id {}",
+        header_safe(&info.with_protocol),
+        info.id
+    ));
+    if let [(addr, _)] = env.rcpts.as_slice() {
+        h.push_str(&format!("\n\tfor <{}>", header_safe(addr)));
+    }
+    let date = jiff::fmt::rfc2822::to_string(&now.to_zoned(TimeZone::UTC))
+        .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".to_string());
+    h.push_str(&format!(";\n\t{date}\n"));
+    h
+}
+
+/// A message on its way into Maildir: bytes are batched, then written by a
+/// blocking task. Dropped without `commit`, its `Delivery` removes the tmp file.
+#[derive(Debug)]
+pub struct MaildirSink {
+    /// None after a failed write: every later call answers 451.
+    delivery: Option<Delivery>,
+    buf: Vec<u8>,
+    targets: Vec<Maildir>,
+    session: u64,
+}
+
+impl MaildirSink {
+    async fn flush_batch(&mut self) -> Result<(), Reply> {
+        let Some(mut delivery) = self.delivery.take() else {
+            return Err(temp_failure());
+        };
+        let mut buf = mem::take(&mut self.buf);
+        // On error the Delivery is dropped inside the blocking task, which
+        // unlinks its tmp file off the async threads.
+        let done = tokio::task::spawn_blocking(move || {
+            delivery.write(&buf)?;
+            buf.clear();
+            Ok::<_, io::Error>((delivery, buf))
+        })
+        .await;
+        match done {
+            Ok(Ok((delivery, buf))) => {
+                self.delivery = Some(delivery);
+                self.buf = buf;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(storage_failure(&e, self.session, "maildir write")),
+            Err(e) => {
+                tracing::error!(session = self.session, error = %e, "delivery task failed");
+                Err(temp_failure())
+            }
+        }
+    }
+}
+
+impl BodySink for MaildirSink {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), Reply> {
+        if self.delivery.is_none() {
+            return Err(temp_failure());
+        }
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= BATCH {
+            self.flush_batch().await?;
+        }
+        Ok(())
+    }
+
+    /// DESIGN.md §2.1: fsync, link into every `new/`, fsync them; only then Ok.
+    async fn commit(mut self) -> Result<(), Reply> {
+        let Some(mut delivery) = self.delivery.take() else {
+            return Err(temp_failure());
+        };
+        let buf = mem::take(&mut self.buf);
+        let targets = mem::take(&mut self.targets);
+        let session = self.session;
+        let done = tokio::task::spawn_blocking(move || {
+            delivery.write(&buf)?;
+            let size = delivery.size();
+            delivery.commit(&targets).map(|paths| (paths, size))
+        })
+        .await;
+        match done {
+            Ok(Ok((paths, size))) => {
+                tracing::info!(session, size, copies = paths.len(), "message delivered");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(storage_failure(&e, session, "maildir commit")),
+            Err(e) => {
+                tracing::error!(session, error = %e, "delivery task failed");
+                Err(temp_failure())
+            }
+        }
+    }
+
+    async fn abort(mut self) {
+        if let Some(delivery) = self.delivery.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(delivery)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    fn backend(dir: &Path, delivered_to: bool) -> Backend {
+        fs::write(
+            dir.join("users"),
+            "alice:{PLAIN}a\nbob:{PLAIN}b\nroot:{PLAIN}r::::::roles=admin\n",
+        )
+        .unwrap();
+        fs::write(dir.join("aliases"), "team: alice, bob\n").unwrap();
+        let mut cfg = Config::parse(
+            "hostname = \"mx.example.org\"\ndomains = [\"example.org\"]\n",
+            "t",
+        )
+        .unwrap();
+        cfg.mail_root = dir.join("mail");
+        cfg.users_file = dir.join("users");
+        cfg.aliases_file = Some(dir.join("aliases"));
+        cfg.smtp.delivered_to = delivered_to;
+        Backend::load(Arc::new(cfg)).unwrap()
+    }
+
+    fn info(peer: Option<&str>) -> SessionInfo {
+        SessionInfo {
+            id: 42,
+            peer: peer.map(|p| p.parse().unwrap()),
+            helo: "client.example".into(),
+            with_protocol: "ESMTPS".into(),
+            auth_user: None,
+        }
+    }
+
+    fn envelope(rcpts: &[(&str, &str)]) -> Envelope {
+        Envelope {
+            mail_from: "sender@remote.example".into(),
+            rcpts: rcpts
+                .iter()
+                .map(|(a, m)| (a.to_string(), m.to_string()))
+                .collect(),
+            ..Envelope::default()
+        }
+    }
+
+    fn files(dir: PathBuf) -> Vec<PathBuf> {
+        match fs::read_dir(dir) {
+            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn wire(r: Reply) -> String {
+        let mut v = Vec::new();
+        r.encode(&mut v);
+        String::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn trace_headers_exact() {
+        let now: Timestamp = "2026-11-22T00:43:09Z".parse().unwrap();
+        let one = envelope(&[("alice@example.org", "alice")]);
+        assert_eq!(
+            trace_headers(
+                &info(Some("192.0.2.7:4321")),
+                &one,
+                "mx.example.org",
+                Some("alice@example.org"),
+                now
+            ),
+            "Return-Path: <sender@remote.example>\n\
+             Delivered-To: alice@example.org\n\
+             Received: from client.example ([192.0.2.7])\n\
+             \tby mx.example.org (maildird) with ESMTPS id 42\n\
+             \tfor <alice@example.org>;\n\
+             \tSun, 22 Nov 2026 00:43:09 +0000\n"
+        );
+        let mut two = envelope(&[("a@example.org", "alice"), ("b@example.org", "bob")]);
+        two.mail_from = String::new();
+        let mut i = info(None);
+        i.helo = "evil\r\nX-Injected: 1".into();
+        assert_eq!(
+            trace_headers(&i, &two, "mx.example.org", None, now),
+            "Return-Path: <>\n\
+             Received: from evil??X-Injected: 1 (unknown)\n\
+             \tby mx.example.org (maildird) with ESMTPS id 42;\n\
+             \tSun, 22 Nov 2026 00:43:09 +0000\n"
+        );
+        // IPv4-mapped IPv6 peers show as IPv4; real IPv6 stays.
+        let h = trace_headers(&info(Some("[::ffff:192.0.2.9]:25")), &two, "h", None, now);
+        assert!(h.contains("from client.example ([192.0.2.9])\n"), "{h}");
+        let h = trace_headers(&info(Some("[2001:db8::1]:25")), &two, "h", None, now);
+        assert!(h.contains("([2001:db8::1])\n"), "{h}");
+    }
+
+    #[test]
+    fn mailboxes_split_and_dedupe() {
+        let env = envelope(&[("t@x", "alice,bob"), ("a@x", "alice"), ("c@x", "carol")]);
+        assert_eq!(distinct_mailboxes(&env), ["alice", "bob", "carol"]);
+    }
+
+    #[tokio::test]
+    async fn resolve_recipient_replies() {
+        let t = tempfile::tempdir().unwrap();
+        let b = backend(t.path(), true);
+        assert_eq!(
+            b.resolve_recipient("Alice+x@Example.org").await.unwrap(),
+            "alice"
+        );
+        assert_eq!(
+            b.resolve_recipient("team@example.org").await.unwrap(),
+            "alice,bob"
+        );
+        assert_eq!(b.resolve_recipient("postmaster").await.unwrap(), "root");
+        assert_eq!(
+            wire(
+                b.resolve_recipient("alice@elsewhere.example")
+                    .await
+                    .unwrap_err()
+            ),
+            "550 5.7.1 Relaying denied\r\n"
+        );
+        assert_eq!(
+            wire(b.resolve_recipient("zed@example.org").await.unwrap_err()),
+            "550 5.1.1 User unknown\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn delivers_one_recipient_with_headers_and_batches() {
+        let t = tempfile::tempdir().unwrap();
+        let b = backend(t.path(), true);
+        let env = envelope(&[("alice@example.org", "alice")]);
+        let mut sink = b.begin(&info(Some("192.0.2.7:4321")), &env).await.unwrap();
+        let line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopq\n";
+        sink.write(b"Subject: big\n\n").await.unwrap();
+        // ~200 KiB: several batches through spawn_blocking.
+        for _ in 0..3200 {
+            sink.write(line).await.unwrap();
+        }
+        // Nothing visible in new/ before commit.
+        let md = t.path().join("mail/alice");
+        assert!(files(md.join("new")).is_empty());
+        assert_eq!(files(md.join("tmp")).len(), 1);
+        sink.commit().await.unwrap();
+
+        let delivered = files(md.join("new"));
+        assert_eq!(delivered.len(), 1);
+        assert!(files(md.join("tmp")).is_empty());
+        let text = fs::read_to_string(&delivered[0]).unwrap();
+        let prefix = "Return-Path: <sender@remote.example>\n\
+                      Delivered-To: alice@example.org\n\
+                      Received: from client.example ([192.0.2.7])\n\
+                      \tby mx.example.org (maildird) with ESMTPS id 42\n\
+                      \tfor <alice@example.org>;\n\t";
+        assert!(text.starts_with(prefix), "{}", &text[..300]);
+        let (date, rest) = text[prefix.len()..].split_once('\n').unwrap();
+        jiff::fmt::rfc2822::parse(date).unwrap();
+        assert!(date.ends_with(" +0000"), "{date}");
+        let body = String::from_utf8(line.to_vec()).unwrap().repeat(3200);
+        assert_eq!(rest, format!("Subject: big\n\n{body}"));
+        // The name carries the sizes POP3 will use.
+        let name = delivered[0].file_name().unwrap().to_str().unwrap();
+        let size = text.len() as u64;
+        let lfs = text.matches('\n').count() as u64;
+        assert_eq!(
+            crate::maildir::name::parse_sizes(name),
+            (Some(size), Some(size + lfs))
+        );
+    }
+
+    #[tokio::test]
+    async fn alias_delivers_one_inode_to_each_mailbox() {
+        let t = tempfile::tempdir().unwrap();
+        let b = backend(t.path(), true);
+        let rcpt = b.resolve_recipient("team@example.org").await.unwrap();
+        let env = envelope(&[("team@example.org", &rcpt), ("alice@example.org", "alice")]);
+        let mut sink = b.begin(&info(None), &env).await.unwrap();
+        sink.write(b"Subject: hi\n\nbody\n").await.unwrap();
+        sink.commit().await.unwrap();
+        let a = files(t.path().join("mail/alice/new"));
+        let bo = files(t.path().join("mail/bob/new"));
+        assert_eq!((a.len(), bo.len()), (1, 1));
+        assert_eq!(
+            fs::metadata(&a[0]).unwrap().ino(),
+            fs::metadata(&bo[0]).unwrap().ino()
+        );
+        let text = fs::read_to_string(&a[0]).unwrap();
+        // Two mailboxes: no Delivered-To; two RCPTs: no `for`.
+        assert!(!text.contains("Delivered-To:"), "{text}");
+        assert!(!text.contains("\tfor <"), "{text}");
+        assert!(
+            text.contains("Received: from client.example (unknown)\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\nSubject: hi\n\nbody\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn delivered_to_can_be_turned_off() {
+        let t = tempfile::tempdir().unwrap();
+        let b = backend(t.path(), false);
+        let env = envelope(&[("bob@example.org", "bob")]);
+        let sink = b.begin(&info(None), &env).await.unwrap();
+        sink.commit().await.unwrap();
+        let f = files(t.path().join("mail/bob/new"));
+        let text = fs::read_to_string(&f[0]).unwrap();
+        assert!(!text.contains("Delivered-To:"), "{text}");
+        assert!(text.contains("\tfor <bob@example.org>;"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn abort_leaves_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let b = backend(t.path(), true);
+        let env = envelope(&[("alice@example.org", "alice")]);
+        let mut sink = b.begin(&info(None), &env).await.unwrap();
+        sink.write(&[b'x'; BATCH + 10]).await.unwrap();
+        assert_eq!(files(t.path().join("mail/alice/tmp")).len(), 1);
+        sink.abort().await;
+        assert!(files(t.path().join("mail/alice/tmp")).is_empty());
+        assert!(files(t.path().join("mail/alice/new")).is_empty());
+    }
+
+    #[tokio::test]
+    async fn commit_failure_is_451_and_leaves_no_copy() {
+        let t = tempfile::tempdir().unwrap();
+        let b = backend(t.path(), true);
+        let env = envelope(&[("team@example.org", "alice,bob")]);
+        let mut sink = b.begin(&info(None), &env).await.unwrap();
+        sink.write(b"body\n").await.unwrap();
+        // bob's new/ turns into a regular file: the second link fails even as root.
+        let bob_new = t.path().join("mail/bob/new");
+        fs::remove_dir(&bob_new).unwrap();
+        fs::write(&bob_new, b"").unwrap();
+        let e = sink.commit().await.unwrap_err();
+        assert_eq!(wire(e), "451 4.3.0 Temporary failure\r\n");
+        assert!(files(t.path().join("mail/alice/new")).is_empty());
+        assert!(files(t.path().join("mail/alice/tmp")).is_empty());
+        // begin itself fails the same way while the Maildir is broken.
+        let e = b.begin(&info(None), &env).await.unwrap_err();
+        assert_eq!(wire(e), "451 4.3.0 Temporary failure\r\n");
+        assert!(files(t.path().join("mail/alice/tmp")).is_empty());
+    }
+
+    #[test]
+    fn no_space_maps_to_452() {
+        let e = io::Error::from_raw_os_error(nix::libc::ENOSPC);
+        assert_eq!(
+            wire(storage_failure(&e, 1, "t")),
+            "452 4.3.1 Insufficient system storage\r\n"
+        );
+        let e = io::Error::from_raw_os_error(nix::libc::EDQUOT);
+        assert_eq!(
+            wire(storage_failure(&e, 1, "t")),
+            "452 4.3.1 Insufficient system storage\r\n"
+        );
+        let e = io::Error::from_raw_os_error(nix::libc::EIO);
+        assert_eq!(
+            wire(storage_failure(&e, 1, "t")),
+            "451 4.3.0 Temporary failure\r\n"
+        );
+    }
+}
