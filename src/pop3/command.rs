@@ -77,7 +77,7 @@ impl Command {
 /// Why a line is not a command. `Display` is the `-ERR` text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
-    #[error("Line too long")]
+    #[error("line too long")]
     TooLong,
     #[error("Unknown command")]
     Unknown,
