@@ -1,1 +1,338 @@
-//! TODO (being written): pop3::Store over maildir scan + lock.
+//! `pop3::Store` over auth + maildir: login checks the password and the `pop3`
+//! role, then (off the async threads) creates the Maildir if needed, takes the
+//! POP3 lock and snapshots `new/` + `cur/`. Messages are resolved by base name
+//! at every access, so mutt may move or flag them meanwhile (DESIGN.md §2.2-2.3).
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::Backend;
+use crate::auth::{Role, validate_name};
+use crate::maildir::Maildir;
+use crate::maildir::lock::{LockError, MailboxLock};
+use crate::maildir::scan::{self, Entry};
+use crate::pop3::store::{Mailbox, MessageInfo, Store, StoreError};
+
+/// A locked Maildir with its login snapshot.
+#[derive(Debug)]
+pub struct MaildirMailbox {
+    md: Maildir,
+    /// Shared only with the refresher task, which holds a `Weak`.
+    lock: Arc<MailboxLock>,
+    entries: Vec<Entry>,
+    messages: Vec<MessageInfo>,
+}
+
+impl Store for Backend {
+    type Mailbox = MaildirMailbox;
+
+    async fn login(&self, user: &str, password: &[u8]) -> Result<MaildirMailbox, StoreError> {
+        // Unknown user, wrong password and missing role share one answer.
+        let entry = self
+            .authenticate(user, password)
+            .await
+            .ok_or(StoreError::Auth)?;
+        if !entry.roles.contains(&Role::Pop3) {
+            info!(user = ?entry.name, "pop3 login refused: no pop3 role");
+            return Err(StoreError::Auth);
+        }
+        if let Err(e) = validate_name(&entry.name) {
+            warn!(user = ?entry.name, error = %e, "user name cannot be a mailbox");
+            return Err(StoreError::Auth);
+        }
+        let md = Maildir::new(self.config.mail_root.join(&entry.name));
+        MaildirMailbox::open(
+            md,
+            self.config.hostname.clone(),
+            self.config.pop3.lock_stale_after,
+        )
+        .await
+    }
+}
+
+impl MaildirMailbox {
+    /// Create the Maildir if missing, lock it and take the snapshot; keep the lock
+    /// fresh while the mailbox lives.
+    pub async fn open(
+        md: Maildir,
+        host: String,
+        stale_after: Duration,
+    ) -> Result<MaildirMailbox, StoreError> {
+        let (md, lock, entries) = tokio::task::spawn_blocking(move || {
+            open_blocking(&md, &host, stale_after).map(|(l, e)| (md, l, e))
+        })
+        .await
+        .map_err(|_| StoreError::Temporary)??;
+        let lock = Arc::new(lock);
+        spawn_refresher(Arc::downgrade(&lock), stale_after);
+        let messages = entries
+            .iter()
+            .map(|e| MessageInfo {
+                uidl: scan::uidl(&e.base),
+                size: e.size,
+            })
+            .collect();
+        Ok(MaildirMailbox {
+            md,
+            lock,
+            entries,
+            messages,
+        })
+    }
+}
+
+fn open_blocking(
+    md: &Maildir,
+    host: &str,
+    stale_after: Duration,
+) -> Result<(MailboxLock, Vec<Entry>), StoreError> {
+    ensure_maildir(md).map_err(|e| {
+        warn!(error = %e, path = %md.path().display(), "cannot create maildir");
+        StoreError::Temporary
+    })?;
+    let lock = MailboxLock::acquire(md, host, stale_after).map_err(|e| match e {
+        LockError::InUse => StoreError::InUse,
+        LockError::Io(e) => {
+            warn!(error = %e, path = %md.path().display(), "cannot lock maildir");
+            StoreError::Temporary
+        }
+    })?;
+    let entries = scan::snapshot(md).map_err(|e| {
+        warn!(error = %e, path = %md.path().display(), "cannot read maildir");
+        StoreError::Temporary
+    })?;
+    Ok((lock, entries))
+}
+
+/// A user without mail yet has no Maildir: create it private (0700).
+fn ensure_maildir(md: &Maildir) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    for dir in [md.path().to_path_buf(), md.tmp(), md.new_dir(), md.cur()] {
+        if !dir.is_dir() {
+            match std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Touch the lock every third of `stale_after` so that other hosts never judge a
+/// long session (a slow RETR) stale. Ends when the mailbox is dropped.
+fn spawn_refresher(lock: Weak<MailboxLock>, stale_after: Duration) {
+    let every = (stale_after / 3).max(Duration::from_secs(1));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(l) = lock.upgrade() else { return };
+            let r = tokio::task::spawn_blocking(move || l.refresh()).await;
+            if let Ok(Err(e)) = r {
+                warn!(error = %e, "cannot refresh the mailbox lock");
+                return;
+            }
+        }
+    });
+}
+
+/// Read a message at its snapshot path, else wherever its base name is now.
+fn read_message(md: &Maildir, entry: &Entry) -> Result<(Vec<u8>, Option<PathBuf>), StoreError> {
+    let mut path = entry.path.clone();
+    let mut moved = false;
+    for _ in 0..3 {
+        match std::fs::read(&path) {
+            Ok(b) => return Ok((b, moved.then_some(path))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match scan::find(md, &entry.base) {
+                Some(p) => {
+                    path = p;
+                    moved = true;
+                }
+                None => return Err(StoreError::Gone),
+            },
+            Err(e) => {
+                warn!(error = %e, path = %path.display(), "cannot read message");
+                return Err(StoreError::Temporary);
+            }
+        }
+    }
+    Err(StoreError::Gone)
+}
+
+impl Mailbox for MaildirMailbox {
+    fn messages(&self) -> &[MessageInfo] {
+        &self.messages
+    }
+
+    async fn read(&mut self, index: usize) -> Result<Vec<u8>, StoreError> {
+        let entry = self.entries.get(index).cloned().ok_or(StoreError::Gone)?;
+        let md = self.md.clone();
+        let (bytes, moved) = tokio::task::spawn_blocking(move || read_message(&md, &entry))
+            .await
+            .map_err(|_| StoreError::Temporary)??;
+        if let (Some(p), Some(e)) = (moved, self.entries.get_mut(index)) {
+            e.path = p;
+        }
+        Ok(bytes)
+    }
+
+    async fn mark_seen(&mut self, index: usize) {
+        let Some(base) = self.entries.get(index).map(|e| e.base.clone()) else {
+            return;
+        };
+        let md = self.md.clone();
+        match tokio::task::spawn_blocking(move || scan::mark_seen(&md, &base)).await {
+            Ok(Ok(Some(p))) => {
+                if let Some(e) = self.entries.get_mut(index) {
+                    e.path = p;
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot mark message seen"),
+            Err(e) => warn!(error = %e, "mark seen task failed"),
+        }
+    }
+
+    async fn commit_deletes(self, indexes: Vec<usize>) -> Result<(), StoreError> {
+        let MaildirMailbox {
+            md, lock, entries, ..
+        } = self;
+        let bases: Vec<String> = indexes
+            .iter()
+            .filter_map(|&i| entries.get(i).map(|e| e.base.clone()))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let r = scan::remove_messages(&md, &bases);
+            // Release only after the removal is durable.
+            drop(lock);
+            r.map_err(|e| {
+                warn!(error = %e, path = %md.path().display(), "pop3 update failed");
+                StoreError::Temporary
+            })
+        })
+        .await
+        .map_err(|_| StoreError::Temporary)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    const STALE: Duration = Duration::from_secs(1800);
+
+    fn maildir() -> (tempfile::TempDir, Maildir) {
+        let t = tempfile::tempdir().unwrap();
+        let md = Maildir::new(t.path().join("alice"));
+        ensure_maildir(&md).unwrap();
+        (t, md)
+    }
+
+    #[tokio::test]
+    async fn open_read_follow_moves_and_commit() {
+        let (_t, md) = maildir();
+        let a = "1700000000.M1P1Q1R1.h,S=6,W=8";
+        let b = "1700000001.M1P1Q2R1.h";
+        let c = "1700000002.M1P1Q3R1.h";
+        fs::write(md.new_dir().join(a), b"x\n.y\n").unwrap();
+        fs::write(md.new_dir().join(b), b"b\n").unwrap();
+        fs::write(md.cur().join(format!("{c}:2,S")), b"c").unwrap();
+        let mut mb = MaildirMailbox::open(md.clone(), "h".into(), STALE)
+            .await
+            .unwrap();
+        assert_eq!(
+            mb.messages(),
+            &[
+                MessageInfo {
+                    uidl: a.into(),
+                    size: 8
+                },
+                MessageInfo {
+                    uidl: b.into(),
+                    size: 3
+                },
+                MessageInfo {
+                    uidl: c.into(),
+                    size: 3
+                },
+            ]
+        );
+        // mutt reads `a`: new/ -> cur/ with a flag; we still find it.
+        fs::rename(md.new_dir().join(a), md.cur().join(format!("{a}:2,S"))).unwrap();
+        assert_eq!(mb.read(0).await.unwrap(), b"x\n.y\n");
+        // mutt deletes `b`: that message is gone, the session goes on.
+        fs::remove_file(md.new_dir().join(b)).unwrap();
+        assert_eq!(mb.read(1).await, Err(StoreError::Gone));
+        assert_eq!(mb.read(9).await, Err(StoreError::Gone));
+        mb.mark_seen(2).await;
+        assert_eq!(mb.read(2).await.unwrap(), b"c");
+        mb.commit_deletes(vec![0, 1]).await.unwrap();
+        assert_eq!(scan::find(&md, a), None);
+        assert!(md.cur().join(format!("{c}:2,S")).exists());
+        assert!(!md.path().join(crate::maildir::lock::LOCK_NAME).exists());
+    }
+
+    #[tokio::test]
+    async fn one_session_per_mailbox_and_drop_changes_nothing() {
+        let (_t, md) = maildir();
+        fs::write(md.new_dir().join("1.M1P1.h"), b"a\n").unwrap();
+        let mb = MaildirMailbox::open(md.clone(), "h".into(), STALE)
+            .await
+            .unwrap();
+        assert_eq!(
+            MaildirMailbox::open(md.clone(), "h".into(), STALE)
+                .await
+                .unwrap_err(),
+            StoreError::InUse
+        );
+        drop(mb);
+        assert!(md.new_dir().join("1.M1P1.h").exists());
+        let again = MaildirMailbox::open(md.clone(), "h".into(), STALE)
+            .await
+            .unwrap();
+        assert_eq!(again.messages().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn missing_maildir_is_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let md = Maildir::new(t.path().join("bob"));
+        let mb = MaildirMailbox::open(md.clone(), "h".into(), STALE)
+            .await
+            .unwrap();
+        assert!(mb.messages().is_empty());
+        for d in [md.path().to_path_buf(), md.tmp(), md.new_dir(), md.cur()] {
+            let mode = fs::metadata(&d).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", d.display());
+        }
+    }
+
+    #[tokio::test]
+    async fn login_refuses_unknown_user() {
+        let t = tempfile::tempdir().unwrap();
+        let users = t.path().join("users");
+        fs::write(&users, "").unwrap();
+        let toml = format!(
+            "mail_root = {:?}\nusers_file = {:?}\n",
+            t.path().join("mail").display().to_string(),
+            users.display().to_string()
+        );
+        let cfg = crate::config::Config::parse(&toml, "t").unwrap();
+        let be = Backend::load(Arc::new(cfg)).unwrap();
+        assert_eq!(
+            be.login("nobody", b"pw").await.unwrap_err(),
+            StoreError::Auth
+        );
+        assert!(!t.path().join("mail").join("nobody").exists());
+    }
+}

@@ -1,1 +1,438 @@
-//! TODO (being written).
+//! Reading a Maildir shared with mutt (DESIGN.md §2.2-2.3): the POP3 login
+//! snapshot of `new/` + `cur/` in delivery order, UIDLs from base names, finding a
+//! message by base name wherever mutt moved it, removal and the seen flag.
+//! Blocking std::fs; async callers use `spawn_blocking`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use sha2::{Digest, Sha256};
+
+use super::Maildir;
+
+/// One message of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The unique name without the `:info` part: the message's identity.
+    pub base: String,
+    /// Where the file was at snapshot time.
+    pub path: PathBuf,
+    /// Octets with CRLF line endings, exactly what RETR sends (without stuffing).
+    pub size: u64,
+}
+
+/// Passes over the directories before the last listing is used even if files
+/// are still arriving or moving.
+const MAX_PASSES: usize = 5;
+
+/// The base name: everything before the first `:` (the Maildir info separator).
+pub fn base_of(name: &str) -> &str {
+    name.split_once(':').map_or(name, |(b, _)| b)
+}
+
+/// One listing: (base, path, file name) of regular non-dot files in new/ and cur/.
+fn list(md: &Maildir) -> io::Result<Vec<(String, PathBuf, String)>> {
+    let mut out = Vec::new();
+    for dir in [md.new_dir(), md.cur()] {
+        for ent in fs::read_dir(&dir)? {
+            let ent = ent?;
+            let Ok(name) = ent.file_name().into_string() else {
+                continue; // not UTF-8: not a name any Maildir writer makes
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            match ent.file_type() {
+                Ok(t) if t.is_file() => {}
+                _ => continue,
+            }
+            out.push((base_of(&name).to_string(), ent.path(), name));
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
+}
+
+/// The login snapshot: all messages of `new/` and `cur/`, in delivery order.
+/// Listed until two consecutive passes agree (mutt may be renaming), at most
+/// `MAX_PASSES` times.
+pub fn snapshot(md: &Maildir) -> io::Result<Vec<Entry>> {
+    let mut last = list(md)?;
+    for _ in 1..MAX_PASSES {
+        let next = list(md)?;
+        let stable = next == last;
+        last = next;
+        if stable {
+            break;
+        }
+    }
+    let mut keyed = Vec::with_capacity(last.len());
+    for (base, path, name) in last {
+        let size = match size_from_name(&base) {
+            Some(s) => s,
+            None => match file_crlf_size(&path) {
+                Ok(s) => s,
+                // Removed or moved since the listing: not part of this snapshot.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            },
+        };
+        let key = match delivery_time(&base) {
+            Some(t) => t,
+            None => match fs::metadata(&path).and_then(|m| m.modified()) {
+                Ok(t) => t
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| (d.as_secs(), u64::from(d.subsec_micros())))
+                    .unwrap_or((0, 0)),
+                Err(_) => (0, 0),
+            },
+        };
+        keyed.push((key, name, Entry { base, path, size }));
+    }
+    keyed.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    // A base listed twice (moved new/ -> cur/ during the passes) is one message.
+    let mut seen = std::collections::HashSet::new();
+    Ok(keyed
+        .into_iter()
+        .map(|(_, _, e)| e)
+        .filter(|e| seen.insert(e.base.clone()))
+        .collect())
+}
+
+/// (seconds, microseconds) from a name `sec.M<usec>...` (ours, Dovecot's), or
+/// (seconds, 0) from any `sec.` name (qmail, mutt).
+fn delivery_time(base: &str) -> Option<(u64, u64)> {
+    let (sec, rest) = base.split_once('.')?;
+    if sec.is_empty() || !sec.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let sec = sec.parse().ok()?;
+    let usec = rest
+        .strip_prefix('M')
+        .map(|r| {
+            let digits: String = r.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().unwrap_or(0)
+        })
+        .unwrap_or(0);
+    Some((sec, usec))
+}
+
+/// The `,W=<n>` field of a unique name (Dovecot and maildird write it): the size
+/// with CRLF line endings.
+fn size_from_name(base: &str) -> Option<u64> {
+    base.split(',')
+        .skip(1)
+        .filter_map(|f| f.strip_prefix("W="))
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|v| v.parse().ok())
+        .last()
+}
+
+/// The CRLF size of a file, streamed: its length, plus one for every LF without a
+/// CR before it, plus a CRLF when the last line is unterminated. Equals
+/// `pop3::reply::crlf_size` of the contents.
+pub fn file_crlf_size(path: &Path) -> io::Result<u64> {
+    let mut f = fs::File::open(path)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0u64;
+    let mut prev = 0u8;
+    loop {
+        let got = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(g) => g,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        for &b in buf.get(..got).unwrap_or_default() {
+            n += 1;
+            if b == b'\n' && prev != b'\r' {
+                n += 1;
+            }
+            prev = b;
+        }
+    }
+    if n > 0 && prev != b'\n' {
+        n += 2;
+    }
+    Ok(n)
+}
+
+/// RFC 1939 §7 unique-id: the base name when it is 1-70 characters in 0x21-0x7E,
+/// else a hex SHA-256 of it (64 characters), stable across mutt's renames.
+pub fn uidl(base: &str) -> String {
+    if (1..=70).contains(&base.len()) && base.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return base.to_string();
+    }
+    Sha256::digest(base.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The current path of the message `base`: `new/base`, or any file in `new/` or
+/// `cur/` whose base name is `base` (mutt moves to `cur/` and appends `:2,FLAGS`).
+pub fn find(md: &Maildir, base: &str) -> Option<PathBuf> {
+    if base.is_empty() || base.contains('/') {
+        return None;
+    }
+    let direct = md.new_dir().join(base);
+    if direct.is_file() {
+        return Some(direct);
+    }
+    for dir in [md.new_dir(), md.cur()] {
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for ent in rd.flatten() {
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if base_of(name) == base && !name.starts_with('.') {
+                return Some(ent.path());
+            }
+        }
+    }
+    None
+}
+
+/// All files per base name in `new/` and `cur/` (one directory read each).
+fn index(md: &Maildir) -> io::Result<HashMap<String, Vec<PathBuf>>> {
+    let mut map: HashMap<String, Vec<PathBuf>> = HashMap::new();
+    for dir in [md.new_dir(), md.cur()] {
+        for ent in fs::read_dir(&dir)? {
+            let ent = ent?;
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with('.') {
+                map.entry(base_of(name).to_string())
+                    .or_default()
+                    .push(ent.path());
+            }
+        }
+    }
+    Ok(map)
+}
+
+/// POP3 UPDATE: unlink the messages `bases` wherever they are now, tolerating
+/// ones already gone; then fsync `new/` and `cur/` so the removal is durable.
+pub fn remove_messages(md: &Maildir, bases: &[String]) -> io::Result<()> {
+    if bases.is_empty() {
+        return Ok(());
+    }
+    let map = index(md)?;
+    for base in bases {
+        let mut paths = map.get(base).cloned().unwrap_or_default();
+        // Moved between the directory read and the unlink: look once more.
+        let mut retried = false;
+        while let Some(p) = paths.pop() {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if !retried {
+                        retried = true;
+                        if let Some(q) = find(md, base) {
+                            paths.push(q);
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    for dir in [md.new_dir(), md.cur()] {
+        fs::File::open(&dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Mark `base` seen for mutt: move it to `cur/base:2,<flags>` with `S` added
+/// (flags kept sorted, unknown ones kept). Returns the new path, or None when the
+/// message is gone or carries info that is not `2,` (left alone).
+pub fn mark_seen(md: &Maildir, base: &str) -> io::Result<Option<PathBuf>> {
+    for _ in 0..2 {
+        let Some(from) = find(md, base) else {
+            return Ok(None);
+        };
+        let name = from
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let flags = match name.split_once(':') {
+            None => String::new(),
+            Some((_, info)) => match info.strip_prefix("2,") {
+                Some(f) => f.to_string(),
+                None => return Ok(None),
+            },
+        };
+        let mut chars: Vec<char> = flags.chars().collect();
+        if !chars.contains(&'S') {
+            chars.push('S');
+        }
+        chars.sort_unstable();
+        chars.dedup();
+        let to = md
+            .cur()
+            .join(format!("{base}:2,{}", chars.iter().collect::<String>()));
+        if to == from {
+            return Ok(Some(to));
+        }
+        match fs::rename(&from, &to) {
+            Ok(()) => return Ok(Some(to)),
+            // Mutt moved it meanwhile: look again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn maildir() -> (tempfile::TempDir, Maildir) {
+        let t = tempfile::tempdir().unwrap();
+        for d in ["tmp", "new", "cur"] {
+            fs::create_dir(t.path().join(d)).unwrap();
+        }
+        let md = Maildir::new(t.path());
+        (t, md)
+    }
+
+    #[test]
+    fn uidl_rules() {
+        let short = "1700000000.M1P2Q3R4.host,S=10,W=12";
+        assert_eq!(uidl(short), short);
+        let long = "x".repeat(71);
+        let u = uidl(&long);
+        assert_eq!(u.len(), 64);
+        assert!(u.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(uidl(&"x".repeat(70)), "x".repeat(70));
+        assert_ne!(uidl("a b"), "a b");
+        assert_eq!(uidl("a b").len(), 64);
+        assert_eq!(uidl("").len(), 64);
+        assert_eq!(uidl(&long), u, "stable");
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(base_of("a.b:2,S"), "a.b");
+        assert_eq!(base_of("a.b"), "a.b");
+        assert_eq!(
+            delivery_time("1700000000.M123P4.h"),
+            Some((1700000000, 123))
+        );
+        assert_eq!(delivery_time("1700000000.4_5.h"), Some((1700000000, 0)));
+        assert_eq!(delivery_time("abc.M1"), None);
+        assert_eq!(size_from_name("1.M1P1.h,S=10,W=12"), Some(12));
+        assert_eq!(size_from_name("1.M1P1.h,S=10"), None);
+        assert_eq!(size_from_name("1.M1P1.h,W=x"), None);
+    }
+
+    #[test]
+    fn file_size_matches_the_pop3_encoder() {
+        let (_t, md) = maildir();
+        for body in [
+            &b""[..],
+            b"a\nb\n",
+            b"a\r\nb\n",
+            b"no newline",
+            b".\n..\n",
+            b"\r",
+            b"x\r\n",
+        ] {
+            let p = md.new_dir().join("m");
+            fs::write(&p, body).unwrap();
+            assert_eq!(
+                file_crlf_size(&p).unwrap(),
+                crate::pop3::reply::crlf_size(body),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn snapshot_orders_sizes_and_skips() {
+        let (_t, md) = maildir();
+        fs::write(md.cur().join("1700000002.M5P1.h:2,S"), b"c\n").unwrap();
+        fs::write(md.new_dir().join("1700000001.M900P1.h,S=2,W=99"), b"b\n").unwrap();
+        fs::write(md.new_dir().join("1700000001.M10P1.h"), b"a\nb\n").unwrap();
+        fs::write(md.new_dir().join(".hidden"), b"x").unwrap();
+        fs::create_dir(md.cur().join("subdir")).unwrap();
+        let s = snapshot(&md).unwrap();
+        let got: Vec<(&str, u64)> = s.iter().map(|e| (e.base.as_str(), e.size)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("1700000001.M10P1.h", 6),
+                ("1700000001.M900P1.h,S=2,W=99", 99),
+                ("1700000002.M5P1.h", 3),
+            ]
+        );
+        assert_eq!(s[2].path, md.cur().join("1700000002.M5P1.h:2,S"));
+    }
+
+    #[test]
+    fn snapshot_falls_back_to_mtime_then_name() {
+        let (_t, md) = maildir();
+        let old = md.new_dir().join("zzz-foreign");
+        fs::write(&old, b"x\n").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(UNIX_EPOCH + std::time::Duration::from_secs(1000))
+            .unwrap();
+        fs::write(md.new_dir().join("1700000000.M1P1.h"), b"y\n").unwrap();
+        let s = snapshot(&md).unwrap();
+        assert_eq!(s[0].base, "zzz-foreign");
+        assert_eq!(s[1].base, "1700000000.M1P1.h");
+    }
+
+    #[test]
+    fn moved_message_is_found_deleted_and_keeps_its_uidl() {
+        let (_t, md) = maildir();
+        let base = "1700000000.M1P1Q1R1.host,S=2,W=3";
+        fs::write(md.new_dir().join(base), b"a\n").unwrap();
+        let keep = "1700000001.M1P1Q2R1.host,S=2,W=3";
+        fs::write(md.new_dir().join(keep), b"b\n").unwrap();
+        let s = snapshot(&md).unwrap();
+        let before = uidl(&s[0].base);
+        // mutt reads it: new/ -> cur/ with flags.
+        fs::rename(
+            md.new_dir().join(base),
+            md.cur().join(format!("{base}:2,S")),
+        )
+        .unwrap();
+        let again = snapshot(&md).unwrap();
+        assert_eq!(uidl(&again[0].base), before);
+        assert_eq!(find(&md, base), Some(md.cur().join(format!("{base}:2,S"))));
+        remove_messages(&md, &[s[0].base.clone(), "gone.already".into()]).unwrap();
+        assert_eq!(find(&md, base), None);
+        assert!(md.new_dir().join(keep).exists());
+        assert_eq!(snapshot(&md).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn mark_seen_moves_and_keeps_flags() {
+        let (_t, md) = maildir();
+        fs::write(md.new_dir().join("1.M1P1.h"), b"a\n").unwrap();
+        let p = mark_seen(&md, "1.M1P1.h").unwrap();
+        assert_eq!(p, Some(md.cur().join("1.M1P1.h:2,S")));
+        assert!(md.cur().join("1.M1P1.h:2,S").exists());
+        assert!(!md.new_dir().join("1.M1P1.h").exists());
+        fs::write(md.cur().join("2.M1P1.h:2,Tax"), b"b\n").unwrap();
+        mark_seen(&md, "2.M1P1.h").unwrap();
+        assert!(md.cur().join("2.M1P1.h:2,STax").exists());
+        // Already seen: unchanged.
+        mark_seen(&md, "1.M1P1.h").unwrap();
+        assert!(md.cur().join("1.M1P1.h:2,S").exists());
+        // Unknown info version: left alone.
+        fs::write(md.cur().join("3.M1P1.h:1,x"), b"c\n").unwrap();
+        assert_eq!(mark_seen(&md, "3.M1P1.h").unwrap(), None);
+        assert!(md.cur().join("3.M1P1.h:1,x").exists());
+        assert_eq!(mark_seen(&md, "4.gone").unwrap(), None);
+    }
+}

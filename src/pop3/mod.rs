@@ -9,4 +9,4 @@ pub mod state;
 pub mod store;
 
 pub use session::{Session, SessionConfig};
-pub use store::{Mailbox, Store};
+pub use store::{Mailbox, MessageInfo, Store, StoreError};

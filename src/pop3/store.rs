@@ -20,6 +20,9 @@ pub enum StoreError {
     InUse,
     /// Temporary failure (I/O, lock): `-ERR [SYS/TEMP]`.
     Temporary,
+    /// The message was removed by someone else (e.g. mutt) since login: `-ERR`
+    /// for that message only.
+    Gone,
 }
 
 /// Storage for POP3. Implemented by `crate::backend`.
@@ -31,7 +34,7 @@ pub trait Store: Send + Sync + 'static {
     fn login(
         &self,
         user: &str,
-        password: &str,
+        password: &[u8],
     ) -> impl Future<Output = Result<Self::Mailbox, StoreError>> + Send;
 }
 
@@ -40,7 +43,7 @@ pub trait Store: Send + Sync + 'static {
 pub trait Mailbox: Send + 'static {
     fn messages(&self) -> &[MessageInfo];
     /// The message's bytes as stored (LF line endings); the session encodes them.
-    /// `lines`: Some(n) for TOP n (headers plus n body lines may be read lazily).
+    /// Found by base name at read time, so a file mutt moved is still read.
     fn read(&mut self, index: usize) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
     /// Mark a message seen after a full RETR (when configured).
     fn mark_seen(&mut self, index: usize) -> impl Future<Output = ()> + Send;
