@@ -49,6 +49,7 @@ pub fn user(path: &Path, cmd: UserCommand) -> Result<(), DaemonError> {
             name,
             password_stdin,
             roles,
+            unix_group,
         } => {
             validate_name(&name)
                 .map_err(|e| config_err(format!("invalid user name {name:?}: {e}")))?;
@@ -60,6 +61,9 @@ pub fn user(path: &Path, cmd: UserCommand) -> Result<(), DaemonError> {
             deliver::ensure_maildir(&md)
                 .map_err(|e| runtime_err(format!("creating {}: {e}", md.path().display())))?;
             hand_to_service_user(&config, md.path());
+            if let Some(group) = unix_group {
+                share_with_group(md.path(), &group)?;
+            }
             println!("added {name}; Maildir {}", md.path().display());
         }
         UserCommand::Passwd {
@@ -132,6 +136,28 @@ fn hand_to_service_user(config: &Config, md: &Path) {
             eprintln!("warning: chown {}: {e}", p.display());
         }
     }
+}
+
+/// The ownership model for sharing with mutt: the Maildir stays owned by the
+/// service user, its group becomes `group` and its directories 2770 (setgid, so
+/// files mutt creates keep the group); deliveries into it are then 0660.
+fn share_with_group(md: &Path, group: &str) -> Result<(), DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let g = nix::unistd::Group::from_name(group)
+        .map_err(runtime_err)?
+        .ok_or_else(|| config_err(format!("unknown Unix group {group:?}")))?;
+    for p in [
+        md.to_path_buf(),
+        md.join("tmp"),
+        md.join("new"),
+        md.join("cur"),
+    ] {
+        nix::unistd::chown(&p, None, Some(g.gid))
+            .map_err(|e| runtime_err(format!("chgrp {}: {e}", p.display())))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o2770))
+            .map_err(|e| runtime_err(format!("chmod {}: {e}", p.display())))?;
+    }
+    Ok(())
 }
 
 /// A password from stdin (`--password-stdin`: the first line) or typed at the

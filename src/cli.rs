@@ -51,6 +51,10 @@ pub enum UserCommand {
         /// pop3, submit, admin (repeatable; default: pop3 and submit).
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// Share the Maildir with this Unix group (directories 2770, messages 0660),
+        /// so that mutt run by its members reads and flags the same mail.
+        #[arg(long, value_name = "GROUP")]
+        unix_group: Option<String>,
     },
     /// Change a user's password.
     Passwd {

@@ -55,6 +55,8 @@ struct Shared {
 
 /// `maildird serve [--inetd PROTO]`.
 pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonError> {
+    // Nothing we create is for "other"; group bits matter for Maildirs shared with mutt.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
     let config =
         Arc::new(Config::load(config_path).map_err(|e| DaemonError::Config(e.to_string()))?);
     // Sockets first (fds from systemd are only ours before anything else runs),

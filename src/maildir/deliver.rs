@@ -16,6 +16,7 @@ use super::name::UniqueName;
 
 /// Maildir files are private to the mailbox owner.
 const FILE_MODE: u32 = 0o600;
+const SHARED_FILE_MODE: u32 = 0o660;
 const DIR_MODE: u32 = 0o700;
 /// Tries at a fresh unique name when one is taken (only a clock step backwards,
 /// pid reuse or a foreign writer can collide).
@@ -37,9 +38,11 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Create `tmp/<unique>` in `first` (O_CREAT|O_EXCL, mode 0600).
+    /// Create `tmp/<unique>` in `first` (O_CREAT|O_EXCL, mode 0600, or 0660 when
+    /// the Maildir is shared with a Unix group: see `shared_file_mode`).
     pub fn begin(first: &Maildir, host: &str) -> io::Result<Delivery> {
         let tmp_dir = first.tmp();
+        let mode = file_mode_for(&tmp_dir);
         let mut last_err = None;
         for _ in 0..NAME_ATTEMPTS {
             let name = UniqueName::generate(host);
@@ -47,7 +50,7 @@ impl Delivery {
             match OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(FILE_MODE)
+                .mode(mode)
                 .open(&tmp_path)
             {
                 Ok(file) => {
@@ -182,13 +185,25 @@ impl Drop for Delivery {
     }
 }
 
+/// A Maildir whose directories grant their group read+write (set up by
+/// `maildird user add --unix-group`, mode 2770) is shared with a Unix account that
+/// runs mutt: its messages are created 0660 so the group can read them.
+pub fn file_mode_for(dir: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    match fs::metadata(dir) {
+        Ok(m) if m.permissions().mode() & 0o060 == 0o060 => SHARED_FILE_MODE,
+        _ => FILE_MODE,
+    }
+}
+
 /// Copy `src` to a new file `dest` (O_EXCL, 0600) and fsync it (link across
 /// filesystems, EXDEV). A partial copy is removed.
 fn copy_exclusive(src: &Path, dest: &Path) -> io::Result<()> {
+    let mode = dest.parent().map(file_mode_for).unwrap_or(FILE_MODE);
     let mut out = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(FILE_MODE)
+        .mode(mode)
         .open(dest)?;
     let result = File::open(src)
         .and_then(|mut input| io::copy(&mut input, &mut out))
@@ -277,6 +292,27 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn shared_maildir_gets_group_readable_messages() {
+        let root = tempfile::tempdir().unwrap();
+        let md = maildir(root.path(), "alice");
+        for d in [md.tmp(), md.new_dir()] {
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o2770)).unwrap();
+        }
+        let mut d = Delivery::begin(&md, "h").unwrap();
+        d.write(b"Subject: x\n\nbody\n").unwrap();
+        let paths = d.commit(std::slice::from_ref(&md)).unwrap();
+        // 0660 less the process umask (the daemon sets 007; tests may run with 022).
+        let mode = fs::metadata(&paths[0]).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o700, 0o600);
+        assert_eq!(
+            mode & 0o040,
+            0o040,
+            "group must read a shared Maildir's mail: {mode:o}"
+        );
+        assert_eq!(file_mode_for(&root.path().join("missing")), FILE_MODE);
     }
 
     #[test]
