@@ -26,7 +26,7 @@ fn assert_not_listening(port: u16) {
 fn deliver_and_fetch(env: &TestEnv, smtp: u16, pop3: u16) {
     let swaks = require_tool("swaks", "swaks");
     let msg = message("activated", "alice@example.org");
-    let file = env.write_file("msg.eml", &msg);
+    let data = swaks_data(env, &msg);
     let o = run(
         Command::new(swaks)
             .args(["--server", "127.0.0.1", "--port"])
@@ -40,7 +40,7 @@ fn deliver_and_fetch(env: &TestEnv, smtp: u16, pop3: u16) {
                 "alice@example.org",
                 "--data",
             ])
-            .arg(format!("@{}", file.display())),
+            .arg(&data),
         b"",
     );
     assert_ok(&o, "swaks");
@@ -59,7 +59,7 @@ fn socket_activation_with_fdnames_uses_the_inherited_sockets() {
     // The config binds env.smtp_port/env.pop3_port, where nobody listens: only the
     // named inherited sockets can make this work.
     let (p_smtp, p_pop3) = (free_port(), free_port());
-    let mut d = Daemon::socket_activated(
+    let d = Daemon::socket_activated(
         &env,
         &env.config(),
         &[addr(p_smtp), addr(p_pop3)],
@@ -67,7 +67,6 @@ fn socket_activation_with_fdnames_uses_the_inherited_sockets() {
     );
     // systemd-socket-activate exec()s the daemon on the first connection.
     let first = TcpStream::connect(("127.0.0.1", p_smtp)).expect("connect to the activated socket");
-    d.wait_stderr("Execing");
     d.wait_ready();
     drop(first);
     deliver_and_fetch(&env, p_smtp, p_pop3);
@@ -101,7 +100,7 @@ fn inetd_smtp_session_over_swaks_pipe() {
     add_user(&env, "alice", PW);
     let swaks = require_tool("swaks", "swaks");
     let msg = message("inetd pipe", "alice@example.org");
-    let file = env.write_file("msg.eml", &msg);
+    let data = swaks_data(&env, &msg);
     let pipe = format!(
         "{} serve --inetd smtp -c {}",
         bin().display(),
@@ -118,7 +117,7 @@ fn inetd_smtp_session_over_swaks_pipe() {
                 SMTP_SENDER,
             ])
             .args(["--to", "alice@example.org", "--data"])
-            .arg(format!("@{}", file.display())),
+            .arg(&data),
         b"",
     );
     assert_ok(&o, "swaks --pipe");

@@ -259,3 +259,58 @@ fn hash_password_prints_a_verifiable_sha512_crypt_hash() {
     assert_ok(&o2, "hash-password");
     assert_ne!(o.stdout, o2.stdout, "same salt twice");
 }
+
+/// The harness itself (no daemon involved): the client tools the interop tests drive
+/// are installed and run, named by Debian package when missing.
+#[test]
+fn interop_tools_are_installed_and_run() {
+    for (tool, package, args) in [
+        ("swaks", "swaks", &["--version"][..]),
+        ("curl", "curl", &["--version"][..]),
+        ("msmtp", "msmtp", &["--version"][..]),
+        ("fetchmail", "fetchmail", &["--version"][..]),
+        ("getmail", "getmail6", &["--version"][..]),
+        ("mutt", "mutt", &["-v"][..]),
+        ("tmux", "tmux", &["-V"][..]),
+        ("openssl", "openssl", &["version"][..]),
+        ("python3", "python3", &["--version"][..]),
+        ("systemd-socket-activate", "systemd", &["--version"][..]),
+    ] {
+        let path = require_tool(tool, package);
+        let o = run(std::process::Command::new(&path).args(args), b"");
+        // fetchmail --version exits 0..1 depending on its (absent) config.
+        assert!(
+            o.status.code().is_some() && !(o.stdout.is_empty() && o.stderr.is_empty()),
+            "{tool} ({package}) does not run\n{}",
+            show(&o)
+        );
+    }
+    let o = python_ok("import poplib, smtplib, smtpraw; print('ok')", &[]);
+    assert_eq!(o.trim(), "ok");
+}
+
+/// The harness's own checks reject what they must (so the interop tests can fail).
+#[test]
+fn harness_checks_names_hashes_and_line_ends() {
+    assert_eq!(
+        parse_maildir_name("1700000000.M123456P42Q7R0a1b2c.mx.test,S=120,W=125"),
+        Some((120, 125))
+    );
+    for bad in [
+        "1700000000.M123456P42Q7R0a1b2c.mx.test,S=120",
+        "1700000000.M123456P42Q7R0A1B2C.mx.test,S=120,W=125",
+        "1700000000.M123456P42Q7R0a1b2c.mx.test,S=120,W=125:2,S",
+        "1700000000.P42Q7R0a1b2c.mx.test,S=120,W=125",
+        "x.M1P1Q1R1.h,S=1,W=1",
+    ] {
+        assert_eq!(parse_maildir_name(bad), None, "{bad}");
+    }
+    // dev/users: alice's password is alice-dev.
+    let dev = "{SHA512-CRYPT}$6$devsaltdevsalt12$xr2T0iaIjguCiD9OW9TdFHukwDzcdIwvwtpSvAb3ufmBYkyoZ5cSLyzpjmr9xTEH27/6eefcEy2iCGHqLVgjd.";
+    assert!(verify("alice-dev", dev));
+    assert!(!verify("alice-dev2", dev));
+    assert_eq!(to_lf(b"a\r\nb\n\r\r\n"), b"a\nb\n\r\n");
+    assert_eq!(to_crlf(b"a\nb\n"), b"a\r\nb\r\n");
+    let m = message("s", "a@example.org");
+    assert!(m.ends_with(b"Bye.\r\n") && to_crlf(&to_lf(&m)) == m);
+}

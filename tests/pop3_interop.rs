@@ -210,7 +210,7 @@ fn fetchmail(env: &TestEnv, out: &Path, keep: bool) -> std::process::Output {
             "set no syslog\nset invisible\n\
              poll 127.0.0.1 with proto POP3 port {port} auth password\n\
              \tuser \"alice\" there with password \"{PW}\"\n\
-             \toptions {keep} fetchall no rewrite\n\
+             \toptions {keep} fetchall no rewrite sslproto ''\n\
              \tmda \"cat > {out}/msg.$$\"\n",
             port = env.pop3_port,
             keep = if keep { "keep" } else { "no keep" },
@@ -223,6 +223,11 @@ fn fetchmail(env: &TestEnv, out: &Path, keep: bool) -> std::process::Output {
         Command::new(fm)
             .env("FETCHMAILHOME", &home)
             .env("HOME", &home)
+            // As root, fetchmail's lock would be the global /var/run/fetchmail.pid.
+            .arg("--pidfile")
+            .arg(home.join("fetchmail.pid"))
+            .arg("--idfile")
+            .arg(home.join("fetchids"))
             .args(["-v", "--nodetach", "-f"])
             .arg(&rc),
         b"",
@@ -289,12 +294,25 @@ fn getmail_to_maildir_byte_exact() {
         std::fs::create_dir_all(dest.join(sub)).expect("mkdir");
     }
     let gmdir = env.subdir("getmail");
+    // getmail refuses to deliver into a Maildir as root; it then needs `user =` (a
+    // non-root user it switches to), which must reach and own the destination.
+    let deliver_as = if nix::unistd::geteuid().is_root() {
+        let chown = require_tool("chown", "coreutils");
+        chmod(env.path(), 0o711);
+        assert_ok(
+            &run(Command::new(chown).args(["-R", "nobody"]).arg(&dest), b""),
+            "chown nobody dest",
+        );
+        "user = nobody\n"
+    } else {
+        ""
+    };
     let rc = gmdir.join("getmailrc");
     std::fs::write(
         &rc,
         format!(
             "[retriever]\ntype = SimplePOP3Retriever\nserver = 127.0.0.1\nport = {}\nusername = alice\npassword = {PW}\n\n\
-             [destination]\ntype = Maildir\npath = {}/\n\n\
+             [destination]\ntype = Maildir\npath = {}/\n{deliver_as}\n\
              [options]\nverbose = 2\nread_all = true\ndelete = false\ndelivered_to = false\nreceived = false\nmessage_log_syslog = false\n",
             env.pop3_port,
             dest.display()
@@ -502,6 +520,8 @@ fn mutt_reading_the_maildir_keeps_pop3_uidls_and_sizes() {
     assert_ok(&o, "useradd");
     let _user = UnixUser(name.clone());
     let home = env.subdir("home");
+    // mutt asks to create ~/Mail (its default `folder`) when it is missing.
+    std::fs::create_dir_all(home.join("Mail")).expect("mkdir ~/Mail");
     // The mutt user must traverse the temp dir to its Maildir and own the Maildir.
     chmod(env.path(), 0o755);
     chmod(&env.mail_root(), 0o755);

@@ -36,16 +36,8 @@ fn swaks_delivers_byte_exact_with_greeting_capabilities_and_trace() {
     add_user(&env, "alice", PW);
     let _d = Daemon::start(&env);
     let msg = message("swaks byte exact", "alice@example.org");
-    let file = env.write_file("msg.eml", &msg);
-    let o = swaks(
-        &env,
-        &[
-            "--to",
-            "alice@example.org",
-            "--data",
-            &format!("@{}", file.display()),
-        ],
-    );
+    let data = swaks_data(&env, &msg);
+    let o = swaks(&env, &["--to", "alice@example.org", "--data", &data]);
     assert_ok(&o, "swaks");
     assert!(
         server_said(&o, "220 mx.test ESMTP maildird"),
@@ -230,16 +222,8 @@ fn swaks_plus_tag_delivers_to_the_user() {
     add_user(&env, "alice", PW);
     let _d = Daemon::start(&env);
     let msg = message("plus tag", "alice+lists@example.org");
-    let file = env.write_file("msg.eml", &msg);
-    let o = swaks(
-        &env,
-        &[
-            "--to",
-            "alice+lists@example.org",
-            "--data",
-            &format!("@{}", file.display()),
-        ],
-    );
+    let data = swaks_data(&env, &msg);
+    let o = swaks(&env, &["--to", "alice+lists@example.org", "--data", &data]);
     assert_ok(&o, "swaks");
     assert_one_delivered(&env, "alice", SENDER, &msg);
     assert!(!env.maildir("alice+lists").exists());
@@ -255,7 +239,7 @@ fn postmaster_without_domain_is_accepted_and_aliased() {
     let out = python_ok(
         r#"
 import sys
-from smtpraw import Conn
+from smtpraw import Conn, dot_stuff
 port, path = int(sys.argv[1]), sys.argv[2]
 c = Conn(port)
 c.expect(220, 'greeting')
@@ -263,7 +247,7 @@ c.send('EHLO client.test\r\n'); c.expect(250, 'EHLO')
 c.send('MAIL FROM:<sender@client.test>\r\n'); c.expect(250, 'MAIL')
 c.send('RCPT TO:<postmaster>\r\n'); print('RCPT', c.expect(250, 'RCPT postmaster')[-1])
 c.send('DATA\r\n'); c.expect(354, 'DATA')
-c.send(open(path, 'rb').read() + b'.\r\n'); print('DOT', c.expect(250, 'end of data')[-1])
+c.send(dot_stuff(open(path, 'rb').read())); print('DOT', c.expect(250, 'end of data')[-1])
 c.send('QUIT\r\n'); c.expect(221, 'QUIT')
 "#,
         &[&env.smtp_port.to_string(), &file.to_string_lossy()],
@@ -279,7 +263,7 @@ fn swaks_pipeline_delivers_to_two_users() {
     add_user(&env, "bob", PW);
     let _d = Daemon::start(&env);
     let msg = message("pipelined", "alice@example.org");
-    let file = env.write_file("msg.eml", &msg);
+    let data = swaks_data(&env, &msg);
     let o = swaks(
         &env,
         &[
@@ -287,7 +271,7 @@ fn swaks_pipeline_delivers_to_two_users() {
             "--to",
             "alice@example.org,bob@example.org",
             "--data",
-            &format!("@{}", file.display()),
+            &data,
         ],
     );
     assert_ok(&o, "swaks --pipeline");
@@ -311,7 +295,7 @@ fn raw_pipelined_batch_gets_replies_in_order() {
     let out = python_ok(
         r#"
 import sys
-from smtpraw import Conn
+from smtpraw import Conn, dot_stuff
 port, path = int(sys.argv[1]), sys.argv[2]
 c = Conn(port)
 c.expect(220, 'greeting')
@@ -321,7 +305,7 @@ c.send('MAIL FROM:<sender@client.test>\r\nRCPT TO:<alice@example.org>\r\n'
        'RCPT TO:<nobody@example.org>\r\nRCPT TO:<x@elsewhere.test>\r\nDATA\r\n')
 for what, code in [('MAIL', 250), ('RCPT alice', 250), ('RCPT nobody', 550), ('RCPT foreign', 550), ('DATA', 354)]:
     print(what, c.expect(code, what)[-1])
-c.send(open(path, 'rb').read() + b'.\r\nQUIT\r\n')
+c.send(dot_stuff(open(path, 'rb').read()) + b'QUIT\r\n')
 print('DOT', c.expect(250, 'end of data')[-1])
 print('QUIT', c.expect(221, 'QUIT')[-1])
 "#,
@@ -354,9 +338,30 @@ fn foreign_domain_refused_550_571_no_relay() {
 fn hundred_recipients_in_one_transaction_all_delivered() {
     let env = TestEnv::new();
     let users: Vec<String> = (0..100).map(|i| format!("u{i:03}")).collect();
-    for u in &users {
-        add_user(&env, u, PW);
+    // One `user add` (hashing is slow in a debug build); the other 99 copy its line
+    // with another name, and get the Maildir `user add` would create.
+    add_user(&env, &users[0], PW);
+    let text = std::fs::read_to_string(env.users_file()).expect("users file");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("u000:"))
+        .expect("u000 line")
+        .to_owned();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(env.users_file())
+        .expect("open users file");
+    if !text.ends_with('\n') {
+        std::io::Write::write_all(&mut f, b"\n").expect("append");
     }
+    for u in &users[1..] {
+        std::io::Write::write_all(&mut f, format!("{u}{}\n", &line[4..]).as_bytes())
+            .expect("append");
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(env.maildir(u).join(sub)).expect("mkdir");
+        }
+    }
+    drop(f);
     let _d = Daemon::start(&env);
     let msg = message("hundred", "list@example.org");
     let file = env.write_file("msg.eml", &msg);
@@ -398,7 +403,7 @@ fn bdat_chunking_delivers_exact_bytes() {
     let out = python_ok(
         r#"
 import sys
-from smtpraw import Conn
+from smtpraw import Conn, dot_stuff
 port, path = int(sys.argv[1]), sys.argv[2]
 data = open(path, 'rb').read()
 # Split inside a CRLF so the chunk boundary falls between CR and LF.
@@ -433,16 +438,9 @@ fn delivery_failure_is_4xx_leaves_nothing_and_daemon_recovers() {
     let _d = Daemon::start(&env);
     let msg = message("failing delivery", "alice@example.org");
     let file = env.write_file("msg.eml", &msg);
+    let data = swaks_data(&env, &msg);
 
-    let o = swaks(
-        &env,
-        &[
-            "--to",
-            "alice@example.org",
-            "--data",
-            &format!("@{}", file.display()),
-        ],
-    );
+    let o = swaks(&env, &["--to", "alice@example.org", "--data", &data]);
     assert!(!o.status.success(), "swaks reported success\n{}", show(&o));
     let transcript = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -492,15 +490,7 @@ with smtplib.SMTP('127.0.0.1', port, local_hostname='client.test', timeout=20) a
     assert!(read_cur(&env, "alice").is_empty());
 
     // The daemon still works for other mailboxes.
-    let o = swaks(
-        &env,
-        &[
-            "--to",
-            "bob@example.org",
-            "--data",
-            &format!("@{}", file.display()),
-        ],
-    );
+    let o = swaks(&env, &["--to", "bob@example.org", "--data", &data]);
     assert_ok(&o, "swaks to bob");
     assert_one_delivered(&env, "bob", SENDER, &msg);
 }

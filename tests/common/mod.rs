@@ -342,6 +342,18 @@ pub fn snapshot(maildir: &Path) -> BTreeMap<String, Vec<u8>> {
     m
 }
 
+/// The data file for `swaks --data @FILE`: swaks always ends DATA with its own
+/// "\r\n.\r\n", so the file must not repeat the message's final CRLF, or swaks would
+/// send an extra empty line.
+pub fn swaks_data(env: &TestEnv, msg: &[u8]) -> String {
+    let body = msg.strip_suffix(b"\r\n").expect("message ends with CRLF");
+    format!(
+        "@{}",
+        env.write_file(&format!("swaks-{}.eml", unique()), body)
+            .display()
+    )
+}
+
 /// `chmod MODE PATH`.
 pub fn chmod(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;

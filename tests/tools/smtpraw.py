@@ -46,3 +46,13 @@ class Conn:
             self.f.close()
         finally:
             self.sock.close()
+
+
+def dot_stuff(data):
+    """RFC 5321 §4.5.2: double a leading dot on every line; append the terminator.
+
+    `data` must end with CRLF (the test messages do)."""
+    out = b"".join(
+        (b"." + l if l.startswith(b".") else l) for l in data.splitlines(keepends=True)
+    )
+    return out + b".\r\n"
