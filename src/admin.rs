@@ -146,6 +146,17 @@ fn share_with_group(md: &Path, group: &str) -> Result<(), DaemonError> {
     let g = nix::unistd::Group::from_name(group)
         .map_err(runtime_err)?
         .ok_or_else(|| config_err(format!("unknown Unix group {group:?}")))?;
+    // The group's members must be able to traverse mail_root to reach the Maildir
+    // (search permission only: they still cannot list the other mailboxes).
+    if let Some(root) = md.parent() {
+        let meta =
+            std::fs::metadata(root).map_err(|e| runtime_err(format!("{}: {e}", root.display())))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode | 0o001))
+                .map_err(|e| runtime_err(format!("chmod {}: {e}", root.display())))?;
+        }
+    }
     for p in [
         md.to_path_buf(),
         md.join("tmp"),

@@ -504,38 +504,57 @@ fn mutt_reading_the_maildir_keeps_pop3_uidls_and_sizes() {
     require_tool("mutt", "mutt");
     require_tool("su", "util-linux");
     let useradd = require_tool("useradd", "passwd");
-    let (env, _d, _) = env_with_two_messages();
-    let before = pop3_dump(env.pop3_port, "alice", PW, &["quit"]);
-    assert_eq!(before.stat.0, 2);
-
+    let env = TestEnv::new();
     let name = format!("mdt{}x{}", std::process::id() % 100_000, unique());
+    let home = env.subdir("home");
     let o = run(
         Command::new(useradd)
-            .args(["-M", "-d"])
-            .arg(env.path().join("home"))
+            .args(["-U", "-M", "-d"])
+            .arg(&home)
             .args(["-s", "/bin/sh"])
             .arg(&name),
         b"",
     );
     assert_ok(&o, "useradd");
     let _user = UnixUser(name.clone());
-    let home = env.subdir("home");
     // mutt asks to create ~/Mail (its default `folder`) when it is missing.
     std::fs::create_dir_all(home.join("Mail")).expect("mkdir ~/Mail");
-    // The mutt user must traverse the temp dir to its Maildir and own the Maildir.
-    chmod(env.path(), 0o755);
-    chmod(&env.mail_root(), 0o755);
     let chown = require_tool("chown", "coreutils");
-    for p in [env.maildir("alice"), home.clone()] {
-        let o = run(
+    assert_ok(
+        &run(
             Command::new(&chown)
                 .arg("-R")
                 .arg(format!("{name}:"))
-                .arg(&p),
+                .arg(&home),
             b"",
+        ),
+        "chown home",
+    );
+    // The documented ownership model: the Maildir stays the daemon's, shared with
+    // the Unix account's group (useradd -U made a group of the same name).
+    let o = maildird(
+        &env.config(),
+        &[
+            "user",
+            "add",
+            "alice",
+            "--password-stdin",
+            "--unix-group",
+            &name,
+        ],
+        format!("{PW}\n").as_bytes(),
+    );
+    assert_ok(&o, "maildird user add --unix-group");
+    let _d = Daemon::start(&env);
+    for subject in ["first message", "second message"] {
+        deliver(
+            env.smtp_port,
+            &["alice@example.org"],
+            &message(subject, "alice@example.org"),
         );
-        assert_ok(&o, "chown");
     }
+    let before = pop3_dump(env.pop3_port, "alice", PW, &["quit"]);
+    assert_eq!(before.stat.0, 2);
 
     let tmux = Tmux {
         bin: tmux_bin,
@@ -617,4 +636,17 @@ fn mutt_reading_the_maildir_keeps_pop3_uidls_and_sizes() {
         "UIDLs/sizes changed after mutt read the Maildir"
     );
     assert_pop3_matches_maildir(&after, &env.maildir("alice"));
+
+    // The daemon still deletes what mutt renamed: DELE both, QUIT, nothing left.
+    let gone = pop3_dump(
+        env.pop3_port,
+        "alice",
+        PW,
+        &["dele", "1", "dele", "2", "quit"],
+    );
+    assert_eq!(gone.stat.0, 2);
+    assert!(
+        read_new(&env, "alice").is_empty() && read_cur(&env, "alice").is_empty(),
+        "messages left after DELE+QUIT"
+    );
 }

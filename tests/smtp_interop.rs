@@ -360,6 +360,7 @@ fn hundred_recipients_in_one_transaction_all_delivered() {
         for sub in ["tmp", "new", "cur"] {
             std::fs::create_dir_all(env.maildir(u).join(sub)).expect("mkdir");
         }
+        give_to_daemon_user(&env.maildir(u));
     }
     drop(f);
     let _d = Daemon::start(&env);

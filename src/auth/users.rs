@@ -108,9 +108,14 @@ pub struct UserDb {
 const DUMMY_HASH: &str = "{SHA512-CRYPT}$6$Qm9xZ2hhc3Rsb2$I0fNlmZsrLmN3C4H5FaFgNowtK5iTxyScn2.IXwtNgQeHaNI4gii6thHuis6fIeJ7Fo6CJMYTnq57UIEYU/9d.";
 
 impl UserDb {
+    /// A missing file is an empty database (a fresh install before the first
+    /// `maildird user add`); any other read error is an error.
     pub fn load(path: &Path) -> Result<UserDb, UsersError> {
-        let text = fs::read_to_string(path)?;
-        UserDb::parse(&text)
+        match fs::read_to_string(path) {
+            Ok(text) => UserDb::parse(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UserDb::default()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Parse passwd-file text. Blank lines and `#` comments are skipped; unknown

@@ -94,6 +94,12 @@ impl TestEnv {
             .prefix("maildird-e2e.")
             .tempdir()
             .expect("tempdir");
+        // As root the daemon drops to nobody:nogroup, which must reach the files.
+        std::fs::set_permissions(
+            dir.path(),
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+        )
+        .expect("chmod tempdir");
         let env = TestEnv {
             dir,
             hostname: "mx.test".into(),
@@ -133,8 +139,9 @@ impl TestEnv {
     }
 
     /// The test config with relative paths (resolved against the config's directory).
-    /// When the tests run as root the daemon would drop privileges to `user`/`group`;
-    /// we name the current user so it keeps access to the temp dir.
+    /// When the tests run as root the daemon drops privileges to `user`/`group`
+    /// (it refuses to serve as root): nobody/nogroup, as an admin would configure
+    /// a service user. Otherwise it keeps the current user.
     pub fn config_toml(
         &self,
         hostname: &str,
@@ -142,7 +149,11 @@ impl TestEnv {
         pop3_bind: &str,
         control: &str,
     ) -> String {
-        let (user, group) = current_user_group();
+        let (user, group) = if nix::unistd::geteuid().is_root() {
+            ("nobody".to_string(), "nogroup".to_string())
+        } else {
+            current_user_group()
+        };
         format!(
             "hostname = \"{hostname}\"\n\
              domains = [\"example.org\"]\n\
@@ -630,6 +641,12 @@ impl Daemon {
     ) -> Daemon {
         let notify_path = env.path().join(format!("notify-{}.sock", unique()));
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        // Like systemd's notify socket, writable by the unprivileged daemon.
+        std::fs::set_permissions(
+            &notify_path,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o777),
+        )
+        .expect("chmod notify socket");
         add_notify(&mut cmd, &notify_path);
         let mut child = cmd
             .stdin(Stdio::null())
@@ -993,4 +1010,30 @@ pub fn assert_pop3_matches_maildir(d: &Pop3Dump, maildir: &Path) {
         total += want.len() as u64;
     }
     assert_eq!(d.stat.1, total, "STAT size");
+}
+
+/// As root the test daemon runs as nobody:nogroup (see `config_toml`): hand it a
+/// directory tree the test created, as `maildird user add` does for its Maildirs.
+pub fn give_to_daemon_user(path: &Path) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let user = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .expect("user nobody");
+    let group = nix::unistd::Group::from_name("nogroup")
+        .ok()
+        .flatten()
+        .expect("group nogroup");
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        std::os::unix::fs::chown(&p, Some(user.uid.as_raw()), Some(group.gid.as_raw()))
+            .expect("chown");
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).expect("read_dir") {
+                stack.push(e.expect("entry").path());
+            }
+        }
+    }
 }
