@@ -2,6 +2,7 @@
 //! drop -> runtime), the accept loops, dispatch to the protocol sessions, reload
 //! (SIGHUP) and graceful stop (SIGTERM/SIGINT).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tracing::Instrument;
 use crate::backend::Backend;
 use crate::config::{Config, ListenerConfig, Protocol};
 use crate::conn::Io;
+use crate::filter::{ConnMeta, FilterChain, Registry, Wire};
 use crate::listen::accept::{Caps, Refused};
 use crate::listen::{self, Bound};
 use crate::{notify, pop3, privs, smtp};
@@ -46,6 +48,8 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// What every connection shares.
 struct Shared {
     backend: Arc<Backend>,
+    /// Each listener's filter chain, by listener name.
+    chains: HashMap<String, FilterChain>,
     caps: Arc<Caps>,
     next_id: AtomicU64,
     active: AtomicUsize,
@@ -59,6 +63,7 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonEr
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
     let config =
         Arc::new(Config::load(config_path).map_err(|e| DaemonError::Config(e.to_string()))?);
+    let chains = build_chains(&config, &Registry::builtin()).map_err(DaemonError::Config)?;
     // Sockets first (fds from systemd are only ours before anything else runs),
     // then everything that needs root to read, then drop, then threads.
     let sockets = match inetd {
@@ -78,6 +83,7 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonEr
         .map_err(|e| DaemonError::Runtime(format!("cannot start the runtime: {e}")))?;
     let shared = Arc::new(Shared {
         backend: Arc::new(backend),
+        chains,
         caps: Caps::new(
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
@@ -91,6 +97,24 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonEr
         Some(proto) => runtime.block_on(serve_inetd(shared, proto)),
         None => runtime.block_on(serve_sockets(shared, sockets)),
     }
+}
+
+/// Build every listener's filter chain (unknown names, bad settings and
+/// impossible orders are config errors).
+pub fn build_chains(
+    config: &Config,
+    registry: &Registry,
+) -> Result<HashMap<String, FilterChain>, String> {
+    config
+        .listeners
+        .iter()
+        .map(|l| {
+            let chain = registry
+                .build(config, &l.filters, crate::filter::Side::Server)
+                .map_err(|e| format!("listener {:?}: {e}", l.name))?;
+            Ok((l.name.clone(), chain))
+        })
+        .collect()
 }
 
 /// As root, create `mail_root` and hand it to the service user, so the daemon can
@@ -322,6 +346,26 @@ async fn run_session(
     let span = tracing::info_span!("session", id, peer = %peer_s, protocol = %listener.protocol, listener = %listener.name);
     async move {
         tracing::info!("connect");
+        let mut meta = ConnMeta {
+            id,
+            listener: listener.name.clone(),
+            peer,
+            tcp_peer: peer,
+            ..ConnMeta::default()
+        };
+        let (wire, _wire_handle) = Wire::new(stream);
+        let stream: Box<dyn Io> = match shared.chains.get(&listener.name).filter(|c| !c.is_empty())
+        {
+            Some(chain) => match chain.apply(Box::new(wire), &mut meta).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::info!(error = %e, "close: filter chain failed");
+                    return;
+                }
+            },
+            None => Box::new(wire),
+        };
+        let peer = meta.peer;
         let result = match listener.protocol {
             Protocol::Smtp | Protocol::Submission => {
                 let info = smtp::SessionInfo {
@@ -336,8 +380,9 @@ async fn run_session(
                     .await
             }
             Protocol::Pop3 => {
-                let loopback = peer.is_some_and(|p| p.ip().is_loopback()) || peer.is_none();
-                let cfg = pop3_config(&config, loopback);
+                // Plaintext logins are fine over TLS, from loopback and on a local pipe.
+                let secure = meta.tls || peer.is_none_or(|p| p.ip().is_loopback());
+                let cfg = pop3_config(&config, secure);
                 pop3::Session::new(stream, shared.backend.clone(), cfg)
                     .run()
                     .await

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod daemon;
+pub mod filter;
 pub mod listen;
 pub mod logging;
 pub mod maildir;

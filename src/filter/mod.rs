@@ -1,0 +1,299 @@
+//! Transport filters (DESIGN.md §5, DataSnap's TTransportFilter): each filter wraps
+//! the connection's byte stream and returns a new one. A listener's chain is
+//! built by name from a `Registry`, in wire -> protocol order, and applied to
+//! every connection. The wire end is a `Wire`, a slot where STARTTLS/STLS insert
+//! TLS at run time below every other filter.
+
+pub mod exec;
+pub mod log;
+pub mod proxy;
+pub mod tls;
+mod wire;
+pub mod zlib;
+
+pub use wire::{Wire, WireHandle};
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::conn::Io;
+
+/// A type-erased bidirectional stream.
+pub type BoxedIo = Box<dyn Io>;
+
+/// A boxed future, as filters are trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the chain knows about a connection; filters may refine it (PROXY sets the
+/// real peer, TLS sets `tls`).
+#[derive(Debug, Clone, Default)]
+pub struct ConnMeta {
+    pub id: u64,
+    pub listener: String,
+    /// The client: the TCP peer, or the address a trusted PROXY header named.
+    pub peer: Option<SocketAddr>,
+    /// The TCP peer as accepted (the proxy itself when PROXY is used).
+    pub tcp_peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    /// The connection is encrypted (implicit TLS, or after STARTTLS/STLS).
+    pub tls: bool,
+}
+
+/// A transport filter. Implement this and `Registry::register` it to add your own.
+pub trait Filter: Send + Sync + 'static {
+    /// The name used in `filters = [...]`.
+    fn name(&self) -> &str;
+    /// Wrap `io` (the stream toward the wire) and return the stream toward the
+    /// protocol. May read or write (a handshake, a PROXY header) before returning.
+    fn wrap<'a>(
+        &'a self,
+        io: BoxedIo,
+        meta: &'a mut ConnMeta,
+    ) -> BoxFuture<'a, io::Result<BoxedIo>>;
+}
+
+/// Which end of the connection a chain is built for: the daemon accepting
+/// (`Server`), or `maildird tunnel` connecting (`Client`, e.g. TLS as a client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Server,
+    Client,
+}
+
+/// What a factory gets to build a filter: the filter's name as listed, its
+/// `[filter.NAME]` settings (if any), the side, and the whole config.
+pub struct FilterContext<'a> {
+    pub name: &'a str,
+    pub side: Side,
+    pub settings: Option<&'a toml::Value>,
+    pub config: &'a Config,
+}
+
+/// Builds a filter from its settings; errors are shown as config errors (exit 2).
+pub type Factory = Arc<dyn Fn(&FilterContext<'_>) -> Result<Arc<dyn Filter>, String> + Send + Sync>;
+
+/// Filters by name (DataSnap's `TTransportFilterFactory.RegisterFilter`).
+#[derive(Clone, Default)]
+pub struct Registry {
+    factories: BTreeMap<String, Factory>,
+}
+
+impl Registry {
+    /// The built-in filters: `log`, `zlib`, `tls`, `proxy`, `exec.NAME`.
+    pub fn builtin() -> Registry {
+        let mut r = Registry::new();
+        r.register("log", log::factory());
+        r.register("zlib", zlib::factory());
+        r.register("tls", tls::factory());
+        r.register("proxy", proxy::factory());
+        r.register("exec", exec::factory());
+        r
+    }
+
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Register (or replace) a filter factory under `name`. Names of the form
+    /// `PREFIX.NAME` are looked up by their prefix when not registered whole
+    /// (`exec.rot13` -> `exec`).
+    pub fn register(&mut self, name: &str, factory: Factory) {
+        self.factories.insert(name.to_string(), factory);
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.factories.keys().map(String::as_str)
+    }
+
+    fn factory(&self, name: &str) -> Option<&Factory> {
+        self.factories.get(name).or_else(|| {
+            name.split_once('.')
+                .and_then(|(prefix, _)| self.factories.get(prefix))
+        })
+    }
+
+    /// Build a chain from `names` (wire -> protocol order) with the settings in
+    /// `config.filters`.
+    pub fn build(
+        &self,
+        config: &Config,
+        names: &[String],
+        side: Side,
+    ) -> Result<FilterChain, String> {
+        let mut filters = Vec::with_capacity(names.len());
+        for name in names {
+            let factory = self.factory(name).ok_or_else(|| {
+                let known: Vec<&str> = self.names().collect();
+                format!("unknown filter {name:?} (known: {})", known.join(", "))
+            })?;
+            let settings = settings_for(&config.filters, name);
+            let ctx = FilterContext {
+                name,
+                side,
+                settings,
+                config,
+            };
+            filters.push(factory(&ctx).map_err(|e| format!("filter {name:?}: {e}"))?);
+        }
+        Ok(FilterChain { filters })
+    }
+}
+
+/// `[filter.log]` for `log`, `[filter.exec.rot13]` for `exec.rot13`.
+fn settings_for<'a>(table: &'a toml::Table, name: &str) -> Option<&'a toml::Value> {
+    let mut parts = name.split('.');
+    let mut v = table.get(parts.next()?)?;
+    for p in parts {
+        v = v.as_table()?.get(p)?;
+    }
+    Some(v)
+}
+
+/// A listener's filters in wire -> protocol order.
+#[derive(Clone, Default)]
+pub struct FilterChain {
+    filters: Vec<Arc<dyn Filter>>,
+}
+
+impl FilterChain {
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.filters.iter().map(|f| f.name()).collect()
+    }
+
+    /// Wrap a connection's stream in every filter, wire end first.
+    pub async fn apply(&self, mut io: BoxedIo, meta: &mut ConnMeta) -> io::Result<BoxedIo> {
+        for f in &self.filters {
+            io = f.wrap(io, meta).await?;
+        }
+        Ok(io)
+    }
+}
+
+impl std::fmt::Debug for FilterChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A test filter that upper-cases what the protocol writes.
+    struct Upper;
+    struct UpperIo(BoxedIo);
+
+    impl tokio::io::AsyncRead for UpperIo {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+    impl tokio::io::AsyncWrite for UpperIo {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let up = buf.to_ascii_uppercase();
+            Pin::new(&mut self.0).poll_write(cx, &up)
+        }
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+    impl Filter for Upper {
+        fn name(&self) -> &str {
+            "upper"
+        }
+        fn wrap<'a>(
+            &'a self,
+            io: BoxedIo,
+            meta: &'a mut ConnMeta,
+        ) -> BoxFuture<'a, io::Result<BoxedIo>> {
+            Box::pin(async move {
+                meta.listener.push_str("+upper");
+                Ok(Box::new(UpperIo(io)) as BoxedIo)
+            })
+        }
+    }
+
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        r.register(
+            "upper",
+            Arc::new(|_ctx: &FilterContext<'_>| Ok(Arc::new(Upper) as Arc<dyn Filter>)),
+        );
+        r.register(
+            "exec",
+            Arc::new(|ctx: &FilterContext<'_>| {
+                let s = ctx.settings.ok_or("needs settings")?;
+                s.get("command").ok_or("needs command")?;
+                Ok(Arc::new(Upper) as Arc<dyn Filter>)
+            }),
+        );
+        r
+    }
+
+    #[test]
+    fn unknown_names_and_settings_are_errors() {
+        let cfg = Config::parse("[filter.exec.rot]\ncommand = \"x\"\n", "t").unwrap();
+        let r = registry();
+        assert!(
+            r.build(&cfg, &["nope".into()], Side::Server)
+                .unwrap_err()
+                .contains("unknown filter \"nope\"")
+        );
+        assert_eq!(
+            r.build(&cfg, &["exec.rot".into(), "upper".into()], Side::Server)
+                .unwrap()
+                .names(),
+            ["upper", "upper"]
+        );
+        assert!(
+            r.build(&cfg, &["exec.other".into()], Side::Server)
+                .unwrap_err()
+                .contains("needs settings")
+        );
+    }
+
+    #[tokio::test]
+    async fn chain_applies_in_order() {
+        let cfg = Config::parse("", "t").unwrap();
+        let chain = registry()
+            .build(&cfg, &["upper".into(), "upper".into()], Side::Server)
+            .unwrap();
+        let (client, server) = tokio::io::duplex(64);
+        let mut meta = ConnMeta::default();
+        let mut io = chain.apply(Box::new(server), &mut meta).await.unwrap();
+        assert_eq!(meta.listener, "+upper+upper");
+        io.write_all(b"hi").await.unwrap();
+        let mut client = client;
+        let mut buf = [0u8; 2];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HI");
+    }
+}
