@@ -121,21 +121,37 @@ pub fn build_chains(
 /// create Maildirs after dropping privileges (what a tmpfiles.d line does for
 /// the packaged service).
 fn prepare_mail_root(config: &Config) -> Result<(), DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
     let root = &config.mail_root;
-    if !root.exists() {
-        std::fs::create_dir_all(root).map_err(|e| {
-            DaemonError::Runtime(format!("creating mail_root {}: {e}", root.display()))
-        })?;
-        let user = nix::unistd::User::from_name(&config.user).ok().flatten();
-        let group = nix::unistd::Group::from_name(&config.group).ok().flatten();
-        if let (Some(u), Some(g)) = (user, group) {
-            nix::unistd::chown(root, Some(u.uid), Some(g.gid)).map_err(|e| {
-                DaemonError::Runtime(format!("chown mail_root {}: {e}", root.display()))
-            })?;
-        }
+    if root.exists() {
+        return Ok(());
+    }
+    let err = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
+        DaemonError::Runtime(format!("{what} {}: {e}", p.display()))
+    };
+    // Parents we create must be traversable by the service user (our umask is 007).
+    let missing: Vec<&Path> = root
+        .ancestors()
+        .skip(1)
+        .take_while(|p| !p.exists())
+        .collect();
+    std::fs::create_dir_all(root).map_err(|e| err("creating mail_root", root, &e))?;
+    for p in missing {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| err("chmod", p, &e))?;
+    }
+    // Search-only for others: Unix accounts sharing their Maildir with mutt reach it,
+    // nobody can list the mailboxes.
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| err("chmod", root, &e))?;
+    let user = nix::unistd::User::from_name(&config.user).ok().flatten();
+    let group = nix::unistd::Group::from_name(&config.group).ok().flatten();
+    if let (Some(u), Some(g)) = (user, group) {
+        nix::unistd::chown(root, Some(u.uid), Some(g.gid))
+            .map_err(|e| err("chown mail_root", root, &e))?;
     }
     Ok(())
 }

@@ -1,0 +1,537 @@
+//! A load generator for maildird and its peers (Postfix, Dovecot): SMTP delivery
+//! and POP3 retrieval over loopback, verifying every reply. Kept out of the daemon
+//! binary: `cargo run --release --example loadgen -- smtp 127.0.0.1:2525 ...`.
+//!
+//! SMTP: `--count` messages of `--size` body bytes over `--conc` connections,
+//! `--per-conn` messages per connection, optionally pipelined (RFC 2920). With
+//! `--maildir DIR` it waits (bounded) until every acknowledged message is a file in
+//! `DIR/new` or `DIR/cur`: delivered = acknowledged AND present.
+//! POP3: `--sessions` logins, `--conc` at a time, each STAT, LIST, then RETR of
+//! every message (`--pipeline N` RETRs in flight), checking each RETR's octets
+//! against LIST, then QUIT (no DELE, so runs repeat).
+//!
+//! Output: `key value` lines, or one JSON object with `--json`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// Print one JSON object instead of key value lines.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Give up after this many seconds.
+    #[arg(long, global = true, default_value_t = 300)]
+    time_limit: u64,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    Smtp {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 10)]
+        conc: usize,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Body bytes per message.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Messages per connection.
+        #[arg(long, default_value_t = 1)]
+        per_conn: usize,
+        /// Send MAIL, RCPT and DATA in one write (RFC 2920).
+        #[arg(long)]
+        pipelining: bool,
+        #[arg(long, default_value = "alice@example.org")]
+        rcpt: String,
+        /// Count delivered files here (new/ and cur/).
+        #[arg(long)]
+        maildir: Option<PathBuf>,
+        /// Seconds to wait for acknowledged messages to appear in --maildir.
+        #[arg(long, default_value_t = 120)]
+        drain_timeout: u64,
+    },
+    Pop3 {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        conc: usize,
+        #[arg(long, default_value_t = 1)]
+        sessions: usize,
+        /// `{i}` is replaced by the worker slot (one mailbox per concurrent session).
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        pass: String,
+        /// RETRs in flight.
+        #[arg(long, default_value_t = 1)]
+        pipeline: usize,
+        /// Fail unless every session sees this many messages.
+        #[arg(long)]
+        expect_msgs: Option<u64>,
+    },
+}
+
+/// A line-oriented client connection.
+struct Client {
+    r: BufReader<OwnedReadHalf>,
+    w: OwnedWriteHalf,
+    line: String,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Result<Client, Error> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        Ok(Client {
+            r: BufReader::with_capacity(64 * 1024, r),
+            w,
+            line: String::new(),
+        })
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.w.write_all(bytes).await?;
+        Ok(())
+    }
+
+    async fn read_line(&mut self) -> Result<&str, Error> {
+        self.line.clear();
+        if self.r.read_line(&mut self.line).await? == 0 {
+            return Err("connection closed".into());
+        }
+        Ok(self.line.trim_end())
+    }
+
+    /// An SMTP reply (multi-line aware); fails unless its code is `want`.
+    async fn smtp_reply(&mut self, want: u16) -> Result<(), Error> {
+        loop {
+            let l = self.read_line().await?;
+            let code: u16 = l
+                .get(..3)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| format!("bad reply {l:?}"))?;
+            if l.as_bytes().get(3) != Some(&b'-') {
+                if code != want {
+                    return Err(format!("expected {want}, got {l:?}").into());
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    async fn pop_ok(&mut self) -> Result<String, Error> {
+        let l = self.read_line().await?;
+        if !l.starts_with("+OK") {
+            return Err(format!("expected +OK, got {l:?}").into());
+        }
+        Ok(l.to_string())
+    }
+
+    /// A POP3 multi-line body; returns its octets (CRLF included, stuffing removed).
+    async fn pop_multiline(&mut self) -> Result<u64, Error> {
+        let mut octets = 0u64;
+        let mut buf = Vec::with_capacity(256);
+        loop {
+            buf.clear();
+            if self.r.read_until(b'\n', &mut buf).await? == 0 {
+                return Err("connection closed in a multi-line reply".into());
+            }
+            if buf == b".\r\n" {
+                return Ok(octets);
+            }
+            let stuffed = usize::from(buf.first() == Some(&b'.'));
+            octets += (buf.len() - stuffed) as u64;
+        }
+    }
+}
+
+fn message(size: usize, seq: usize) -> Vec<u8> {
+    let mut m =
+        format!("From: load@example.net\r\nTo: rcpt@example.org\r\nSubject: load {seq}\r\n\r\n")
+            .into_bytes();
+    let line = b"The quick brown fox jumps over the lazy dog; 0123456789 abcdefghijklmnopq\r\n";
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(line.len());
+        if n < line.len() {
+            m.extend_from_slice(&line[..n.saturating_sub(2)]);
+            m.extend_from_slice(b"\r\n");
+        } else {
+            m.extend_from_slice(line);
+        }
+        left -= n;
+    }
+    m.extend_from_slice(b".\r\n");
+    m
+}
+
+fn count_files(md: &std::path::Path) -> u64 {
+    ["new", "cur"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(md.join(d)).ok())
+        .map(|it| {
+            it.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            })
+            .count() as u64
+        })
+        .sum()
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)].as_secs_f64() * 1000.0
+}
+
+fn cpu_seconds() -> f64 {
+    // utime + stime of this process, from /proc/self/stat (clock ticks of 100 Hz).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+fn report(json: bool, pairs: &[(&str, String)]) {
+    if json {
+        let body: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| match v.parse::<f64>() {
+                Ok(_) => format!("\"{k}\": {v}"),
+                Err(_) => format!("\"{k}\": {v:?}"),
+            })
+            .collect();
+        println!("{{{}}}", body.join(", "));
+    } else {
+        for (k, v) in pairs {
+            println!("{k} {v}");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn smtp(
+    addr: SocketAddr,
+    conc: usize,
+    count: usize,
+    size: usize,
+    per_conn: usize,
+    pipelining: bool,
+    rcpt: String,
+    maildir: Option<PathBuf>,
+    drain_timeout: u64,
+    json: bool,
+) -> Result<(), Error> {
+    let per_conn = per_conn.max(1);
+    let before = maildir.as_deref().map(count_files).unwrap_or(0);
+    let next = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let body = Arc::new(message(size, 0));
+    let envelope = Arc::new(format!(
+        "MAIL FROM:<load@example.net>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n"
+    ));
+    let start = Instant::now();
+    let cpu0 = cpu_seconds();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (next, acked, body, envelope) =
+            (next.clone(), acked.clone(), body.clone(), envelope.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let first = next.fetch_add(per_conn as u64, Ordering::Relaxed) as usize;
+                if first >= count {
+                    return Ok::<_, Error>(lat);
+                }
+                let n = per_conn.min(count - first);
+                let mut c = Client::connect(addr).await?;
+                c.smtp_reply(220).await?;
+                c.send(b"EHLO loadgen.example.net\r\n").await?;
+                c.smtp_reply(250).await?;
+                for _ in 0..n {
+                    let t = Instant::now();
+                    if pipelining {
+                        c.send(envelope.as_bytes()).await?;
+                        c.smtp_reply(250).await?;
+                        c.smtp_reply(250).await?;
+                        c.smtp_reply(354).await?;
+                    } else {
+                        let mut parts = envelope.split_inclusive("\r\n");
+                        for want in [250, 250, 354] {
+                            c.send(parts.next().unwrap_or("").as_bytes()).await?;
+                            c.smtp_reply(want).await?;
+                        }
+                    }
+                    c.send(&body).await?;
+                    c.smtp_reply(250).await?;
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    lat.push(t.elapsed());
+                }
+                c.send(b"QUIT\r\n").await?;
+                c.smtp_reply(221).await?;
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(l)) => lat.extend(l),
+            Ok(Err(e)) => errors.push(e.to_string()),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let acked_at = start.elapsed();
+    let acked = acked.load(Ordering::Relaxed);
+    let mut delivered = acked;
+    let mut done_at = acked_at;
+    if let Some(md) = &maildir {
+        let deadline = Instant::now() + Duration::from_secs(drain_timeout);
+        loop {
+            delivered = count_files(md).saturating_sub(before);
+            if delivered >= acked || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        done_at = start.elapsed();
+    }
+    let client_cpu = cpu_seconds() - cpu0;
+    report(
+        json,
+        &[
+            ("proto", "smtp".into()),
+            ("conc", conc.to_string()),
+            ("size", size.to_string()),
+            ("pipelining", pipelining.to_string()),
+            ("acked", acked.to_string()),
+            ("delivered", delivered.to_string()),
+            ("errors", errors.len().to_string()),
+            (
+                "accepted_per_s",
+                format!("{:.1}", acked as f64 / acked_at.as_secs_f64()),
+            ),
+            (
+                "e2e_per_s",
+                format!("{:.1}", delivered as f64 / done_at.as_secs_f64()),
+            ),
+            ("p50_ms", format!("{:.2}", percentile(&mut lat, 0.5))),
+            ("p99_ms", format!("{:.2}", percentile(&mut lat, 0.99))),
+            ("client_cpu_s", format!("{client_cpu:.2}")),
+        ],
+    );
+    if let Some(e) = errors.first() {
+        return Err(format!("{} connections failed; first: {e}", errors.len()).into());
+    }
+    if acked != count as u64 || delivered != acked {
+        return Err(format!("acknowledged {acked} of {count}, delivered {delivered}").into());
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pop3(
+    addr: SocketAddr,
+    conc: usize,
+    sessions: usize,
+    user: String,
+    pass: String,
+    pipeline: usize,
+    expect: Option<u64>,
+    json: bool,
+) -> Result<(), Error> {
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for slot in 0..conc {
+        let next = next.clone();
+        let user = user.replace("{i}", &slot.to_string());
+        let pass = pass.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut msgs, mut octets, mut lat) = (0u64, 0u64, Vec::new());
+            while (next.fetch_add(1, Ordering::Relaxed) as usize) < sessions {
+                let t = Instant::now();
+                let mut c = Client::connect(addr).await?;
+                c.pop_ok().await?;
+                c.send(format!("USER {user}\r\nPASS {pass}\r\n").as_bytes())
+                    .await?;
+                c.pop_ok().await?;
+                c.pop_ok().await?;
+                c.send(b"LIST\r\n").await?;
+                c.pop_ok().await?;
+                let mut sizes = Vec::new();
+                loop {
+                    let l = c.read_line().await?;
+                    if l == "." {
+                        break;
+                    }
+                    let size: u64 = l
+                        .split(' ')
+                        .nth(1)
+                        .and_then(|s| s.parse().ok())
+                        .ok_or("bad LIST line")?;
+                    sizes.push(size);
+                }
+                if let Some(n) = expect
+                    && sizes.len() as u64 != n
+                {
+                    return Err(format!("{user}: {} messages, expected {n}", sizes.len()).into());
+                }
+                let window = pipeline.max(1);
+                let mut sent = 0;
+                for (i, want) in sizes.iter().enumerate() {
+                    while sent < sizes.len() && sent < i + window {
+                        c.send(format!("RETR {}\r\n", sent + 1).as_bytes()).await?;
+                        sent += 1;
+                    }
+                    c.pop_ok().await?;
+                    let got = c.pop_multiline().await?;
+                    if got != *want {
+                        return Err(
+                            format!("RETR {}: {got} octets, LIST said {want}", i + 1).into()
+                        );
+                    }
+                    msgs += 1;
+                    octets += got;
+                }
+                c.send(b"QUIT\r\n").await?;
+                c.pop_ok().await?;
+                lat.push(t.elapsed());
+            }
+            Ok::<_, Error>((msgs, octets, lat))
+        }));
+    }
+    let (mut msgs, mut octets, mut lat, mut errors) = (0, 0, Vec::new(), Vec::new());
+    for t in tasks {
+        match t.await {
+            Ok(Ok((m, o, l))) => {
+                msgs += m;
+                octets += o;
+                lat.extend(l);
+            }
+            Ok(Err(e)) => errors.push(e.to_string()),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    report(
+        json,
+        &[
+            ("proto", "pop3".into()),
+            ("conc", conc.to_string()),
+            ("sessions", sessions.to_string()),
+            ("msgs", msgs.to_string()),
+            ("errors", errors.len().to_string()),
+            ("msgs_per_s", format!("{:.1}", msgs as f64 / secs)),
+            ("mb_per_s", format!("{:.1}", octets as f64 / secs / 1e6)),
+            (
+                "session_p50_ms",
+                format!("{:.2}", percentile(&mut lat, 0.5)),
+            ),
+            (
+                "session_p99_ms",
+                format!("{:.2}", percentile(&mut lat, 0.99)),
+            ),
+        ],
+    );
+    match errors.first() {
+        Some(e) => Err(format!("{} sessions failed; first: {e}", errors.len()).into()),
+        None => Ok(()),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let limit = Duration::from_secs(args.time_limit);
+    let result = rt.block_on(async {
+        let work = async {
+            match args.cmd {
+                Cmd::Smtp {
+                    addr,
+                    conc,
+                    count,
+                    size,
+                    per_conn,
+                    pipelining,
+                    rcpt,
+                    maildir,
+                    drain_timeout,
+                } => {
+                    smtp(
+                        addr,
+                        conc,
+                        count,
+                        size,
+                        per_conn,
+                        pipelining,
+                        rcpt,
+                        maildir,
+                        drain_timeout,
+                        args.json,
+                    )
+                    .await
+                }
+                Cmd::Pop3 {
+                    addr,
+                    conc,
+                    sessions,
+                    user,
+                    pass,
+                    pipeline,
+                    expect_msgs,
+                } => {
+                    pop3(
+                        addr,
+                        conc,
+                        sessions,
+                        user,
+                        pass,
+                        pipeline,
+                        expect_msgs,
+                        args.json,
+                    )
+                    .await
+                }
+            }
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("time limit of {}s reached", limit.as_secs()).into()),
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
