@@ -12,6 +12,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod daemon;
 pub mod filter;
 pub mod listen;
