@@ -56,7 +56,11 @@ pub fn user(path: &Path, cmd: UserCommand) -> Result<(), DaemonError> {
             let roles = parse_roles(&roles)?;
             let pw = read_password(password_stdin)?;
             let hash = verify::hash_password(pw.as_bytes());
+            let existed = file.exists();
             users::add_user(file, &name, &hash, &roles).map_err(config_err)?;
+            if !existed {
+                readable_by_service_group(&config, file);
+            }
             let md = Maildir::new(config.mail_root.join(&name));
             deliver::ensure_maildir(&md)
                 .map_err(|e| runtime_err(format!("creating {}: {e}", md.path().display())))?;
@@ -107,6 +111,19 @@ fn parse_roles(names: &[String]) -> Result<Vec<Role>, DaemonError> {
                 .ok_or_else(|| config_err(format!("unknown role {n:?} (pop3, submit, admin)")))
         })
         .collect()
+}
+
+/// A users file created by root is 0640 root:GROUP so the daemon, after dropping
+/// privileges, can re-read it on SIGHUP (as Dovecot's passwd-file is).
+fn readable_by_service_group(config: &Config, file: &Path) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    if let Ok(Some(g)) = nix::unistd::Group::from_name(&config.group) {
+        if let Err(e) = nix::unistd::chown(file, None, Some(g.gid)) {
+            eprintln!("warning: chgrp {}: {e}", file.display());
+        }
+    }
 }
 
 /// Run as root, `user add` makes the new Maildir (and mail_root) belong to the

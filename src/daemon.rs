@@ -188,18 +188,19 @@ async fn serve_inetd(shared: Arc<Shared>, proto: Protocol) -> Result<(), DaemonE
 async fn serve_sockets(shared: Arc<Shared>, sockets: Vec<Bound>) -> Result<(), DaemonError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut names = Vec::new();
+    let mut accept_loops = Vec::new();
     for b in sockets {
         let listener = tokio::net::TcpListener::from_std(b.socket)
             .map_err(|e| DaemonError::Runtime(format!("listener {:?}: {e}", b.config.name)))?;
         let addr = listener.local_addr().ok();
         tracing::info!(listener = %b.config.name, protocol = %b.config.protocol, addr = ?addr, inherited = b.inherited, "listening");
         names.push(b.config.name.clone());
-        tokio::spawn(accept_loop(
+        accept_loops.push(tokio::spawn(accept_loop(
             shared.clone(),
             b.config,
             listener,
             stop_rx.clone(),
-        ));
+        )));
     }
     let config = shared.backend.config.clone();
     tokio::spawn(sweep_loop(config.mail_root.clone()));
@@ -230,8 +231,12 @@ async fn serve_sockets(shared: Arc<Shared>, sockets: Vec<Bound>) -> Result<(), D
         }
     }
     tracing::info!("stopping: no new connections; waiting for sessions in flight");
-    notify::stopping();
+    // Close the listeners before saying STOPPING, so nothing is accepted after it.
     let _ = stop_tx.send(true);
+    for loop_done in accept_loops {
+        let _ = loop_done.await;
+    }
+    notify::stopping();
     let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
         loop {
             let notified = shared.idle.notified();

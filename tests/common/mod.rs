@@ -568,6 +568,15 @@ impl Daemon {
         Daemon::start_with(env, &env.config())
     }
 
+    /// `maildird serve -c CFG` without waiting: the caller reads the notify socket.
+    pub fn spawn_unready(env: &TestEnv, cfg: &Path) -> Daemon {
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve").arg("-c").arg(cfg);
+        Daemon::spawn(env, cmd, "maildird serve", |c, sock| {
+            c.env("NOTIFY_SOCKET", sock);
+        })
+    }
+
     /// `maildird serve -c CFG`, waiting for `READY=1`.
     pub fn start_with(env: &TestEnv, cfg: &Path) -> Daemon {
         let mut cmd = Command::new(bin());
@@ -702,17 +711,25 @@ impl Daemon {
 
     /// Blocks until a datagram containing `READY=1` arrives on the notify socket.
     pub fn wait_ready(&self) {
+        self.wait_notify("READY=1");
+    }
+
+    /// Blocks (bounded) until a notify datagram has the line `want`; returns every
+    /// line received until then, in order (earlier datagrams included).
+    pub fn wait_notify(&self, want: &str) -> Vec<String> {
         let deadline = Instant::now() + WAIT;
         let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
         self.notify
             .set_read_timeout(Some(Duration::from_millis(200)))
             .expect("set_read_timeout");
         loop {
             match self.notify.recv(&mut buf) {
                 Ok(n) => {
-                    let msg = String::from_utf8_lossy(&buf[..n]);
-                    if msg.lines().any(|l| l == "READY=1") {
-                        return;
+                    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                    seen.extend(msg.lines().map(str::to_string));
+                    if msg.lines().any(|l| l == want) {
+                        return seen;
                     }
                 }
                 Err(e)
@@ -723,10 +740,10 @@ impl Daemon {
                 Err(e) => panic!("notify socket: {e}"),
             }
             if let Some(pid) = self.child.as_ref().map(Child::id) {
-                if process_exited(pid) {
+                if process_exited(pid) && want != "STOPPING=1" {
                     self.drain_log();
                     panic!(
-                        "{} exited before READY=1\n--- stderr ---\n{}",
+                        "{} exited before {want}\n--- stderr ---\n{}",
                         self.label,
                         self.log()
                     );
@@ -734,7 +751,7 @@ impl Daemon {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "{} sent no READY=1 on {} within {WAIT:?}\n--- stderr ---\n{}",
+                    "{} sent no {want} on {} within {WAIT:?} (got {seen:?})\n--- stderr ---\n{}",
                     self.label,
                     self.notify_path.display(),
                     self.log()

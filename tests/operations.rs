@@ -1,0 +1,339 @@
+//! Operations: privileges, sd_notify, reload and stop, connection caps and
+//! keep-alive, driven against the real daemon started as users start it.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+
+use common::*;
+
+/// A minimal line client for exact protocol steps (real clients cover the rest).
+struct Line {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Line {
+    fn connect(port: u16) -> Line {
+        Line::connect_from(None, port)
+    }
+
+    fn connect_from(src: Option<&str>, port: u16) -> Line {
+        let s = match src {
+            None => TcpStream::connect(("127.0.0.1", port)).expect("connect"),
+            Some(ip) => {
+                let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .expect("socket");
+                let from: SocketAddr = format!("{ip}:0").parse().expect("addr");
+                sock.bind(&from.into()).expect("bind source");
+                let to: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+                sock.connect(&to.into()).expect("connect");
+                sock.into()
+            }
+        };
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        Line {
+            r: BufReader::new(s.try_clone().expect("clone")),
+            w: s,
+        }
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).expect("read");
+        l
+    }
+
+    /// Read an SMTP reply (multi-line aware) and return its last line.
+    fn reply(&mut self) -> String {
+        loop {
+            let l = self.line();
+            if l.len() < 4 || l.as_bytes()[3] != b'-' {
+                return l;
+            }
+        }
+    }
+
+    fn send(&mut self, s: &str) {
+        self.w.write_all(s.as_bytes()).expect("write");
+    }
+
+    fn cmd(&mut self, s: &str) -> String {
+        self.send(s);
+        self.reply()
+    }
+}
+
+fn with_extra(env: &TestEnv, extra: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(env.config()).expect("config") + extra;
+    env.write_config("extra.toml", &text)
+}
+
+fn proc_status(pid: u32) -> Vec<String> {
+    let mut all = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let p = task.expect("task").path().join("status");
+        all.push(std::fs::read_to_string(p).expect("status"));
+    }
+    all
+}
+
+fn field<'a>(status: &'a str, key: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+}
+
+fn require_root(what: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{what} must run as root (it starts the daemon as root, as admins do)"
+    );
+}
+
+#[test]
+fn started_as_root_it_serves_without_root_privileges() {
+    require_root("the privilege test");
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let d = Daemon::start(&env);
+    // It serves: a delivery works after the drop.
+    deliver(
+        env.smtp_port,
+        &["alice@example.org"],
+        &message("after the drop", "alice@example.org"),
+    );
+    let tasks = proc_status(d.pid());
+    assert!(tasks.len() > 1, "expected the runtime's threads");
+    for st in &tasks {
+        for key in ["Uid:", "Gid:"] {
+            let ids: Vec<&str> = field(st, key).split_whitespace().collect();
+            assert!(ids.iter().all(|i| *i != "0"), "{key} {ids:?} in\n{st}");
+        }
+        assert_eq!(
+            field(st, "Groups:").split_whitespace().find(|g| *g == "0"),
+            None
+        );
+        for key in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
+            assert_eq!(field(st, key), "0000000000000000", "{key}");
+        }
+        assert_eq!(field(st, "NoNewPrivs:"), "1");
+    }
+}
+
+#[test]
+fn a_missing_service_user_is_a_config_error_exit_2() {
+    require_root("the missing-user test");
+    let env = TestEnv::new();
+    let cfg = std::fs::read_to_string(env.config())
+        .expect("config")
+        .replace("user = \"nobody\"", "user = \"no-such-maildird-user\"");
+    let cfg = env.write_config("nouser.toml", &cfg);
+    let o = run(Command::new(bin()).arg("serve").arg("-c").arg(&cfg), b"");
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no-such-maildird-user"),
+        "{}",
+        show(&o)
+    );
+}
+
+#[test]
+fn notify_ready_reloading_and_stopping_in_order() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let d = Daemon::spawn_unready(&env, &env.config());
+    let first = d.wait_notify("READY=1");
+    assert!(
+        first.iter().any(|l| l.starts_with("STATUS=")),
+        "READY comes with a STATUS line: {first:?}"
+    );
+    signal(d.pid(), "HUP");
+    let reload = d.wait_notify("READY=1");
+    let r = reload
+        .iter()
+        .position(|l| l == "RELOADING=1")
+        .expect("RELOADING=1 before READY=1");
+    assert!(
+        r < reload.iter().rposition(|l| l == "READY=1").unwrap_or(0),
+        "{reload:?}"
+    );
+    signal(d.pid(), "TERM");
+    d.wait_notify("STOPPING=1");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn sighup_adds_a_user_without_dropping_a_pop3_session() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let d = Daemon::start(&env);
+    let mut pop = Line::connect(env.pop3_port);
+    assert!(pop.line().starts_with("+OK"));
+    assert!(pop.cmd_pop("USER alice\r\n").starts_with("+OK"));
+    assert!(pop.cmd_pop(&format!("PASS {PW}\r\n")).starts_with("+OK"));
+    // bob is not known yet.
+    assert!(pop3_login_fails(env.pop3_port, "bob"));
+    add_user(&env, "bob", PW);
+    signal(d.pid(), "HUP");
+    d.wait_notify("RELOADING=1");
+    d.wait_notify("READY=1");
+    let bob = pop3_dump(env.pop3_port, "bob", PW, &["quit"]);
+    assert_eq!(bob.stat.0, 0);
+    // alice's session is still alive and in TRANSACTION.
+    assert!(pop.cmd_pop("STAT\r\n").starts_with("+OK 0 0"));
+    assert!(pop.cmd_pop("QUIT\r\n").starts_with("+OK"));
+}
+
+impl Line {
+    fn cmd_pop(&mut self, s: &str) -> String {
+        self.send(s);
+        self.line()
+    }
+}
+
+fn pop3_login_fails(port: u16, user: &str) -> bool {
+    let mut p = Line::connect(port);
+    p.line();
+    p.cmd_pop(&format!("USER {user}\r\n"));
+    p.cmd_pop(&format!("PASS {PW}\r\n")).starts_with("-ERR")
+}
+
+#[test]
+fn sigterm_during_data_still_delivers_and_exits_0() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let d = Daemon::start(&env);
+    let mut c = Line::connect(env.smtp_port);
+    assert!(c.reply().starts_with("220"));
+    assert!(c.cmd("EHLO client.test\r\n").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<s@client.test>\r\n").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>\r\n").starts_with("250"));
+    assert!(c.cmd("DATA\r\n").starts_with("354"));
+    c.send("Subject: in flight\r\n\r\nfirst half\r\n");
+    signal(d.pid(), "TERM");
+    d.wait_notify("STOPPING=1");
+    // No new connections once stopping.
+    assert!(
+        TcpStream::connect(("127.0.0.1", env.smtp_port)).is_err(),
+        "still accepting after SIGTERM"
+    );
+    c.send("second half\r\n");
+    assert!(
+        c.cmd(".\r\n").starts_with("250 2.0.0"),
+        "the transfer in flight must complete"
+    );
+    c.send("QUIT\r\n");
+    let files = read_new(&env, "alice");
+    assert_eq!(files.len(), 1);
+    assert!(
+        files[0]
+            .1
+            .ends_with(b"Subject: in flight\n\nfirst half\nsecond half\n")
+    );
+    assert!(d.stop().success(), "exit status after SIGTERM");
+}
+
+#[test]
+fn connections_over_the_caps_get_421() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let cfg = with_extra(
+        &env,
+        "\n[limits]\nmax_connections = 3\nmax_connections_per_ip = 2\n",
+    );
+    let _d = Daemon::start_with(&env, &cfg);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = Line::connect(env.smtp_port);
+        assert!(c.reply().starts_with("220"));
+        held.push(c);
+    }
+    // Per IP: a third connection from 127.0.0.1 is refused...
+    let mut c = Line::connect(env.smtp_port);
+    let r = c.reply();
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+    // ...one from 127.0.0.2 is fine (global 3)...
+    let mut other = Line::connect_from(Some("127.0.0.2"), env.smtp_port);
+    assert!(other.reply().starts_with("220"));
+    // ...and the fourth overall is refused, on POP3 in its own words.
+    let mut p = Line::connect_from(Some("127.0.0.3"), env.pop3_port);
+    let r = p.line();
+    assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
+    // A freed slot is usable again.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut c = Line::connect(env.smtp_port);
+        let r = c.reply();
+        if r.starts_with("220") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot never freed: {r}"
+        );
+    }
+}
+
+fn keepalive_timer(port: u16) -> String {
+    let ss = require_tool("ss", "iproute2");
+    let o = run(
+        Command::new(ss).args([
+            "-tnoH",
+            "state",
+            "established",
+            "sport",
+            "=",
+            &format!(":{port}"),
+        ]),
+        b"",
+    );
+    assert_ok(&o, "ss");
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn keepalive_options_are_set_on_accepted_sockets() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let cfg = with_extra(
+        &env,
+        "\n[keepalive]\nidle = \"77s\"\ninterval = \"5s\"\ncount = 3\n",
+    );
+    let _d = Daemon::start_with(&env, &cfg);
+    let mut c = Line::connect(env.smtp_port);
+    assert!(c.reply().starts_with("220"));
+    let out = keepalive_timer(env.smtp_port);
+    // ss shows the server side's keep-alive timer, counting down from `idle`.
+    let timer = out
+        .split("timer:(")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no timer in {out:?}"));
+    assert!(timer.starts_with("keepalive,"), "{out}");
+    let secs: String = timer
+        .trim_start_matches("keepalive,")
+        .chars()
+        .take_while(|c| *c != ',')
+        .collect();
+    assert!(
+        secs.starts_with("1min1") || secs.starts_with("1min"),
+        "idle 77s shows as ~1min17sec: {secs}"
+    );
+}
+
+#[test]
+fn keepalive_can_be_turned_off() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let cfg = with_extra(&env, "\n[keepalive]\nenabled = false\nuser_timeout = 0\n");
+    let _d = Daemon::start_with(&env, &cfg);
+    let mut c = Line::connect(env.smtp_port);
+    assert!(c.reply().starts_with("220"));
+    let out = keepalive_timer(env.smtp_port);
+    assert!(!out.contains("keepalive"), "{out}");
+}
