@@ -62,6 +62,8 @@ pub struct Config {
 pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// New connections per IP per minute (Postfix's anvil rate); 0: unlimited.
+    pub max_connection_rate_per_ip: u32,
     #[serde(deserialize_with = "de_size")]
     pub max_message_size: u64,
     pub max_recipients: usize,
@@ -74,9 +76,13 @@ pub struct Limits {
     pub max_text_line: u64,
     /// Protocol errors tolerated per session before `421 4.7.0` / `-ERR` and close.
     pub max_errors: u32,
-    /// RFC 5321 §4.5.3.2: waiting for a command (and for the greeting's reply).
+    /// RFC 5321 §4.5.3.2: waiting for a command.
     #[serde(deserialize_with = "de_duration")]
     pub command_timeout: Duration,
+    /// A client that sends nothing at all this long after connecting is dropped
+    /// (shorter than command_timeout: silent connections only hold a slot).
+    #[serde(deserialize_with = "de_duration")]
+    pub greeting_timeout: Duration,
     /// RFC 5321 §4.5.3.2: between reads of DATA/BDAT content.
     #[serde(deserialize_with = "de_duration")]
     pub data_timeout: Duration,
@@ -97,12 +103,14 @@ impl Default for Limits {
         Limits {
             max_connections: 500,
             max_connections_per_ip: 20,
+            max_connection_rate_per_ip: 0,
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 1000,
             max_command_line: 2048,
             max_text_line: 65536,
             max_errors: 20,
             command_timeout: Duration::from_secs(300),
+            greeting_timeout: Duration::from_secs(60),
             data_timeout: Duration::from_secs(180),
             pop3_idle_timeout: Duration::from_secs(600),
             auth_failures: 3,
@@ -380,15 +388,17 @@ mod effective {
         let l = &c.limits;
         let _ = writeln!(
             s,
-            "\n[limits]\nmax_connections = {}\nmax_connections_per_ip = {}\nmax_message_size = {}\nmax_recipients = {}\nmax_command_line = {}\nmax_text_line = {}\nmax_errors = {}\ncommand_timeout = {}\ndata_timeout = {}\npop3_idle_timeout = {}\nauth_failures = {}\nauth_failure_delay = {}\nhash_concurrency = {}",
+            "\n[limits]\nmax_connections = {}\nmax_connections_per_ip = {}\nmax_connection_rate_per_ip = {}\nmax_message_size = {}\nmax_recipients = {}\nmax_command_line = {}\nmax_text_line = {}\nmax_errors = {}\ncommand_timeout = {}\ngreeting_timeout = {}\ndata_timeout = {}\npop3_idle_timeout = {}\nauth_failures = {}\nauth_failure_delay = {}\nhash_concurrency = {}",
             l.max_connections,
             l.max_connections_per_ip,
+            l.max_connection_rate_per_ip,
             l.max_message_size,
             l.max_recipients,
             l.max_command_line,
             l.max_text_line,
             l.max_errors,
             dur(l.command_timeout),
+            dur(l.greeting_timeout),
             dur(l.data_timeout),
             dur(l.pop3_idle_timeout),
             l.auth_failures,

@@ -84,9 +84,10 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonEr
     let shared = Arc::new(Shared {
         backend: Arc::new(backend),
         chains,
-        caps: Caps::new(
+        caps: Caps::with_rate(
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
+            config.limits.max_connection_rate_per_ip,
         ),
         next_id: AtomicU64::new(1),
         active: AtomicUsize::new(0),
@@ -343,6 +344,7 @@ async fn refuse(
     let text = match why {
         Refused::TooManyConnections => "Too many connections",
         Refused::TooManyFromIp => "Too many connections from your address",
+        Refused::RateFromIp => "Too many connections from your address per minute",
     };
     let line = match proto {
         Protocol::Pop3 => format!("-ERR [SYS/TEMP] {text}, try again later\r\n"),

@@ -2,9 +2,10 @@
 //! "limit users"), the per-IP cap, and TCP keep-alive socket options so dead
 //! peers are detected (seed 001).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
@@ -17,13 +18,19 @@ pub struct Caps {
     global: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     max_per_ip: usize,
+    /// Recent connection times per IP, for the per-minute rate (0: off).
+    recent: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    rate_per_minute: u32,
 }
+
+const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Why a connection was not admitted.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
     TooManyConnections,
     TooManyFromIp,
+    RateFromIp,
 }
 
 /// Holds a connection's place; dropping it frees the slot.
@@ -48,11 +55,46 @@ impl Drop for Admission {
 
 impl Caps {
     pub fn new(max_connections: usize, max_per_ip: usize) -> Arc<Caps> {
+        Caps::with_rate(max_connections, max_per_ip, 0)
+    }
+
+    pub fn with_rate(max_connections: usize, max_per_ip: usize, rate_per_minute: u32) -> Arc<Caps> {
         Arc::new(Caps {
             global: Arc::new(Semaphore::new(max_connections)),
             per_ip: Mutex::new(HashMap::new()),
             max_per_ip,
+            recent: Mutex::new(HashMap::new()),
+            rate_per_minute,
         })
+    }
+
+    /// Count a connection attempt from `ip` in the last minute; false when over
+    /// the rate. Attempts that are refused count too (a flood stays refused).
+    fn within_rate(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.rate_per_minute == 0 {
+            return true;
+        }
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        // Keep memory bounded: forget IPs that have been quiet for a window.
+        if recent.len() > 4096 {
+            recent.retain(|_, q| {
+                q.back()
+                    .is_some_and(|t| now.duration_since(*t) < RATE_WINDOW)
+            });
+        }
+        let q = recent.entry(ip).or_default();
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW)
+        {
+            q.pop_front();
+        }
+        let ok = q.len() < self.rate_per_minute as usize;
+        q.push_back(now);
+        if q.len() > self.rate_per_minute as usize {
+            q.pop_front();
+        }
+        ok
     }
 
     /// Admit a connection from `ip` (None: not an IP peer, e.g. inetd on a pipe).
@@ -69,6 +111,9 @@ impl Caps {
             });
         };
         let ip = normalize(ip);
+        if !self.within_rate(ip, Instant::now()) {
+            return Err(Refused::RateFromIp);
+        }
         let mut m = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(ip).or_insert(0);
         if *n >= self.max_per_ip {
@@ -114,6 +159,21 @@ pub fn apply_keepalive(stream: &TcpStream, ka: &Keepalive) -> std::io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_ip_rate_over_a_minute() {
+        let caps = Caps::with_rate(100, 100, 3);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        assert!(caps.within_rate(a, t0));
+        assert!(caps.within_rate(a, t0 + Duration::from_secs(1)));
+        assert!(caps.within_rate(a, t0 + Duration::from_secs(2)));
+        assert!(!caps.within_rate(a, t0 + Duration::from_secs(3)));
+        assert!(caps.within_rate("192.0.2.2".parse().unwrap(), t0));
+        // A minute after the first attempts, room again.
+        assert!(caps.within_rate(a, t0 + Duration::from_secs(62)));
+        assert!(Caps::new(1, 1).within_rate(a, t0));
+    }
 
     #[test]
     fn global_and_per_ip_caps() {

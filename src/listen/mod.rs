@@ -4,6 +4,7 @@
 
 pub mod accept;
 pub mod activation;
+pub mod first_read;
 pub mod inetd;
 pub mod standalone;
 
