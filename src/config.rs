@@ -155,6 +155,8 @@ pub struct SmtpOptions {
     pub bare_lf: BareLf,
     /// Add `Delivered-To:` when the message has a single recipient mailbox.
     pub delivered_to: bool,
+    /// Offer AUTH (submission listeners) without TLS to non-loopback peers.
+    pub allow_plaintext_auth: bool,
 }
 
 impl Default for SmtpOptions {
@@ -162,6 +164,7 @@ impl Default for SmtpOptions {
         SmtpOptions {
             bare_lf: BareLf::Normalize,
             delivered_to: true,
+            allow_plaintext_auth: false,
         }
     }
 }
@@ -192,8 +195,20 @@ impl Default for Pop3Options {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
     pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// A TLS handshake (implicit TLS or STARTTLS/STLS) must finish within this.
+    #[serde(
+        default = "default_handshake_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub handshake_timeout: Duration,
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -284,6 +299,17 @@ impl Config {
             fix(&mut t.cert);
             fix(&mut t.key);
         }
+        // `[filter.tls] ca` (the tunnel's trust anchor) is a path like the others.
+        if let Some(toml::Value::String(ca)) = self
+            .filters
+            .get_mut("tls")
+            .and_then(|t| t.as_table_mut())
+            .and_then(|t| t.get_mut("ca"))
+        {
+            let mut p = PathBuf::from(&*ca);
+            fix(&mut p);
+            *ca = p.to_string_lossy().into_owned();
+        }
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -335,9 +361,17 @@ impl Config {
                     li.name
                 ));
             }
-            if let Some(f) = li.filters.first() {
+            // Filter names and settings are checked when the chains are built.
+            let implicit_tls = li.filters.iter().any(|f| f == "tls");
+            if implicit_tls && self.tls.is_none() {
                 return Err(format!(
-                    "listener {:?}: unknown filter {f:?} (transport filters are not built yet)",
+                    "listener {:?}: the tls filter needs a [tls] section",
+                    li.name
+                ));
+            }
+            if implicit_tls && li.starttls {
+                return Err(format!(
+                    "listener {:?}: starttls makes no sense with implicit tls in filters",
                     li.name
                 ));
             }
@@ -407,13 +441,14 @@ mod effective {
         );
         let _ = writeln!(
             s,
-            "\n[smtp]\nbare_lf = {:?}\ndelivered_to = {}",
+            "\n[smtp]\nbare_lf = {:?}\ndelivered_to = {}\nallow_plaintext_auth = {}",
             if c.smtp.bare_lf == BareLf::Normalize {
                 "normalize"
             } else {
                 "reject"
             },
-            c.smtp.delivered_to
+            c.smtp.delivered_to,
+            c.smtp.allow_plaintext_auth
         );
         let p = &c.pop3;
         let _ = writeln!(
@@ -424,7 +459,13 @@ mod effective {
             dur(p.lock_stale_after)
         );
         if let Some(t) = &c.tls {
-            let _ = writeln!(s, "\n[tls]\ncert = {}\nkey = {}", q(&t.cert), q(&t.key));
+            let _ = writeln!(
+                s,
+                "\n[tls]\ncert = {}\nkey = {}\nhandshake_timeout = {}",
+                q(&t.cert),
+                q(&t.key),
+                dur(t.handshake_timeout)
+            );
         }
         for li in &c.listeners {
             let _ = writeln!(
