@@ -13,6 +13,7 @@ use super::reply::{self, RespCode};
 use super::state::{self, Marks, State};
 use super::store::{Mailbox, MessageInfo, Store, StoreError};
 use crate::conn::{Conn, ConnError, Line};
+use crate::filter::tls::Upgrade;
 use crate::sasl::{self, SaslError};
 
 /// Per-session settings, taken from the config when the connection is accepted.
@@ -51,6 +52,8 @@ pub struct Session<S, St: Store> {
     state: State<St::Mailbox>,
     /// Protocol errors so far (bounded by `max_errors`).
     errors: u32,
+    /// STLS (RFC 2595 §4) is offered through this until the connection is TLS.
+    starttls: Option<Arc<dyn Upgrade>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
@@ -64,7 +67,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
                 failures: 0,
             },
             errors: 0,
+            starttls: None,
         }
+    }
+
+    /// Offer STLS, upgrading through `upgrade` (a connection that is already
+    /// TLS should not be given one).
+    pub fn with_starttls(mut self, upgrade: Arc<dyn Upgrade>) -> Self {
+        self.starttls = Some(upgrade);
+        self
     }
 
     /// Run the session to its end. Whatever way it ends other than QUIT in
@@ -124,8 +135,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             Command::Auth { mechanism, initial } => return self.auth(mechanism, initial).await,
             // RFC 1939 §7: APOP needs the plaintext password stored; we keep hashes.
             Command::Apop => self.err(None, "APOP not supported"),
-            // RFC 2595 §4: STLS arrives with the TLS filter.
-            Command::Stls => self.err(None, "STLS not available"),
+            Command::Stls => return self.stls().await,
             other => self.transaction(other).await?,
         }
         Ok(Flow::Continue)
@@ -159,6 +169,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
     /// RFC 2449 §5 CAPA (both states).
     fn capa(&mut self) {
         let mut body = String::from("TOP\nUIDL\n");
+        // RFC 2595 §4: STLS only where it can be used now (AUTHORIZATION, not yet TLS).
+        if self.starttls.is_some() && matches!(self.state, State::Authorization { .. }) {
+            body.push_str("STLS\n");
+        }
         if self.cfg.plaintext_auth_allowed {
             body.push_str("USER\n");
         }
@@ -171,6 +185,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
         reply::ok(&mut out, "Capability list follows");
         reply::multiline(&mut out, body.as_bytes());
         self.conn.queue(&out);
+    }
+
+    /// RFC 2595 §4 STLS (AUTHORIZATION only, checked by `state::check`).
+    /// Refused when pipelined input follows it (CVE-2011-0411 class): those bytes
+    /// came in plaintext and are dropped with the connection, never executed.
+    async fn stls(&mut self) -> io::Result<Flow> {
+        let Some(upgrade) = self.starttls.clone() else {
+            self.err(None, "STLS not available");
+            return Ok(Flow::Continue);
+        };
+        if self.conn.buffered_input() != 0 {
+            info!(
+                pipelined = self.conn.buffered_input(),
+                "STLS refused: plaintext pipelined after it; closing"
+            );
+            self.err(None, "STLS refused: commands pipelined after STLS");
+            return Ok(Flow::Close);
+        }
+        self.ok("Begin TLS negotiation");
+        self.conn.flush().await?;
+        if let Err(e) = upgrade.upgrade().await {
+            info!(error = %e, "TLS handshake failed");
+            return Err(e);
+        }
+        debug!("TLS started");
+        // RFC 2595 §4: back to AUTHORIZATION with nothing remembered (a USER
+        // given before is forgotten); failures still count. Logins in plaintext
+        // are now protected by TLS.
+        let failures = match &self.state {
+            State::Authorization { failures, .. } => *failures,
+            _ => 0,
+        };
+        self.state = State::Authorization {
+            user: None,
+            failures,
+        };
+        self.cfg.plaintext_auth_allowed = true;
+        self.starttls = None;
+        Ok(Flow::Continue)
     }
 
     /// RFC 1939 §7 USER.
