@@ -673,4 +673,40 @@ mod tests {
         assert!(Config::parse("[limits]\nmax_command_line = 100\n", "t").is_err());
         assert!(Config::parse("hostname = \"bad host\"\n", "t").is_err());
     }
+
+    #[test]
+    fn tls_sections_and_listener_rules() {
+        let c = Config::parse("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n", "t").unwrap();
+        let t = c.tls.as_ref().unwrap();
+        assert_eq!(t.handshake_timeout, Duration::from_secs(30));
+        assert!(!c.smtp.allow_plaintext_auth);
+        let implicit =
+            "[[listener]]\nname = \"smtps\"\nprotocol = \"submission\"\nfilters = [\"tls\"]\n";
+        let e = Config::parse(implicit, "t").unwrap_err().to_string();
+        assert!(e.contains("needs a [tls] section"), "{e}");
+        let with_tls = format!("[tls]\ncert = \"c\"\nkey = \"k\"\n{implicit}");
+        assert!(Config::parse(&with_tls, "t").is_ok());
+        let both = format!("{with_tls}starttls = true\n");
+        let e = Config::parse(&both, "t").unwrap_err().to_string();
+        assert!(e.contains("starttls makes no sense"), "{e}");
+    }
+
+    #[test]
+    fn relative_tls_paths_follow_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "[tls]\ncert = \"c.pem\"\nkey = \"/abs/k.pem\"\nhandshake_timeout = \"1m\"\n[filter.tls]\nca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        let t = c.tls.as_ref().unwrap();
+        assert_eq!(t.cert, base.join("c.pem"));
+        assert_eq!(t.key, PathBuf::from("/abs/k.pem"));
+        assert_eq!(t.handshake_timeout, Duration::from_secs(60));
+        let ca = c.filters["tls"]["ca"].as_str().unwrap();
+        assert_eq!(PathBuf::from(ca), base.join("ca.pem"));
+    }
 }

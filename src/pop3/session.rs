@@ -962,4 +962,115 @@ mod tests {
         assert_eq!(out, format!("{GREET}{BYE}"));
         assert!(log.commits.is_empty());
     }
+
+    /// Pretends to run a handshake: the stream stays plaintext, so tests can
+    /// check what the session does before and after.
+    #[derive(Default)]
+    struct FakeUpgrade {
+        count: Mutex<u32>,
+    }
+
+    impl Upgrade for FakeUpgrade {
+        fn upgrade(&self) -> crate::filter::BoxFuture<'_, io::Result<()>> {
+            *self.count.lock().unwrap() += 1;
+            Box::pin(std::future::ready(Ok(())))
+        }
+    }
+
+    struct Stls {
+        client: tokio::io::DuplexStream,
+        up: Arc<FakeUpgrade>,
+        log: Arc<Mutex<Log>>,
+        task: tokio::task::JoinHandle<io::Result<()>>,
+    }
+
+    impl Stls {
+        fn start(cfg: SessionConfig) -> Stls {
+            let (client, server) = tokio::io::duplex(1 << 20);
+            let log = Arc::new(Mutex::new(Log::default()));
+            let store = Arc::new(FakeStore { log: log.clone() });
+            let up = Arc::new(FakeUpgrade::default());
+            let session = Session::new(server, store, cfg).with_starttls(up.clone());
+            let task = tokio::spawn(session.run());
+            Stls {
+                client,
+                up,
+                log,
+                task,
+            }
+        }
+
+        async fn say(&mut self, send: &str, want: &str) {
+            self.client.write_all(send.as_bytes()).await.unwrap();
+            let mut got = vec![0; want.len()];
+            self.client.read_exact(&mut got).await.unwrap();
+            assert_eq!(String::from_utf8_lossy(&got), want);
+        }
+
+        async fn rest(mut self) -> String {
+            let mut out = Vec::new();
+            self.client.read_to_end(&mut out).await.unwrap();
+            self.task.await.unwrap().unwrap();
+            String::from_utf8(out).unwrap()
+        }
+    }
+
+    const CAPA_STLS_ONLY: &str = "+OK Capability list follows\r\nTOP\r\nUIDL\r\nSTLS\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nEXPIRE NEVER\r\nIMPLEMENTATION maildird\r\n.\r\n";
+    const BEGIN_TLS: &str = "+OK Begin TLS negotiation\r\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn stls_resets_and_allows_plaintext_logins() {
+        let mut c = cfg();
+        c.plaintext_auth_allowed = false;
+        let mut s = Stls::start(c);
+        s.say("", GREET).await;
+        s.say("CAPA\r\n", CAPA_STLS_ONLY).await;
+        s.say(
+            "USER alice\r\n",
+            "-ERR [AUTH] Plaintext authentication disallowed on non-secure connection\r\n",
+        )
+        .await;
+        s.say("STLS\r\n", BEGIN_TLS).await;
+        assert_eq!(*s.up.count.lock().unwrap(), 1);
+        // Now secure: USER is offered and works; STLS is gone.
+        s.say("CAPA\r\n", CAPA_ALL).await;
+        s.say("STLS\r\n", "-ERR STLS not available\r\n").await;
+        s.say(LOGIN, LOGGED_IN).await;
+        // RFC 2595 §4: STLS only in AUTHORIZATION; CAPA no longer lists it.
+        s.say("STLS\r\n", "-ERR Already logged in\r\n").await;
+        s.say("QUIT\r\n", BYE).await;
+        let log = s.log.clone();
+        assert_eq!(s.rest().await, "");
+        assert_eq!(log.lock().unwrap().logins.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stls_forgets_user_given_before() {
+        let mut s = Stls::start(cfg());
+        s.say("", GREET).await;
+        s.say("USER alice\r\n", "+OK\r\n").await;
+        s.say("STLS\r\n", BEGIN_TLS).await;
+        s.say("PASS s3cret pass\r\n", "-ERR USER first\r\n").await;
+        s.say("QUIT\r\n", BYE).await;
+        assert_eq!(s.rest().await, "");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stls_with_pipelined_plaintext_is_refused() {
+        let mut s = Stls::start(cfg());
+        s.say("", GREET).await;
+        // CVE-2011-0411 class: the USER/PASS after STLS must never run.
+        s.client
+            .write_all(format!("STLS\r\n{LOGIN}").as_bytes())
+            .await
+            .unwrap();
+        let up = s.up.clone();
+        let log = s.log.clone();
+        assert_eq!(
+            s.rest().await,
+            "-ERR STLS refused: commands pipelined after STLS\r\n"
+        );
+        assert_eq!(*up.count.lock().unwrap(), 0);
+        assert!(log.lock().unwrap().logins.is_empty());
+    }
 }
