@@ -25,11 +25,11 @@ struct Tls {
 }
 
 /// A CA and a server certificate for `localhost` / 127.0.0.1 with CN `cn`.
-fn make_pki(env: &TestEnv, cn: &str) -> PathBuf {
+fn make_pki(env: &TestEnv, name: &str, cn: &str) -> PathBuf {
     let openssl = require_tool("openssl", "openssl");
-    let dir = env.subdir("pki");
+    let dir = env.subdir(name);
     let ext = env.write_file(
-        "pki/ext",
+        &format!("{name}/ext"),
         b"basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
     );
     let steps: [Vec<&str>; 3] = [
@@ -91,7 +91,7 @@ impl Tls {
     fn new() -> Tls {
         let env = TestEnv::new();
         add_user(&env, "alice", PW);
-        let pki = make_pki(&env, "maildird-tls-test");
+        let pki = make_pki(&env, "pki", "maildird-tls-test");
         let (submission, smtps, pop3s) = (free_port(), free_port(), free_port());
         let base = env.config_toml(
             "mx.test",
@@ -438,4 +438,71 @@ fn bad_certificate_path_is_a_config_error() {
         "{}",
         show(&o)
     );
+}
+
+#[test]
+fn sighup_reloads_the_certificate_without_dropping_sessions() {
+    let t = Tls::new();
+    let mut d = Daemon::start(&t.env);
+    let openssl = require_tool("openssl", "openssl");
+    let subject = |ca: &str| {
+        let o = run_timeout(
+            Command::new(&openssl)
+                .args(["s_client", "-connect"])
+                .arg(format!("127.0.0.1:{}", t.pop3s))
+                .args(["-CAfile", ca, "-verify_return_error", "-crlf", "-ign_eof"]),
+            b"QUIT\n",
+            WAIT,
+        );
+        assert_ok(&o, "openssl s_client pop3s");
+        stdout(&o)
+    };
+    assert!(subject(t.ca()).contains("CN = maildird-tls-test"));
+    // A session that is open across the reload.
+    let mut py = Command::new(require_tool("python3", "python3"));
+    py.arg("-c")
+        .arg(
+            r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=20), server_hostname='localhost')
+f = s.makefile('rb')
+assert f.readline().startswith(b'+OK')
+print('OPEN', flush=True)
+sys.stdin.readline()
+s.sendall(b'NOOP\r\n')
+r = f.readline()
+assert r.startswith(b'-ERR') or r.startswith(b'+OK'), r
+s.sendall(b'QUIT\r\n')
+assert f.readline().startswith(b'+OK'), 'quit'
+print('SURVIVED', flush=True)
+"#,
+        )
+        .arg(t.pop3s.to_string())
+        .arg(t.ca())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = py.spawn().expect("python3");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("read");
+    assert_eq!(line.trim(), "OPEN");
+
+    let fresh = make_pki(&t.env, "pki2", "maildird-reloaded");
+    for f in ["cert.pem", "key.pem"] {
+        std::fs::copy(fresh.join(f), t.env.path().join("pki").join(f)).expect("copy");
+    }
+    give_to_daemon_user(&t.env.path().join("pki"));
+    signal(d.pid(), "HUP");
+    d.wait_stderr("reloaded the TLS certificate");
+    let new_ca = fresh.join("ca.pem");
+    assert!(subject(new_ca.to_str().expect("utf-8")).contains("CN = maildird-reloaded"));
+
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut stdin, b"go\n").expect("write");
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("read");
+    assert!(child.wait().expect("wait").success(), "{rest}");
+    assert!(rest.contains("SURVIVED"), "{rest}");
 }
