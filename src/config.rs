@@ -163,6 +163,8 @@ pub struct SmtpOptions {
     pub bare_lf: BareLf,
     /// Add `Delivered-To:` when the message has a single recipient mailbox.
     pub delivered_to: bool,
+    /// Offer AUTH (submission listeners) without TLS to non-loopback peers.
+    pub allow_plaintext_auth: bool,
 }
 
 impl Default for SmtpOptions {
@@ -170,6 +172,7 @@ impl Default for SmtpOptions {
         SmtpOptions {
             bare_lf: BareLf::Normalize,
             delivered_to: true,
+            allow_plaintext_auth: false,
         }
     }
 }
@@ -200,8 +203,20 @@ impl Default for Pop3Options {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
     pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// A TLS handshake (implicit TLS or STARTTLS/STLS) must finish within this.
+    #[serde(
+        default = "default_handshake_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub handshake_timeout: Duration,
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -292,6 +307,17 @@ impl Config {
             fix(&mut t.cert);
             fix(&mut t.key);
         }
+        // `[filter.tls] ca` (the tunnel's trust anchor) is a path like the others.
+        if let Some(toml::Value::String(ca)) = self
+            .filters
+            .get_mut("tls")
+            .and_then(|t| t.as_table_mut())
+            .and_then(|t| t.get_mut("ca"))
+        {
+            let mut p = PathBuf::from(&*ca);
+            fix(&mut p);
+            *ca = p.to_string_lossy().into_owned();
+        }
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -343,9 +369,17 @@ impl Config {
                     li.name
                 ));
             }
-            if let Some(f) = li.filters.first() {
+            // Filter names and settings are checked when the chains are built.
+            let implicit_tls = li.filters.iter().any(|f| f == "tls");
+            if implicit_tls && self.tls.is_none() {
                 return Err(format!(
-                    "listener {:?}: unknown filter {f:?} (transport filters are not built yet)",
+                    "listener {:?}: the tls filter needs a [tls] section",
+                    li.name
+                ));
+            }
+            if implicit_tls && li.starttls {
+                return Err(format!(
+                    "listener {:?}: starttls makes no sense with implicit tls in filters",
                     li.name
                 ));
             }
@@ -417,13 +451,14 @@ mod effective {
         );
         let _ = writeln!(
             s,
-            "\n[smtp]\nbare_lf = {:?}\ndelivered_to = {}",
+            "\n[smtp]\nbare_lf = {:?}\ndelivered_to = {}\nallow_plaintext_auth = {}",
             if c.smtp.bare_lf == BareLf::Normalize {
                 "normalize"
             } else {
                 "reject"
             },
-            c.smtp.delivered_to
+            c.smtp.delivered_to,
+            c.smtp.allow_plaintext_auth
         );
         let p = &c.pop3;
         let _ = writeln!(
@@ -434,7 +469,13 @@ mod effective {
             dur(p.lock_stale_after)
         );
         if let Some(t) = &c.tls {
-            let _ = writeln!(s, "\n[tls]\ncert = {}\nkey = {}", q(&t.cert), q(&t.key));
+            let _ = writeln!(
+                s,
+                "\n[tls]\ncert = {}\nkey = {}\nhandshake_timeout = {}",
+                q(&t.cert),
+                q(&t.key),
+                dur(t.handshake_timeout)
+            );
         }
         for li in &c.listeners {
             let _ = writeln!(
@@ -641,5 +682,41 @@ mod tests {
         assert!(Config::parse("[limits]\npop3_idle_timeout = \"5m\"\n", "t").is_err());
         assert!(Config::parse("[limits]\nmax_command_line = 100\n", "t").is_err());
         assert!(Config::parse("hostname = \"bad host\"\n", "t").is_err());
+    }
+
+    #[test]
+    fn tls_sections_and_listener_rules() {
+        let c = Config::parse("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n", "t").unwrap();
+        let t = c.tls.as_ref().unwrap();
+        assert_eq!(t.handshake_timeout, Duration::from_secs(30));
+        assert!(!c.smtp.allow_plaintext_auth);
+        let implicit =
+            "[[listener]]\nname = \"smtps\"\nprotocol = \"submission\"\nfilters = [\"tls\"]\n";
+        let e = Config::parse(implicit, "t").unwrap_err().to_string();
+        assert!(e.contains("needs a [tls] section"), "{e}");
+        let with_tls = format!("[tls]\ncert = \"c\"\nkey = \"k\"\n{implicit}");
+        assert!(Config::parse(&with_tls, "t").is_ok());
+        let both = format!("{with_tls}starttls = true\n");
+        let e = Config::parse(&both, "t").unwrap_err().to_string();
+        assert!(e.contains("starttls makes no sense"), "{e}");
+    }
+
+    #[test]
+    fn relative_tls_paths_follow_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "[tls]\ncert = \"c.pem\"\nkey = \"/abs/k.pem\"\nhandshake_timeout = \"1m\"\n[filter.tls]\nca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        let t = c.tls.as_ref().unwrap();
+        assert_eq!(t.cert, base.join("c.pem"));
+        assert_eq!(t.key, PathBuf::from("/abs/k.pem"));
+        assert_eq!(t.handshake_timeout, Duration::from_secs(60));
+        let ca = c.filters["tls"]["ca"].as_str().unwrap();
+        assert_eq!(PathBuf::from(ca), base.join("ca.pem"));
     }
 }

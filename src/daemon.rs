@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::backend::Backend;
 use crate::config::{Config, ListenerConfig, Protocol};
 use crate::conn::Io;
+use crate::filter::tls::{StartTls, TlsServer, Upgrade};
 use crate::filter::{ConnMeta, FilterChain, Registry, Wire};
 use crate::listen::accept::{Caps, Refused};
 use crate::listen::{self, Bound};
@@ -50,6 +51,8 @@ struct Shared {
     backend: Arc<Backend>,
     /// Each listener's filter chain, by listener name.
     chains: HashMap<String, FilterChain>,
+    /// The `[tls]` certificate, shared by implicit TLS and STARTTLS/STLS.
+    tls: Option<Arc<TlsServer>>,
     caps: Arc<Caps>,
     next_id: AtomicU64,
     active: AtomicUsize,
@@ -63,7 +66,9 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonEr
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
     let config =
         Arc::new(Config::load(config_path).map_err(|e| DaemonError::Config(e.to_string()))?);
-    let chains = build_chains(&config, &Registry::builtin()).map_err(DaemonError::Config)?;
+    // Read the key while still root (it is usually not readable by the service user).
+    let tls = load_tls(&config).map_err(DaemonError::Config)?;
+    let chains = build_chains(&config, &registry(tls.as_ref())).map_err(DaemonError::Config)?;
     // Sockets first (fds from systemd are only ours before anything else runs),
     // then everything that needs root to read, then drop, then threads.
     let sockets = match inetd {
@@ -84,6 +89,7 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonEr
     let shared = Arc::new(Shared {
         backend: Arc::new(backend),
         chains,
+        tls,
         caps: Caps::with_rate(
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
@@ -98,6 +104,20 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonEr
         Some(proto) => runtime.block_on(serve_inetd(shared, proto)),
         None => runtime.block_on(serve_sockets(shared, sockets)),
     }
+}
+
+/// The `[tls]` certificate and key, if configured (errors name the file: exit 2).
+pub fn load_tls(config: &Config) -> Result<Option<Arc<TlsServer>>, String> {
+    config.tls.as_ref().map(TlsServer::load).transpose()
+}
+
+/// The built-in filters, with `tls` sharing the daemon's reloadable certificate.
+pub fn registry(tls: Option<&Arc<TlsServer>>) -> Registry {
+    let mut registry = Registry::builtin();
+    if let Some(t) = tls {
+        registry.register("tls", crate::filter::tls::server_factory(t.clone()));
+    }
+    registry
 }
 
 /// Build every listener's filter chain (unknown names, bad settings and
@@ -222,6 +242,14 @@ async fn serve_sockets(shared: Arc<Shared>, sockets: Vec<Bound>) -> Result<(), D
                 match shared.backend.reload_users() {
                     Ok(()) => tracing::info!("reloaded users and aliases"),
                     Err(e) => tracing::error!(error = %e, "reload failed; keeping the old users and aliases"),
+                }
+                // Sessions already encrypted keep their certificate; new
+                // handshakes get the new one.
+                if let Some(t) = &shared.tls {
+                    match t.reload() {
+                        Ok(()) => tracing::info!("reloaded the TLS certificate"),
+                        Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the old certificate"),
+                    }
                 }
                 notify::ready("reloaded");
             }
@@ -376,7 +404,7 @@ async fn run_session(
             tcp_peer: peer,
             ..ConnMeta::default()
         };
-        let (wire, _wire_handle) = Wire::new(stream);
+        let (wire, wire_handle) = Wire::new(stream);
         let stream: Box<dyn Io> = match shared.chains.get(&listener.name).filter(|c| !c.is_empty())
         {
             Some(chain) => match chain.apply(Box::new(wire), &mut meta).await {
@@ -389,6 +417,15 @@ async fn run_session(
             None => Box::new(wire),
         };
         let peer = meta.peer;
+        // STARTTLS/STLS: only where configured and not already TLS.
+        let upgrade: Option<Arc<dyn Upgrade>> = match &shared.tls {
+            Some(t) if listener.starttls && !meta.tls => {
+                Some(Arc::new(StartTls::new(t.clone(), wire_handle)))
+            }
+            _ => None,
+        };
+        // Plaintext logins are fine over TLS, from loopback and on a local pipe.
+        let local = peer.is_none_or(|p| p.ip().is_loopback());
         let result = match listener.protocol {
             Protocol::Smtp | Protocol::Submission => {
                 let info = smtp::SessionInfo {
@@ -398,17 +435,20 @@ async fn run_session(
                     with_protocol: "ESMTP".into(),
                     auth_user: None,
                 };
-                smtp::Session::new(stream, shared.backend.clone(), smtp_config(&config), info)
-                    .run()
-                    .await
+                let cfg = smtp_config(&config, listener.protocol, meta.tls, local);
+                let mut session = smtp::Session::new(stream, shared.backend.clone(), cfg, info);
+                if let Some(u) = upgrade {
+                    session = session.with_starttls(u);
+                }
+                session.run().await
             }
             Protocol::Pop3 => {
-                // Plaintext logins are fine over TLS, from loopback and on a local pipe.
-                let secure = meta.tls || peer.is_none_or(|p| p.ip().is_loopback());
-                let cfg = pop3_config(&config, secure);
-                pop3::Session::new(stream, shared.backend.clone(), cfg)
-                    .run()
-                    .await
+                let cfg = pop3_config(&config, meta.tls || local);
+                let mut session = pop3::Session::new(stream, shared.backend.clone(), cfg);
+                if let Some(u) = upgrade {
+                    session = session.with_starttls(u);
+                }
+                session.run().await
             }
         };
         match result {
@@ -420,7 +460,9 @@ async fn run_session(
     .await
 }
 
-pub fn smtp_config(c: &Config) -> smtp::SessionConfig {
+/// `tls`: the connection is already encrypted (implicit TLS); `local`: a
+/// loopback peer or a local pipe, where AUTH may be offered in plaintext.
+pub fn smtp_config(c: &Config, protocol: Protocol, tls: bool, local: bool) -> smtp::SessionConfig {
     smtp::SessionConfig {
         hostname: c.hostname.clone(),
         max_message_size: c.limits.max_message_size,
@@ -431,11 +473,16 @@ pub fn smtp_config(c: &Config) -> smtp::SessionConfig {
         command_timeout: c.limits.command_timeout,
         data_timeout: c.limits.data_timeout,
         bare_lf: c.smtp.bare_lf,
+        tls,
+        submission: protocol == Protocol::Submission,
+        plaintext_auth_allowed: local || c.smtp.allow_plaintext_auth,
+        auth_failures: c.limits.auth_failures,
+        auth_failure_delay: c.limits.auth_failure_delay,
     }
 }
 
-/// `secure`: the connection counts as secure for plaintext logins (loopback or
-/// local pipe today; TLS once the filter chain lands).
+/// `secure`: the connection counts as secure for plaintext logins (TLS, a
+/// loopback peer or a local pipe). STLS makes it secure later on its own.
 pub fn pop3_config(c: &Config, secure: bool) -> pop3::SessionConfig {
     pop3::SessionConfig {
         hostname: c.hostname.clone(),

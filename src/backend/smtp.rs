@@ -10,10 +10,12 @@ use jiff::tz::TimeZone;
 
 use super::Backend;
 use super::recipients::resolve;
-use crate::auth::validate_name;
+use crate::auth::{Role, validate_name};
 use crate::maildir::deliver::{Delivery, ensure_maildir};
 use crate::maildir::{Maildir, is_no_space};
-use crate::smtp::backend::{Backend as SmtpBackend, BodySink, Envelope, SessionInfo};
+use crate::smtp::backend::{
+    Authenticated, Backend as SmtpBackend, BodySink, Envelope, SessionInfo,
+};
 use crate::smtp::reply::Reply;
 
 /// Body bytes are handed to a blocking task in batches of about this size:
@@ -37,6 +39,16 @@ fn storage_failure(e: &io::Error, session: u64, what: &str) -> Reply {
 
 impl SmtpBackend for Backend {
     type Sink = MaildirSink;
+
+    /// RFC 4954 AUTH: the password check of `Backend::authenticate` (bounded,
+    /// off the async threads, same cost for unknown users) plus the role.
+    async fn login(&self, user: &str, password: &[u8]) -> Option<Authenticated> {
+        let entry = Backend::authenticate(self, user, password).await?;
+        Some(Authenticated {
+            may_submit: entry.has_role(Role::Submit),
+            user: entry.name,
+        })
+    }
 
     /// RFC 5321 §4.1.1.3. Several mailboxes (an alias) come back joined with
     /// `,`; `begin` splits them again.

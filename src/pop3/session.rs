@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use super::command::{self, Command, MAX_LINE, Secret};
@@ -13,6 +13,7 @@ use super::reply::{self, RespCode};
 use super::state::{self, Marks, State};
 use super::store::{Mailbox, MessageInfo, Store, StoreError};
 use crate::conn::{Conn, ConnError, Line};
+use crate::filter::tls::Upgrade;
 use crate::sasl::{self, SaslError};
 
 /// Per-session settings, taken from the config when the connection is accepted.
@@ -51,6 +52,8 @@ pub struct Session<S, St: Store> {
     state: State<St::Mailbox>,
     /// Protocol errors so far (bounded by `max_errors`).
     errors: u32,
+    /// STLS (RFC 2595 §4) is offered through this until the connection is TLS.
+    starttls: Option<Arc<dyn Upgrade>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
@@ -64,15 +67,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
                 failures: 0,
             },
             errors: 0,
+            starttls: None,
         }
+    }
+
+    /// Offer STLS, upgrading through `upgrade` (a connection that is already
+    /// TLS should not be given one).
+    pub fn with_starttls(mut self, upgrade: Arc<dyn Upgrade>) -> Self {
+        self.starttls = Some(upgrade);
+        self
     }
 
     /// Run the session to its end. Whatever way it ends other than QUIT in
     /// TRANSACTION, the mailbox is dropped unchanged (RFC 1939 §6).
     pub async fn run(mut self) -> io::Result<()> {
         let r = self.serve().await;
-        let f = self.conn.flush().await;
-        r.and(f)
+        r.and(close(self.conn).await)
     }
 
     async fn serve(&mut self) -> io::Result<()> {
@@ -124,8 +134,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             Command::Auth { mechanism, initial } => return self.auth(mechanism, initial).await,
             // RFC 1939 §7: APOP needs the plaintext password stored; we keep hashes.
             Command::Apop => self.err(None, "APOP not supported"),
-            // RFC 2595 §4: STLS arrives with the TLS filter.
-            Command::Stls => self.err(None, "STLS not available"),
+            Command::Stls => return self.stls().await,
             other => self.transaction(other).await?,
         }
         Ok(Flow::Continue)
@@ -159,6 +168,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
     /// RFC 2449 §5 CAPA (both states).
     fn capa(&mut self) {
         let mut body = String::from("TOP\nUIDL\n");
+        // RFC 2595 §4: STLS only where it can be used now (AUTHORIZATION, not yet TLS).
+        if self.starttls.is_some() && matches!(self.state, State::Authorization { .. }) {
+            body.push_str("STLS\n");
+        }
         if self.cfg.plaintext_auth_allowed {
             body.push_str("USER\n");
         }
@@ -171,6 +184,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
         reply::ok(&mut out, "Capability list follows");
         reply::multiline(&mut out, body.as_bytes());
         self.conn.queue(&out);
+    }
+
+    /// RFC 2595 §4 STLS (AUTHORIZATION only, checked by `state::check`).
+    /// Refused when pipelined input follows it (CVE-2011-0411 class): those bytes
+    /// came in plaintext and are dropped with the connection, never executed.
+    async fn stls(&mut self) -> io::Result<Flow> {
+        let Some(upgrade) = self.starttls.clone() else {
+            self.err(None, "STLS not available");
+            return Ok(Flow::Continue);
+        };
+        if self.conn.buffered_input() != 0 {
+            info!(
+                pipelined = self.conn.buffered_input(),
+                "STLS refused: plaintext pipelined after it; closing"
+            );
+            self.err(None, "STLS refused: commands pipelined after STLS");
+            return Ok(Flow::Close);
+        }
+        self.ok("Begin TLS negotiation");
+        self.conn.flush().await?;
+        if let Err(e) = upgrade.upgrade().await {
+            info!(error = %e, "TLS handshake failed");
+            return Err(e);
+        }
+        debug!("TLS started");
+        // RFC 2595 §4: back to AUTHORIZATION with nothing remembered (a USER
+        // given before is forgotten); failures still count. Logins in plaintext
+        // are now protected by TLS.
+        let failures = match &self.state {
+            State::Authorization { failures, .. } => *failures,
+            _ => 0,
+        };
+        self.state = State::Authorization {
+            user: None,
+            failures,
+        };
+        self.cfg.plaintext_auth_allowed = true;
+        self.starttls = None;
+        Ok(Flow::Continue)
     }
 
     /// RFC 1939 §7 USER.
@@ -432,6 +484,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             conn.flush().await?;
         }
         Ok(())
+    }
+}
+
+/// End the connection cleanly: flush, then shut down our sending side, so that
+/// over TLS a close_notify goes out (openssl and others report a truncation
+/// attack otherwise). Bounded, as a peer that stopped reading must not hold the
+/// task. (Belongs in `Conn` as `close`; kept here until conn.rs grows it.)
+async fn close<S: AsyncWrite + AsyncRead + Unpin>(conn: Conn<S>) -> io::Result<()> {
+    const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+    match tokio::time::timeout(CLOSE_TIMEOUT, conn.into_inner()).await {
+        Ok(Ok(mut stream)) => {
+            // The peer may be gone already; its reset is no news.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "closing timed out")),
     }
 }
 
@@ -908,5 +977,116 @@ mod tests {
         let (out, log) = run("QUIT\r\nNOOP\r\n").await;
         assert_eq!(out, format!("{GREET}{BYE}"));
         assert!(log.commits.is_empty());
+    }
+
+    /// Pretends to run a handshake: the stream stays plaintext, so tests can
+    /// check what the session does before and after.
+    #[derive(Default)]
+    struct FakeUpgrade {
+        count: Mutex<u32>,
+    }
+
+    impl Upgrade for FakeUpgrade {
+        fn upgrade(&self) -> crate::filter::BoxFuture<'_, io::Result<()>> {
+            *self.count.lock().unwrap() += 1;
+            Box::pin(std::future::ready(Ok(())))
+        }
+    }
+
+    struct Stls {
+        client: tokio::io::DuplexStream,
+        up: Arc<FakeUpgrade>,
+        log: Arc<Mutex<Log>>,
+        task: tokio::task::JoinHandle<io::Result<()>>,
+    }
+
+    impl Stls {
+        fn start(cfg: SessionConfig) -> Stls {
+            let (client, server) = tokio::io::duplex(1 << 20);
+            let log = Arc::new(Mutex::new(Log::default()));
+            let store = Arc::new(FakeStore { log: log.clone() });
+            let up = Arc::new(FakeUpgrade::default());
+            let session = Session::new(server, store, cfg).with_starttls(up.clone());
+            let task = tokio::spawn(session.run());
+            Stls {
+                client,
+                up,
+                log,
+                task,
+            }
+        }
+
+        async fn say(&mut self, send: &str, want: &str) {
+            self.client.write_all(send.as_bytes()).await.unwrap();
+            let mut got = vec![0; want.len()];
+            self.client.read_exact(&mut got).await.unwrap();
+            assert_eq!(String::from_utf8_lossy(&got), want);
+        }
+
+        async fn rest(mut self) -> String {
+            let mut out = Vec::new();
+            self.client.read_to_end(&mut out).await.unwrap();
+            self.task.await.unwrap().unwrap();
+            String::from_utf8(out).unwrap()
+        }
+    }
+
+    const CAPA_STLS_ONLY: &str = "+OK Capability list follows\r\nTOP\r\nUIDL\r\nSTLS\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nEXPIRE NEVER\r\nIMPLEMENTATION maildird\r\n.\r\n";
+    const BEGIN_TLS: &str = "+OK Begin TLS negotiation\r\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn stls_resets_and_allows_plaintext_logins() {
+        let mut c = cfg();
+        c.plaintext_auth_allowed = false;
+        let mut s = Stls::start(c);
+        s.say("", GREET).await;
+        s.say("CAPA\r\n", CAPA_STLS_ONLY).await;
+        s.say(
+            "USER alice\r\n",
+            "-ERR [AUTH] Plaintext authentication disallowed on non-secure connection\r\n",
+        )
+        .await;
+        s.say("STLS\r\n", BEGIN_TLS).await;
+        assert_eq!(*s.up.count.lock().unwrap(), 1);
+        // Now secure: USER is offered and works; STLS is gone.
+        s.say("CAPA\r\n", CAPA_ALL).await;
+        s.say("STLS\r\n", "-ERR STLS not available\r\n").await;
+        s.say(LOGIN, LOGGED_IN).await;
+        // RFC 2595 §4: STLS only in AUTHORIZATION; CAPA no longer lists it.
+        s.say("STLS\r\n", "-ERR Already logged in\r\n").await;
+        s.say("QUIT\r\n", BYE).await;
+        let log = s.log.clone();
+        assert_eq!(s.rest().await, "");
+        assert_eq!(log.lock().unwrap().logins.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stls_forgets_user_given_before() {
+        let mut s = Stls::start(cfg());
+        s.say("", GREET).await;
+        s.say("USER alice\r\n", "+OK\r\n").await;
+        s.say("STLS\r\n", BEGIN_TLS).await;
+        s.say("PASS s3cret pass\r\n", "-ERR USER first\r\n").await;
+        s.say("QUIT\r\n", BYE).await;
+        assert_eq!(s.rest().await, "");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stls_with_pipelined_plaintext_is_refused() {
+        let mut s = Stls::start(cfg());
+        s.say("", GREET).await;
+        // CVE-2011-0411 class: the USER/PASS after STLS must never run.
+        s.client
+            .write_all(format!("STLS\r\n{LOGIN}").as_bytes())
+            .await
+            .unwrap();
+        let up = s.up.clone();
+        let log = s.log.clone();
+        assert_eq!(
+            s.rest().await,
+            "-ERR STLS refused: commands pipelined after STLS\r\n"
+        );
+        assert_eq!(*up.count.lock().unwrap(), 0);
+        assert!(log.lock().unwrap().logins.is_empty());
     }
 }

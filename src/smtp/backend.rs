@@ -34,9 +34,29 @@ pub struct Envelope {
     pub declared_size: Option<u64>,
 }
 
+/// A user whose AUTH credentials were accepted (RFC 4954).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The canonical user name (for logs and `Received:`).
+    pub user: String,
+    /// The user has the `submit` role: may send on a submission listener.
+    pub may_submit: bool,
+}
+
 /// Storage for SMTP. Implemented by `crate::backend` over auth + maildir.
 pub trait Backend: Send + Sync + 'static {
     type Sink: BodySink;
+
+    /// RFC 4954: check AUTH credentials (unknown users and wrong passwords cost
+    /// the same and both give None). The default knows no users.
+    fn login(
+        &self,
+        user: &str,
+        password: &[u8],
+    ) -> impl Future<Output = Option<Authenticated>> + Send {
+        let _ = (user, password);
+        std::future::ready(None)
+    }
 
     /// RFC 5321 §4.1.1.3: resolve a recipient address to a local mailbox, or refuse
     /// it (`550 5.1.1` unknown user, `550 5.7.1` foreign domain, ...).

@@ -9,6 +9,6 @@ pub mod reply;
 pub mod session;
 pub mod state;
 
-pub use backend::{Backend, BodySink, Envelope, SessionInfo};
+pub use backend::{Authenticated, Backend, BodySink, Envelope, SessionInfo};
 pub use reply::Reply;
 pub use session::{Session, SessionConfig};

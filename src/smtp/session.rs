@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
 use super::backend::{Backend, BodySink, Envelope, SessionInfo};
@@ -16,6 +16,8 @@ use super::reply::Reply;
 use super::state::{self, Chunks, State, Transaction};
 use crate::config::BareLf;
 use crate::conn::{Conn, ConnError, Line};
+use crate::filter::tls::Upgrade;
+use crate::sasl::{self, SaslError};
 
 /// Body bytes are handed to the sink in batches of about this size, so a message
 /// is never held whole in memory.
@@ -33,7 +35,22 @@ pub struct SessionConfig {
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub bare_lf: BareLf,
+    /// The connection is encrypted from the start (an implicit-TLS listener).
+    pub tls: bool,
+    /// A submission listener (RFC 6409): AUTH is offered, MAIL requires it, and
+    /// the user needs the `submit` role.
+    pub submission: bool,
+    /// AUTH may be offered without TLS (a loopback peer, or
+    /// `[smtp] allow_plaintext_auth`).
+    pub plaintext_auth_allowed: bool,
+    /// Failed AUTH attempts before the session is closed.
+    pub auth_failures: u32,
+    /// Wait before answering a failed AUTH.
+    pub auth_failure_delay: Duration,
 }
+
+/// RFC 4954 §4: a client response line may be up to 12288 octets.
+const MAX_AUTH_LINE: usize = 12288;
 
 /// Whether the loop goes on after a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,11 +83,25 @@ pub struct Session<S, B: Backend> {
     state: State<B::Sink>,
     /// EHLO (true) or HELO (false): for `Received: with` (RFC 3848).
     esmtp: bool,
-    /// The AUTH identity (set by AUTH in a later issue). RSET and EHLO never
-    /// clear it; only STARTTLS would.
+    /// The AUTH identity. RSET and EHLO never clear it; STARTTLS does.
     auth_user: Option<String>,
+    /// Failed AUTH attempts (not reset by STARTTLS, so it cannot buy retries).
+    auth_failures: u32,
+    /// The connection is encrypted (implicit TLS, or after STARTTLS).
+    tls: bool,
+    /// How to switch to TLS when the client says STARTTLS; None: not offered.
+    starttls: Option<Arc<dyn Upgrade>>,
     /// 4xx/5xx replies so far; at `max_errors` the session ends.
     errors: u32,
+}
+
+/// How an AUTH exchange ended before the password check.
+enum Exchange {
+    Credentials(String, sasl::Password),
+    /// A reply has been decided (cancel, bad base64...).
+    Refused(Reply),
+    /// The connection ended or timed out during the exchange.
+    Stopped(Stop),
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
@@ -79,13 +110,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         Session {
             conn: Conn::new(stream),
             backend,
+            tls: cfg.tls,
             cfg,
             info,
             state: State::Connected,
             esmtp: false,
             auth_user,
+            auth_failures: 0,
+            starttls: None,
             errors: 0,
         }
+    }
+
+    /// Offer STARTTLS (RFC 3207), upgrading through `upgrade`. Ignored on a
+    /// connection that is already TLS.
+    pub fn with_starttls(mut self, upgrade: Arc<dyn Upgrade>) -> Self {
+        if !self.tls {
+            self.starttls = Some(upgrade);
+        }
+        self
     }
 
     /// Run the session to its end (QUIT, EOF, timeout, error cap).
@@ -99,7 +142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             bytes_out = self.conn.bytes_out,
             "smtp session ended"
         );
-        result
+        result.and(close(self.conn).await)
     }
 
     async fn serve(&mut self) -> io::Result<()> {
@@ -203,6 +246,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             return Ok(self.reply(r));
         }
         let flow = match cmd {
+            // RFC 4954 §6: a submission server wants AUTH before the transaction.
+            Command::Mail { .. } if self.cfg.submission && self.auth_user.is_none() => {
+                self.reply(Reply::new(530, "5.7.0", "Authentication required"))
+            }
+            Command::StartTls => return self.starttls().await,
+            Command::Auth(args) => return self.auth(args.mechanism, args.initial_response).await,
             Command::Ehlo(domain) => self.ehlo(domain, true).await,
             Command::Helo(domain) => self.ehlo(domain, false).await,
             Command::Mail { from, params } => self.mail(from, params),
@@ -235,10 +284,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 "2.0.0",
                 "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
             )),
-            // Not offered yet (TLS and AUTH come later).
-            Command::StartTls | Command::Auth(_) => {
-                self.reply(Reply::new(502, "5.5.1", "Error: command not implemented"))
-            }
         };
         Ok(flow)
     }
@@ -252,18 +297,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         let host = self.cfg.hostname.clone();
         // RFC 2034 §3: no enhanced status code on the EHLO/HELO reply.
         let reply = if esmtp {
+            let mut lines = vec![
+                host,
+                "PIPELINING".into(),
+                format!("SIZE {}", self.cfg.max_message_size),
+                "8BITMIME".into(),
+                "ENHANCEDSTATUSCODES".into(),
+                "SMTPUTF8".into(),
+                "CHUNKING".into(),
+            ];
+            // What this connection can do now: STARTTLS until it is TLS, AUTH
+            // once it may be used without exposing the password.
+            if self.starttls.is_some() && !self.tls {
+                lines.push("STARTTLS".into());
+            }
+            if self.auth_offered() {
+                lines.push("AUTH PLAIN LOGIN".into());
+            }
             Reply {
                 code: 250,
                 status: "",
-                lines: vec![
-                    host,
-                    "PIPELINING".into(),
-                    format!("SIZE {}", self.cfg.max_message_size),
-                    "8BITMIME".into(),
-                    "ENHANCEDSTATUSCODES".into(),
-                    "SMTPUTF8".into(),
-                    "CHUNKING".into(),
-                ],
+                lines,
             }
         } else {
             Reply::new(250, "", host)
@@ -338,12 +392,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             (false, true) => "ESMTP",
             (false, false) => "SMTP",
         };
-        let auth = if self.auth_user.is_some() && base != "SMTP" {
-            "A"
-        } else {
-            ""
-        };
-        self.info.with_protocol = format!("{base}{auth}");
+        // RFC 3848 §2 (ESMTPS, ESMTPA, ESMTPSA), RFC 6531 §3.7.4 (UTF8SMTPSA).
+        let mut proto = base.to_string();
+        if base != "SMTP" {
+            if self.tls {
+                proto.push('S');
+            }
+            if self.auth_user.is_some() {
+                proto.push('A');
+            }
+        }
+        self.info.with_protocol = proto;
         self.info.auth_user = self.auth_user.clone();
     }
 
@@ -527,6 +586,191 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         }
     }
 
+    /// AUTH is offered on submission listeners over TLS, or in plaintext where
+    /// the config allows it (loopback, `[smtp] allow_plaintext_auth`).
+    fn auth_offered(&self) -> bool {
+        self.cfg.submission && (self.tls || self.cfg.plaintext_auth_allowed)
+    }
+
+    /// RFC 3207 §4: STARTTLS. Refused when pipelined input follows the command
+    /// (CVE-2011-0411: those bytes were sent in plaintext and must never run as
+    /// if they came over TLS); after the handshake the session starts over.
+    async fn starttls(&mut self) -> io::Result<Flow> {
+        let Some(upgrade) = self.starttls.clone().filter(|_| !self.tls) else {
+            return Ok(if self.tls {
+                self.reply(Reply::new(503, "5.5.1", "Error: TLS already active"))
+            } else {
+                self.reply(Reply::new(502, "5.5.1", "Error: command not implemented"))
+            });
+        };
+        if self.conn.buffered_input() != 0 {
+            info!(
+                session = self.info.id,
+                pipelined = self.conn.buffered_input(),
+                "STARTTLS refused: plaintext pipelined after it; closing"
+            );
+            // The pipelined bytes are dropped with the connection, never executed.
+            self.queue(&Reply::new(
+                454,
+                "4.7.0",
+                "TLS not available: commands pipelined after STARTTLS",
+            ));
+            return Ok(Flow::Close);
+        }
+        self.queue(&Reply::new(220, "2.0.0", "Ready to start TLS"));
+        self.conn.flush().await?;
+        if let Err(e) = upgrade.upgrade().await {
+            // Nothing can be said: the client expects TLS and there is none.
+            info!(session = self.info.id, error = %e, "TLS handshake failed");
+            return Err(e);
+        }
+        debug!(session = self.info.id, "TLS started");
+        // RFC 3207 §4.2: discard all knowledge obtained from the client; it must
+        // send EHLO again. AUTH goes too.
+        self.reset_transaction().await;
+        self.state = State::Connected;
+        self.esmtp = false;
+        self.info.helo.clear();
+        self.auth_user = None;
+        self.tls = true;
+        self.starttls = None;
+        Ok(Flow::Continue)
+    }
+
+    /// RFC 4954 §4: AUTH PLAIN (RFC 4616) and LOGIN. Credentials are never logged.
+    async fn auth(&mut self, mechanism: String, initial: Option<String>) -> io::Result<Flow> {
+        if !self.cfg.submission {
+            return Ok(self.reply(Reply::new(502, "5.5.1", "Error: command not implemented")));
+        }
+        if !self.auth_offered() {
+            // RFC 4954 §6.
+            return Ok(self.reply(Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            )));
+        }
+        if self.auth_user.is_some() {
+            return Ok(self.reply(Reply::new(503, "5.5.1", "Error: already authenticated")));
+        }
+        let exchange = match mechanism.as_str() {
+            "PLAIN" => self.auth_plain(initial).await,
+            "LOGIN" => self.auth_login(initial).await,
+            _ => Exchange::Refused(Reply::new(504, "5.5.4", "Unrecognized authentication type")),
+        };
+        let (user, password) = match exchange {
+            Exchange::Credentials(u, p) => (u, p),
+            Exchange::Refused(r) => return Ok(self.reply(r)),
+            Exchange::Stopped(stop) => return self.stopped(stop),
+        };
+        let outcome = self.backend.login(&user, password.expose()).await;
+        drop(password);
+        match outcome {
+            Some(a) if a.may_submit || !self.cfg.submission => {
+                info!(session = self.info.id, user = ?a.user, mechanism = %mechanism, "smtp login");
+                self.auth_user = Some(a.user);
+                Ok(self.reply(Reply::new(235, "2.7.0", "Authentication successful")))
+            }
+            Some(a) => {
+                info!(session = self.info.id, user = ?a.user, "smtp login refused: no submit role");
+                self.auth_failed(&user).await
+            }
+            None => self.auth_failed(&user).await,
+        }
+    }
+
+    /// Every failure looks the same on the wire: a delay, `535 5.7.8`, and the
+    /// connection closed after `auth_failures`.
+    async fn auth_failed(&mut self, user: &str) -> io::Result<Flow> {
+        self.auth_failures += 1;
+        // Debug-formatted so a hostile name cannot forge log lines.
+        tracing::warn!(
+            session = self.info.id,
+            peer = ?self.info.peer,
+            user = ?user,
+            failures = self.auth_failures,
+            "smtp authentication failed"
+        );
+        self.conn.flush().await?;
+        tokio::time::sleep(self.cfg.auth_failure_delay).await;
+        let flow = self.reply(Reply::new(
+            535,
+            "5.7.8",
+            "Authentication credentials invalid",
+        ));
+        if flow == Flow::Continue && self.auth_failures >= self.cfg.auth_failures {
+            let text = format!("{} Too many authentication failures", self.cfg.hostname);
+            self.queue(&Reply::new(421, "4.7.0", text));
+            return Ok(Flow::Close);
+        }
+        Ok(flow)
+    }
+
+    /// RFC 4616 via RFC 4954 §4: the initial response, or an empty `334` challenge.
+    async fn auth_plain(&mut self, initial: Option<String>) -> Exchange {
+        let response = match initial {
+            Some(r) => r,
+            None => match self.challenge("").await {
+                Ok(r) => r,
+                Err(e) => return e,
+            },
+        };
+        match sasl::decode_plain(&response) {
+            Ok(p) => Exchange::Credentials(p.authcid.clone(), p.password.clone()),
+            // No proxy logins: treated as a failed login, like a wrong password.
+            Err(SaslError::AuthzidMismatch) => {
+                Exchange::Credentials(String::new(), sasl::Password::new(Vec::new()))
+            }
+            Err(e) => Exchange::Refused(sasl_refusal(e)),
+        }
+    }
+
+    /// The LOGIN mechanism: `334 Username:` and `334 Password:` (base64), the
+    /// user name possibly given as the initial response.
+    async fn auth_login(&mut self, initial: Option<String>) -> Exchange {
+        let user_b64 = match initial {
+            Some(r) => r,
+            None => match self.challenge("VXNlcm5hbWU6").await {
+                Ok(r) => r,
+                Err(e) => return e,
+            },
+        };
+        let user = match sasl::decode_login_step(&user_b64) {
+            Ok(u) => u,
+            Err(e) => return Exchange::Refused(sasl_refusal(e)),
+        };
+        let pass_b64 = match self.challenge("UGFzc3dvcmQ6").await {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        match sasl::decode_login_password(&pass_b64) {
+            Ok(p) => Exchange::Credentials(user, p),
+            Err(e) => Exchange::Refused(sasl_refusal(e)),
+        }
+    }
+
+    /// Send a `334` challenge and read the client's response line.
+    async fn challenge(&mut self, b64: &str) -> Result<String, Exchange> {
+        self.conn.queue(format!("334 {b64}\r\n").as_bytes());
+        match self
+            .conn
+            .read_line(MAX_AUTH_LINE, self.cfg.command_timeout)
+            .await
+        {
+            Ok(Line::Complete(l)) => match String::from_utf8(l) {
+                Ok(s) => Ok(s),
+                Err(_) => Err(Exchange::Refused(sasl_refusal(SaslError::Base64))),
+            },
+            Ok(Line::TooLong) => Err(Exchange::Refused(Reply::new(
+                500,
+                "5.5.6",
+                "Authentication Exchange line is too long",
+            ))),
+            Ok(Line::Eof) => Err(Exchange::Stopped(Stop::Eof)),
+            Err(e) => Err(Exchange::Stopped(e.into())),
+        }
+    }
+
     /// Buffered input, waiting up to `timeout`; EOF is an error here.
     async fn fill(&mut self, timeout: Duration) -> Result<&[u8], Stop> {
         let buf = self.conn.fill(timeout).await?;
@@ -545,6 +789,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             n -= take as u64;
         }
         Ok(())
+    }
+}
+
+/// End the connection cleanly: flush, then shut down our sending side, so that
+/// over TLS a close_notify goes out (openssl and others report a truncation
+/// attack otherwise). Bounded, as a peer that stopped reading must not hold the
+/// task. (Belongs in `Conn` as `close`; kept here until conn.rs grows it.)
+async fn close<S: AsyncWrite + AsyncRead + Unpin>(conn: Conn<S>) -> io::Result<()> {
+    const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+    match tokio::time::timeout(CLOSE_TIMEOUT, conn.into_inner()).await {
+        Ok(Ok(mut stream)) => {
+            // The peer may be gone already; its reset is no news.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "closing timed out")),
+    }
+}
+
+/// RFC 4954 §4: `*` cancels (501 5.0.0); undecodable responses get 501 5.5.2.
+fn sasl_refusal(e: SaslError) -> Reply {
+    match e {
+        SaslError::Cancelled => Reply::new(501, "5.0.0", "Authentication cancelled"),
+        _ => Reply::new(501, "5.5.2", "Cannot decode response"),
     }
 }
 
@@ -613,6 +882,18 @@ mod tests {
 
     impl Backend for Fake {
         type Sink = FakeSink;
+
+        fn login(
+            &self,
+            user: &str,
+            password: &[u8],
+        ) -> impl Future<Output = Option<crate::smtp::Authenticated>> + Send {
+            let ok = password == b"pw" && matches!(user, "alice" | "nosubmit");
+            std::future::ready(ok.then(|| crate::smtp::Authenticated {
+                user: user.to_string(),
+                may_submit: user == "alice",
+            }))
+        }
 
         fn resolve_recipient(
             &self,
@@ -687,6 +968,11 @@ mod tests {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             bare_lf: BareLf::Normalize,
+            tls: false,
+            submission: false,
+            plaintext_auth_allowed: false,
+            auth_failures: 3,
+            auth_failure_delay: Duration::from_secs(2),
         }
     }
 
@@ -698,10 +984,15 @@ mod tests {
 
     fn start(cfg: SessionConfig) -> Client {
         let (io, server) = tokio::io::duplex(1 << 20);
-        start_on(server, io, cfg)
+        start_on(server, io, cfg, None)
     }
 
-    fn start_on<S>(server: S, io: DuplexStream, cfg: SessionConfig) -> Client
+    fn start_on<S>(
+        server: S,
+        io: DuplexStream,
+        cfg: SessionConfig,
+        upgrade: Option<Arc<dyn Upgrade>>,
+    ) -> Client
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -715,7 +1006,11 @@ mod tests {
             auth_user: None,
         };
         // tokio::spawn also proves the session future is Send.
-        let session = tokio::spawn(Session::new(server, Arc::new(fake), cfg, info).run());
+        let mut session = Session::new(server, Arc::new(fake), cfg, info);
+        if let Some(u) = upgrade {
+            session = session.with_starttls(u);
+        }
+        let session = tokio::spawn(session.run());
         Client { io, log, session }
     }
 
@@ -844,7 +1139,7 @@ mod tests {
             inner: server,
             writes: writes.clone(),
         };
-        let mut c = start_on(server, io, config());
+        let mut c = start_on(server, io, config(), None);
         c.ehlo().await;
         writes.lock().unwrap().clear();
         c.send("MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\nRCPT TO:<unknown@d>\r\nRCPT TO:<b@d>\r\nDATA\r\n")
@@ -1376,5 +1671,271 @@ mod tests {
         c.ehlo().await;
         c.io.shutdown().await.unwrap();
         c.expect_close().await;
+    }
+
+    /// Pretends to run a handshake: the stream stays plaintext, so tests can
+    /// check what the session does before and after.
+    #[derive(Default)]
+    struct FakeUpgrade {
+        count: Mutex<u32>,
+    }
+
+    impl Upgrade for FakeUpgrade {
+        fn upgrade(&self) -> crate::filter::BoxFuture<'_, io::Result<()>> {
+            *self.count.lock().unwrap() += 1;
+            Box::pin(std::future::ready(Ok(())))
+        }
+    }
+
+    const EHLO_STARTTLS: &str = "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n\
+        250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 STARTTLS\r\n";
+    const EHLO_AUTH: &str = "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n\
+        250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 AUTH PLAIN LOGIN\r\n";
+    const READY: &str = "220 2.0.0 Ready to start TLS\r\n";
+    const AUTH_OK: &str = "235 2.7.0 Authentication successful\r\n";
+    const AUTH_BAD: &str = "535 5.7.8 Authentication credentials invalid\r\n";
+    const AUTH_NEEDED: &str = "530 5.7.0 Authentication required\r\n";
+    /// base64("\0alice\0pw")
+    const ALICE_PLAIN: &str = "AGFsaWNlAHB3";
+
+    fn submission() -> SessionConfig {
+        SessionConfig {
+            submission: true,
+            ..config()
+        }
+    }
+
+    fn start_tls(cfg: SessionConfig) -> (Client, Arc<FakeUpgrade>) {
+        let up = Arc::new(FakeUpgrade::default());
+        let (io, server) = tokio::io::duplex(1 << 20);
+        (start_on(server, io, cfg, Some(up.clone())), up)
+    }
+
+    #[tokio::test]
+    async fn starttls_resets_the_session() {
+        let (mut c, up) = start_tls(config());
+        c.expect(GREETING).await;
+        c.say("EHLO client.test\r\n", EHLO_STARTTLS).await;
+        c.say("MAIL FROM:<s@x.test>\r\n", MAIL_OK).await;
+        // RFC 3207 §4: not in the middle of a transaction.
+        c.say(
+            "STARTTLS\r\n",
+            "503 5.5.1 Error: MAIL transaction in progress\r\n",
+        )
+        .await;
+        c.say("RSET\r\n", OK).await;
+        c.say("STARTTLS\r\n", READY).await;
+        assert_eq!(*up.count.lock().unwrap(), 1);
+        // Everything is forgotten: EHLO again, and STARTTLS is no longer offered.
+        c.say(
+            "MAIL FROM:<s@x.test>\r\n",
+            "503 5.5.1 Error: send HELO/EHLO first\r\n",
+        )
+        .await;
+        c.say("EHLO client.test\r\n", EHLO_REPLY).await;
+        c.say("STARTTLS\r\n", "503 5.5.1 Error: TLS already active\r\n")
+            .await;
+        c.say(
+            "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\nDATA\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}{GO_AHEAD}"),
+        )
+        .await;
+        c.say("hi\r\n.\r\n", DELIVERED).await;
+        let log = c.quit().await;
+        let log = log.lock().unwrap();
+        assert_eq!(log.begins[0].1, "ESMTPS");
+        assert_eq!(*up.count.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn starttls_with_pipelined_plaintext_is_refused() {
+        let (mut c, up) = start_tls(config());
+        c.expect(GREETING).await;
+        // CVE-2011-0411: RSET rides in the same packet as STARTTLS.
+        c.send("EHLO client.test\r\nSTARTTLS\r\nRSET\r\n").await;
+        c.expect(EHLO_STARTTLS).await;
+        c.expect("454 4.7.0 TLS not available: commands pipelined after STARTTLS\r\n")
+            .await;
+        // The RSET is never answered: the connection closes.
+        c.expect_close().await;
+        assert_eq!(*up.count.lock().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn starttls_not_offered() {
+        let mut c = start(config());
+        c.ehlo().await;
+        c.say(
+            "STARTTLS\r\n",
+            "502 5.5.1 Error: command not implemented\r\n",
+        )
+        .await;
+        c.quit().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn auth_plain_and_login_on_a_tls_submission_connection() {
+        let cfg = SessionConfig {
+            tls: true,
+            ..submission()
+        };
+        let mut c = start(cfg.clone());
+        c.expect(GREETING).await;
+        c.say("EHLO client.test\r\n", EHLO_AUTH).await;
+        c.say("MAIL FROM:<alice@example.org>\r\n", AUTH_NEEDED)
+            .await;
+        c.say(&format!("AUTH PLAIN {ALICE_PLAIN}\r\n"), AUTH_OK)
+            .await;
+        c.say(
+            "AUTH PLAIN\r\n",
+            "503 5.5.1 Error: already authenticated\r\n",
+        )
+        .await;
+        // AUTH survives RSET and a new EHLO.
+        c.say("RSET\r\n", OK).await;
+        c.say("EHLO client.test\r\n", EHLO_AUTH).await;
+        c.say(
+            "MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@d>\r\nDATA\r\n",
+            &format!("{MAIL_OK}{RCPT_OK}{GO_AHEAD}"),
+        )
+        .await;
+        c.say("hi\r\n.\r\n", DELIVERED).await;
+        let log = c.quit().await;
+        assert_eq!(log.lock().unwrap().begins[0].1, "ESMTPSA");
+
+        // LOGIN, with challenges; PLAIN with an empty challenge.
+        let mut c = start(cfg);
+        c.expect(GREETING).await;
+        c.say("EHLO client.test\r\n", EHLO_AUTH).await;
+        c.say("AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n").await;
+        c.say("YWxpY2U=\r\n", "334 UGFzc3dvcmQ6\r\n").await;
+        c.say("cHc=\r\n", AUTH_OK).await;
+        c.quit().await;
+        let mut c = start(submission_tls());
+        c.expect(GREETING).await;
+        c.say("EHLO client.test\r\n", EHLO_AUTH).await;
+        c.say("AUTH PLAIN\r\n", "334 \r\n").await;
+        c.say(&format!("{ALICE_PLAIN}\r\n"), AUTH_OK).await;
+        c.quit().await;
+        // LOGIN with the user name as initial response.
+        let mut c = start(submission_tls());
+        c.expect(GREETING).await;
+        c.say("EHLO client.test\r\n", EHLO_AUTH).await;
+        c.say("AUTH LOGIN YWxpY2U=\r\n", "334 UGFzc3dvcmQ6\r\n")
+            .await;
+        c.say("cHc=\r\n", AUTH_OK).await;
+        c.quit().await;
+    }
+
+    fn submission_tls() -> SessionConfig {
+        SessionConfig {
+            tls: true,
+            ..submission()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn auth_failures_cancel_and_bad_input() {
+        let mut c = start(SessionConfig {
+            auth_failures: 2,
+            ..submission_tls()
+        });
+        c.expect(GREETING).await;
+        c.say("EHLO client.test\r\n", EHLO_AUTH).await;
+        c.say("AUTH PLAIN\r\n", "334 \r\n").await;
+        c.say("*\r\n", "501 5.0.0 Authentication cancelled\r\n")
+            .await;
+        c.say("AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n").await;
+        c.say("*\r\n", "501 5.0.0 Authentication cancelled\r\n")
+            .await;
+        c.say("AUTH PLAIN !!!\r\n", "501 5.5.2 Cannot decode response\r\n")
+            .await;
+        c.say(
+            "AUTH CRAM-MD5\r\n",
+            "504 5.5.4 Unrecognized authentication type\r\n",
+        )
+        .await;
+        // The user without the submit role fails like a wrong password.
+        let start = tokio::time::Instant::now();
+        // base64("\0nosubmit\0pw")
+        c.say("AUTH PLAIN AG5vc3VibWl0AHB3\r\n", AUTH_BAD).await;
+        assert!(
+            start.elapsed() >= Duration::from_secs(2),
+            "no failure delay"
+        );
+        // base64("\0alice\0wrong"): the second failure closes the session.
+        c.say(
+            "AUTH PLAIN AGFsaWNlAHdyb25n\r\n",
+            &format!("{AUTH_BAD}421 4.7.0 mx.test Too many authentication failures\r\n"),
+        )
+        .await;
+        c.expect_close().await;
+    }
+
+    #[tokio::test]
+    async fn auth_needs_tls_or_permission_and_a_submission_listener() {
+        // Submission in plaintext from a remote peer: not offered, 538 if tried.
+        let (mut c, _up) = start_tls(submission());
+        c.expect(GREETING).await;
+        c.say("AUTH PLAIN\r\n", "503 5.5.1 Error: send EHLO first\r\n")
+            .await;
+        c.say("EHLO client.test\r\n", EHLO_STARTTLS).await;
+        c.say(
+            &format!("AUTH PLAIN {ALICE_PLAIN}\r\n"),
+            "538 5.7.11 Encryption required for requested authentication mechanism\r\n",
+        )
+        .await;
+        // After STARTTLS it is offered.
+        c.say("STARTTLS\r\n", READY).await;
+        c.say("EHLO client.test\r\n", EHLO_AUTH).await;
+        c.say(&format!("AUTH PLAIN {ALICE_PLAIN}\r\n"), AUTH_OK)
+            .await;
+        c.quit().await;
+        // A plain smtp listener offers no AUTH at all.
+        let mut c = start(SessionConfig {
+            tls: true,
+            ..config()
+        });
+        c.ehlo().await;
+        c.say(
+            &format!("AUTH PLAIN {ALICE_PLAIN}\r\n"),
+            "502 5.5.1 Error: command not implemented\r\n",
+        )
+        .await;
+        c.quit().await;
+        // Loopback (or allow_plaintext_auth): offered without TLS.
+        let mut c = start(SessionConfig {
+            plaintext_auth_allowed: true,
+            ..submission()
+        });
+        c.expect(GREETING).await;
+        c.say("EHLO client.test\r\n", EHLO_AUTH).await;
+        c.say(&format!("AUTH PLAIN {ALICE_PLAIN}\r\n"), AUTH_OK)
+            .await;
+        c.quit().await;
+    }
+
+    #[tokio::test]
+    async fn starttls_clears_auth() {
+        let (mut c, _up) = start_tls(SessionConfig {
+            plaintext_auth_allowed: true,
+            ..submission()
+        });
+        c.expect(GREETING).await;
+        c.say(
+            "EHLO client.test\r\n",
+            &EHLO_STARTTLS.replace("250 STARTTLS", "250-STARTTLS\r\n250 AUTH PLAIN LOGIN"),
+        )
+        .await;
+        c.say(&format!("AUTH PLAIN {ALICE_PLAIN}\r\n"), AUTH_OK)
+            .await;
+        c.say("STARTTLS\r\n", READY).await;
+        c.say("EHLO client.test\r\n", EHLO_AUTH).await;
+        c.say("MAIL FROM:<alice@example.org>\r\n", AUTH_NEEDED)
+            .await;
+        c.say(&format!("AUTH PLAIN {ALICE_PLAIN}\r\n"), AUTH_OK)
+            .await;
+        c.say("MAIL FROM:<alice@example.org>\r\n", MAIL_OK).await;
+        c.quit().await;
     }
 }

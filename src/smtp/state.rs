@@ -60,6 +60,17 @@ pub fn check<K>(state: &State<K>, cmd: &Command) -> Result<(), Reply> {
         | (State::Connected, Command::Data | Command::Bdat { .. }) => {
             Err(bad_sequence("Error: send HELO/EHLO first"))
         }
+        // RFC 4954 §4: AUTH is an extension, so it needs EHLO, and it is not
+        // permitted during a mail transaction.
+        (State::Connected, Command::Auth(_)) => Err(bad_sequence("Error: send EHLO first")),
+        (State::Mail(_), Command::Auth(_)) => {
+            Err(bad_sequence("Error: MAIL transaction in progress"))
+        }
+        // RFC 3207 §4.2 resets everything; refusing mid-transaction (as Postfix
+        // does) keeps an envelope from straddling the upgrade.
+        (State::Mail(_), Command::StartTls) => {
+            Err(bad_sequence("Error: MAIL transaction in progress"))
+        }
         (State::Mail(_), Command::Mail { .. }) => Err(bad_sequence("Error: nested MAIL command")),
         (State::Idle, Command::Rcpt { .. } | Command::Data | Command::Bdat { .. }) => {
             Err(bad_sequence("Error: need MAIL command"))
@@ -141,7 +152,7 @@ mod tests {
             (
                 "connected",
                 State::Connected,
-                [0, 0, 503, 503, 503, 503, 0, 0, 0, 0, 0, 0, 0, 0],
+                [0, 0, 503, 503, 503, 503, 0, 0, 0, 0, 0, 0, 0, 503],
             ),
             (
                 "idle",
@@ -151,22 +162,22 @@ mod tests {
             (
                 "mail, no rcpt yet",
                 tx(0, 0, false),
-                [0, 0, 503, 0, 503, 503, 0, 0, 0, 0, 0, 0, 0, 0],
+                [0, 0, 503, 0, 503, 503, 0, 0, 0, 0, 0, 0, 503, 503],
             ),
             (
                 "mail, all rcpts refused",
                 tx(0, 2, false),
-                [0, 0, 503, 0, 554, 554, 0, 0, 0, 0, 0, 0, 0, 0],
+                [0, 0, 503, 0, 554, 554, 0, 0, 0, 0, 0, 0, 503, 503],
             ),
             (
                 "mail with rcpts",
                 tx(2, 1, false),
-                [0, 0, 503, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                [0, 0, 503, 0, 0, 0, 0, 0, 0, 0, 0, 0, 503, 503],
             ),
             (
                 "bdat in progress",
                 tx(1, 0, true),
-                [0, 0, 503, 503, 503, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                [0, 0, 503, 503, 503, 0, 0, 0, 0, 0, 0, 0, 503, 503],
             ),
         ];
         for (name, state, want) in table {
