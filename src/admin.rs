@@ -23,8 +23,23 @@ fn runtime_err(e: impl std::fmt::Display) -> DaemonError {
 /// `check-config`: validate, then print the effective config.
 pub fn check_config(path: &Path) -> Result<(), DaemonError> {
     let config = Config::load(path).map_err(config_err)?;
-    UserDb::load(&config.users_file)
+    let tls = crate::daemon::load_tls(&config).map_err(config_err)?;
+    crate::daemon::build_chains(&config, &crate::daemon::registry(tls.as_ref()))
+        .map_err(config_err)?;
+    let users = UserDb::load(&config.users_file)
         .map_err(|e| config_err(format!("{}: {e}", config.users_file.display())))?;
+    if users.is_empty() {
+        eprintln!(
+            "warning: {}: no users (add one with `maildird user add`)",
+            config.users_file.display()
+        );
+    }
+    for (line, name) in users.skipped() {
+        eprintln!(
+            "warning: {}:{line}: user name {name:?} is not valid here; line ignored",
+            config.users_file.display()
+        );
+    }
     if let Some(a) = config.aliases_file.as_ref().filter(|a| a.exists()) {
         crate::backend::recipients::Aliases::load(a)
             .map_err(|e| config_err(format!("{}: {e}", a.display())))?;

@@ -16,12 +16,13 @@ use tracing::Instrument;
 
 use crate::backend::Backend;
 use crate::config::{Config, ListenerConfig, Protocol};
-use crate::conn::Io;
+use crate::conn::{Io, Observer};
 use crate::filter::tls::{StartTls, TlsServer, Upgrade};
 use crate::filter::{ConnMeta, FilterChain, Registry, Wire};
 use crate::listen::accept::{Caps, Refused};
+use crate::listen::first_read::FirstReadDeadline;
 use crate::listen::{self, Bound};
-use crate::{notify, pop3, privs, smtp};
+use crate::{control, notify, pop3, privs, smtp};
 
 /// A start-up or runtime failure, with the exit code it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,10 @@ struct Shared {
     /// The `[tls]` certificate, shared by implicit TLS and STARTTLS/STLS.
     tls: Option<Arc<TlsServer>>,
     caps: Arc<Caps>,
+    /// Live sessions for `who`, `kick` and `events`.
+    sessions: Arc<control::Registry>,
+    /// Turns true on SIGTERM/SIGINT: idle sessions are told and closed.
+    stop: watch::Sender<bool>,
     next_id: AtomicU64,
     active: AtomicUsize,
     idle: Notify,
@@ -77,6 +82,10 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonEr
     };
     let backend = Backend::load(config.clone()).map_err(DaemonError::Config)?;
     prepare_mail_root(&config)?;
+    let control = match inetd {
+        Some(_) => None,
+        None => bind_control(&config),
+    };
     privs::drop_privileges(&config.user, &config.group).map_err(DaemonError::Config)?;
     privs::refuse_root().map_err(DaemonError::Config)?;
     check_mail_root(&config)?;
@@ -95,6 +104,8 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonEr
             config.limits.max_connections_per_ip,
             config.limits.max_connection_rate_per_ip,
         ),
+        sessions: Arc::new(control::Registry::new()),
+        stop: watch::channel(false).0,
         next_id: AtomicU64::new(1),
         active: AtomicUsize::new(0),
         idle: Notify::new(),
@@ -102,7 +113,7 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonEr
     });
     match inetd {
         Some(proto) => runtime.block_on(serve_inetd(shared, proto)),
-        None => runtime.block_on(serve_sockets(shared, sockets)),
+        None => runtime.block_on(serve_sockets(shared, sockets, control)),
     }
 }
 
@@ -206,8 +217,55 @@ async fn serve_inetd(shared: Arc<Shared>, proto: Protocol) -> Result<(), DaemonE
     Ok(())
 }
 
-async fn serve_sockets(shared: Arc<Shared>, sockets: Vec<Bound>) -> Result<(), DaemonError> {
-    let (stop_tx, stop_rx) = watch::channel(false);
+/// The control socket, bound while still root; `who`/`kick`/`events` use it.
+/// Failing to bind it is logged, not fatal: mail service matters more.
+fn bind_control(
+    config: &Config,
+) -> Option<(std::os::unix::net::UnixListener, control::server::Access)> {
+    use nix::unistd::{Group, User, getegid, geteuid};
+    let root = geteuid().is_root();
+    let user = if root {
+        User::from_name(&config.user).ok().flatten()
+    } else {
+        None
+    };
+    let access = control::server::Access {
+        daemon_uid: user.as_ref().map(|u| u.uid).unwrap_or_else(geteuid),
+        admin_gid: if root {
+            Group::from_name(&config.group)
+                .ok()
+                .flatten()
+                .map(|g| g.gid)
+                .unwrap_or_else(getegid)
+        } else {
+            getegid()
+        },
+    };
+    match control::server::bind(&config.control_socket, user.map(|u| u.uid), &access) {
+        Ok(l) => Some((l, access)),
+        Err(e) => {
+            tracing::warn!(path = %config.control_socket.display(), error = %e, "no control socket: who/kick/events unavailable");
+            None
+        }
+    }
+}
+
+async fn serve_sockets(
+    shared: Arc<Shared>,
+    sockets: Vec<Bound>,
+    control: Option<(std::os::unix::net::UnixListener, control::server::Access)>,
+) -> Result<(), DaemonError> {
+    let stop_rx = shared.stop.subscribe();
+    if let Some((listener, access)) = control {
+        let path = shared.backend.config.control_socket.clone();
+        tokio::spawn(control::server::serve(
+            listener,
+            path,
+            access,
+            shared.sessions.clone(),
+            stop_rx.clone(),
+        ));
+    }
     let mut names = Vec::new();
     let mut accept_loops = Vec::new();
     for b in sockets {
@@ -225,7 +283,11 @@ async fn serve_sockets(shared: Arc<Shared>, sockets: Vec<Bound>) -> Result<(), D
     }
     let config = shared.backend.config.clone();
     tokio::spawn(sweep_loop(config.mail_root.clone()));
-    notify::ready(&format!("listening on {}", names.join(", ")));
+    notify::ready(&format!(
+        "listening on {}; {}",
+        names.join(", "),
+        status_line(&shared)
+    ));
 
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| DaemonError::Runtime(e.to_string()))?;
@@ -253,15 +315,12 @@ async fn serve_sockets(shared: Arc<Shared>, sockets: Vec<Bound>) -> Result<(), D
                 }
                 notify::ready("reloaded");
             }
-            _ = status_tick.tick() => {
-                notify::status(&format!("{} sessions, {} deliveries",
-                    shared.caps.in_use(config.limits.max_connections), shared.deliveries.load(Ordering::Relaxed)));
-            }
+            _ = status_tick.tick() => notify::status(&status_line(&shared)),
         }
     }
     tracing::info!("stopping: no new connections; waiting for sessions in flight");
     // Close the listeners before saying STOPPING, so nothing is accepted after it.
-    let _ = stop_tx.send(true);
+    shared.stop.send_replace(true);
     for loop_done in accept_loops {
         let _ = loop_done.await;
     }
@@ -283,6 +342,22 @@ async fn serve_sockets(shared: Arc<Shared>, sockets: Vec<Bound>) -> Result<(), D
         );
     }
     Ok(())
+}
+
+/// sd_notify STATUS: live sessions per protocol and deliveries so far.
+fn status_line(shared: &Shared) -> String {
+    let counts = shared.sessions.counts();
+    let per: Vec<String> = counts.iter().map(|(p, n)| format!("{p} {n}")).collect();
+    format!(
+        "{} sessions{}, {} deliveries",
+        shared.sessions.len(),
+        if per.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", per.join(", "))
+        },
+        shared.deliveries.load(Ordering::Relaxed)
+    )
 }
 
 /// tmp/ files older than 36 hours are leftovers of interrupted deliveries
@@ -397,6 +472,12 @@ async fn run_session(
     let span = tracing::info_span!("session", id, peer = %peer_s, protocol = %listener.protocol, listener = %listener.name);
     async move {
         tracing::info!("connect");
+        let guard = Arc::new(shared.sessions.open(
+            id,
+            &listener.protocol.to_string(),
+            &listener.name,
+            peer,
+        ));
         let mut meta = ConnMeta {
             id,
             listener: listener.name.clone(),
@@ -404,7 +485,10 @@ async fn run_session(
             tcp_peer: peer,
             ..ConnMeta::default()
         };
-        let (wire, wire_handle) = Wire::new(stream);
+        // Wire-level bytes, and a short deadline for the first byte from the client.
+        let stream = control::counted::Counted::new(stream, guard.counters("wire"));
+        let stream = FirstReadDeadline::new(stream, config.limits.greeting_timeout);
+        let (wire, wire_handle) = Wire::new(Box::new(stream));
         let stream: Box<dyn Io> = match shared.chains.get(&listener.name).filter(|c| !c.is_empty())
         {
             Some(chain) => match chain.apply(Box::new(wire), &mut meta).await {
@@ -416,6 +500,18 @@ async fn run_session(
             },
             None => Box::new(wire),
         };
+        guard.set_peer(meta.peer);
+        let stream: Box<dyn Io> = Box::new(control::counted::Counted::new(
+            stream,
+            guard.counters("protocol"),
+        ));
+        let observer: Arc<dyn Observer> = Arc::new(SessionObserver {
+            guard: guard.clone(),
+            shared: shared.clone(),
+            protocol: listener.protocol,
+            ip: meta.peer.map(|p| p.ip()),
+        });
+        let shutdown = shared.stop.subscribe();
         let peer = meta.peer;
         // STARTTLS/STLS: only where configured and not already TLS.
         let upgrade: Option<Arc<dyn Upgrade>> = match &shared.tls {
@@ -436,19 +532,29 @@ async fn run_session(
                     auth_user: None,
                 };
                 let cfg = smtp_config(&config, listener.protocol, meta.tls, local);
-                let mut session = smtp::Session::new(stream, shared.backend.clone(), cfg, info);
+                let mut session = smtp::Session::new(stream, shared.backend.clone(), cfg, info)
+                    .with_observer(observer)
+                    .with_shutdown(shutdown);
                 if let Some(u) = upgrade {
                     session = session.with_starttls(u);
                 }
-                session.run().await
+                tokio::select! {
+                    r = session.run() => r,
+                    _ = guard.kicked() => Err(std::io::Error::other("kicked by an admin")),
+                }
             }
             Protocol::Pop3 => {
                 let cfg = pop3_config(&config, meta.tls || local);
-                let mut session = pop3::Session::new(stream, shared.backend.clone(), cfg);
+                let mut session = pop3::Session::new(stream, shared.backend.clone(), cfg)
+                    .with_observer(observer)
+                    .with_shutdown(shutdown);
                 if let Some(u) = upgrade {
                     session = session.with_starttls(u);
                 }
-                session.run().await
+                tokio::select! {
+                    r = session.run() => r,
+                    _ = guard.kicked() => Err(std::io::Error::other("kicked by an admin")),
+                }
             }
         };
         match result {
@@ -458,6 +564,42 @@ async fn run_session(
     }
     .instrument(span)
     .await
+}
+
+/// Reports a session's state, logins and deliveries to the registry (`who`,
+/// `events`) and writes the fail2ban line.
+struct SessionObserver {
+    guard: Arc<control::SessionGuard>,
+    shared: Arc<Shared>,
+    protocol: Protocol,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl Observer for SessionObserver {
+    fn state(&self, state: &'static str) {
+        self.guard.set_state(state);
+    }
+
+    fn auth(&self, user: &str, mechanism: &str, ok: bool) {
+        if ok {
+            self.guard.auth_ok(user, mechanism);
+        } else {
+            self.guard.auth_fail(user, mechanism);
+            // One stable line per failure for fail2ban: the real client IP (behind
+            // PROXY too), the user as given (quoted, so it cannot forge a line).
+            let ip = self.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+            tracing::warn!(
+                "authentication failure: protocol={} ip={ip} user={user:?}",
+                self.protocol
+            );
+        }
+    }
+
+    fn delivered(&self, recipients: usize, size: u64) {
+        self.shared.deliveries.fetch_add(1, Ordering::Relaxed);
+        self.guard
+            .delivery(format!("recipients={recipients} size={size}"));
+    }
 }
 
 /// `tls`: the connection is already encrypted (implicit TLS); `local`: a

@@ -337,3 +337,23 @@ fn keepalive_can_be_turned_off() {
     let out = keepalive_timer(env.smtp_port);
     assert!(!out.contains("keepalive"), "{out}");
 }
+
+#[test]
+fn sigterm_closes_an_idle_pop3_session_without_deleting() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let d = Daemon::start(&env);
+    deliver(env.smtp_port, &["alice@example.org"], &message("keep me", "alice@example.org"));
+    let before = snapshot(&env.maildir("alice"));
+    let mut pop = Line::connect(env.pop3_port);
+    assert!(pop.line().starts_with("+OK"));
+    assert!(pop.cmd_pop("USER alice\r\n").starts_with("+OK"));
+    assert!(pop.cmd_pop(&format!("PASS {PW}\r\n")).starts_with("+OK"));
+    assert!(pop.cmd_pop("DELE 1\r\n").starts_with("+OK"));
+    signal(d.pid(), "TERM");
+    let r = pop.line();
+    assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
+    assert!(d.stop().success());
+    // Never reached UPDATE: the marked message is still there (RFC 1939 §6).
+    assert_eq!(snapshot(&env.maildir("alice")), before);
+}

@@ -3,6 +3,7 @@
 //! as JSON lines to root and members of the daemon's group.
 
 pub mod client;
+pub mod counted;
 pub mod server;
 
 use std::collections::BTreeMap;

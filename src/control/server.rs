@@ -60,8 +60,14 @@ impl Access {
     }
 }
 
-/// Bind the socket (replacing a stale one) with mode 0660 and the admin group.
-pub fn bind(path: &Path, access: &Access) -> io::Result<UnixListener> {
+/// Bind the socket (replacing a stale one) with mode 0660, owned by the service
+/// user and the admin group. Called before the privilege drop (as root it can
+/// create the directory and hand it over); served later by `serve`.
+pub fn bind(
+    path: &Path,
+    owner: Option<Uid>,
+    access: &Access,
+) -> io::Result<std::os::unix::net::UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -69,21 +75,29 @@ pub fn bind(path: &Path, access: &Access) -> io::Result<UnixListener> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    // Best effort: only works if we are in that group (or root).
-    let _ = nix::unistd::chown(path, None, Some(access.admin_gid));
+    // Best effort: chown needs root (or membership of the group).
+    let _ = nix::unistd::chown(path, owner, Some(access.admin_gid));
     Ok(listener)
 }
 
 /// Serve the control socket until `stop` turns true; removes the file then.
 pub async fn serve(
-    listener: UnixListener,
+    listener: std::os::unix::net::UnixListener,
     path: PathBuf,
     access: Access,
     registry: Arc<Registry>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let listener = match UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "control socket unusable");
+            return;
+        }
+    };
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -216,7 +230,7 @@ mod tests {
             daemon_uid: nix::unistd::geteuid(),
             admin_gid: nix::unistd::getegid(),
         };
-        let listener = bind(&path, &me).unwrap();
+        let listener = bind(&path, None, &me).unwrap();
         let registry = Arc::new(Registry::new());
         let (_stop_tx, stop) = watch::channel(false);
         tokio::spawn(serve(listener, path.clone(), me, registry.clone(), stop));

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::command::{self, Command, MAX_LINE, Secret};
 use super::reply::{self, RespCode};
 use super::state::{self, Marks, State};
 use super::store::{Mailbox, MessageInfo, Store, StoreError};
-use crate::conn::{Conn, ConnError, Line};
+use crate::conn::{Conn, ConnError, Line, NoObserver, Observer, until_stopping};
 use crate::filter::tls::Upgrade;
 use crate::sasl::{self, SaslError};
 
@@ -54,6 +55,10 @@ pub struct Session<S, St: Store> {
     errors: u32,
     /// STLS (RFC 2595 §4) is offered through this until the connection is TLS.
     starttls: Option<Arc<dyn Upgrade>>,
+    observer: Arc<dyn Observer>,
+    /// Turns true when the daemon stops: a session waiting for a command is told
+    /// and closed without UPDATE (nothing is deleted).
+    shutdown: Option<watch::Receiver<bool>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
@@ -68,6 +73,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             },
             errors: 0,
             starttls: None,
+            observer: Arc::new(NoObserver),
+            shutdown: None,
         }
     }
 
@@ -75,6 +82,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
     /// TLS should not be given one).
     pub fn with_starttls(mut self, upgrade: Arc<dyn Upgrade>) -> Self {
         self.starttls = Some(upgrade);
+        self
+    }
+
+    /// Report state and logins to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// Stop waiting for commands when `shutdown` turns true.
+    pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Self {
+        self.shutdown = Some(shutdown);
         self
     }
 
@@ -89,7 +108,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
         // RFC 1939 §4: the greeting.
         self.ok("maildird ready");
         loop {
-            let line = match self.conn.read_line(MAX_LINE, self.cfg.idle_timeout).await {
+            self.observer.state(match self.state {
+                State::Authorization { .. } => "authorization",
+                State::Transaction { .. } => "transaction",
+                State::Update => "update",
+            });
+            let read = self.conn.read_line(MAX_LINE, self.cfg.idle_timeout);
+            let line = match self.shutdown.clone() {
+                // `biased`: commands already pipelined are answered first.
+                Some(rx) => tokio::select! {
+                    biased;
+                    r = read => r,
+                    _ = until_stopping(rx) => {
+                        self.err(Some(RespCode::SysTemp), "Server shutting down, try again later");
+                        return self.conn.flush().await;
+                    }
+                },
+                None => read.await,
+            };
+            let line = match line {
                 Ok(Line::Complete(l)) => l,
                 Ok(Line::TooLong) => {
                     if self.protocol_error("line too long") == Flow::Close {
@@ -320,6 +357,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             Ok(mailbox) => {
                 let (count, size) = totals(mailbox.messages(), None);
                 info!(user = ?user, messages = count, "pop3 login");
+                self.observer.auth(&user, "", true);
                 self.state = State::Transaction {
                     deleted: Marks::new(mailbox.messages().len()),
                     mailbox,
@@ -359,6 +397,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
         };
         // Debug-formatted so a hostile name cannot forge log lines.
         warn!(user = ?user, failures, "pop3 authentication failed");
+        self.observer.auth(user, "", false);
         // Flush what is queued before sleeping so earlier replies are not held.
         self.conn.flush().await?;
         tokio::time::sleep(self.cfg.auth_failure_delay).await;

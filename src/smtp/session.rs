@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 use tracing::{debug, info};
 
 use super::backend::{Backend, BodySink, Envelope, SessionInfo};
@@ -15,7 +16,7 @@ use super::data::{BdatDecoder, DotDecoder};
 use super::reply::Reply;
 use super::state::{self, Chunks, State, Transaction};
 use crate::config::BareLf;
-use crate::conn::{Conn, ConnError, Line};
+use crate::conn::{Conn, ConnError, Line, NoObserver, Observer, until_stopping};
 use crate::filter::tls::Upgrade;
 use crate::sasl::{self, SaslError};
 
@@ -93,6 +94,9 @@ pub struct Session<S, B: Backend> {
     starttls: Option<Arc<dyn Upgrade>>,
     /// 4xx/5xx replies so far; at `max_errors` the session ends.
     errors: u32,
+    observer: Arc<dyn Observer>,
+    /// Turns true when the daemon stops: an idle session then gets `421 4.3.2`.
+    shutdown: Option<watch::Receiver<bool>>,
 }
 
 /// How an AUTH exchange ended before the password check.
@@ -119,6 +123,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             auth_failures: 0,
             starttls: None,
             errors: 0,
+            observer: Arc::new(NoObserver),
+            shutdown: None,
+        }
+    }
+
+    /// Report state, logins and deliveries to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// When `shutdown` turns true, a session waiting for a command answers
+    /// `421 4.3.2` and closes; a transaction in progress finishes first.
+    pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Self {
+        self.shutdown = Some(shutdown);
+        self
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self.state {
+            State::Connected => "connected",
+            State::Idle => "idle",
+            State::Mail(_) => "mail",
         }
     }
 
@@ -150,11 +177,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         let greeting = format!("{} ESMTP maildird", self.cfg.hostname);
         self.queue(&Reply::new(220, "", greeting));
         loop {
-            let flow = match self
+            self.observer.state(self.state_name());
+            let read = self
                 .conn
-                .read_line(self.cfg.max_command_line, self.cfg.command_timeout)
-                .await
-            {
+                .read_line(self.cfg.max_command_line, self.cfg.command_timeout);
+            let line = match self.shutdown.clone() {
+                // `biased`: commands already pipelined are answered first.
+                Some(rx) if !matches!(self.state, State::Mail(_)) => tokio::select! {
+                    biased;
+                    r = read => r,
+                    _ = until_stopping(rx) => {
+                        let text = format!("{} Service shutting down", self.cfg.hostname);
+                        self.queue(&Reply::new(421, "4.3.2", text));
+                        return self.conn.flush().await;
+                    }
+                },
+                _ => read.await,
+            };
+            let flow = match line {
                 Ok(Line::Complete(line)) => self.command(&line).await?,
                 // RFC 5321 §4.5.3.1.4; Conn has already read the line to its end.
                 Ok(Line::TooLong) => self.reply(Reply::new(500, "5.5.2", "Line too long")),
@@ -410,6 +450,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
     /// sink. Whatever goes wrong, the body is read to its end so that its lines
     /// are never taken as commands.
     async fn data(&mut self) -> io::Result<Flow> {
+        self.observer.state("data");
         let State::Mail(tx) = std::mem::replace(&mut self.state, State::Idle) else {
             return Ok(self.reply(Reply::new(503, "5.5.1", "Error: need MAIL command")));
         };
@@ -469,6 +510,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
 
     /// RFC 3030 §2: `BDAT size [LAST]`, exactly `size` octets follow.
     async fn bdat(&mut self, size: u64, last: bool) -> io::Result<Flow> {
+        self.observer.state("data");
         let State::Mail(mut tx) = std::mem::replace(&mut self.state, State::Idle) else {
             return Ok(self.reply(Reply::new(503, "5.5.1", "Error: need MAIL command")));
         };
@@ -570,6 +612,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                     result = "delivered",
                     "message accepted"
                 );
+                self.observer.delivered(env.rcpts.len(), size);
                 self.reply(Reply::new(250, "2.0.0", "Ok: delivered"))
             }
             Err(r) => {
@@ -668,6 +711,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         match outcome {
             Some(a) if a.may_submit || !self.cfg.submission => {
                 info!(session = self.info.id, user = ?a.user, mechanism = %mechanism, "smtp login");
+                self.observer.auth(&a.user, &mechanism, true);
                 self.auth_user = Some(a.user);
                 Ok(self.reply(Reply::new(235, "2.7.0", "Authentication successful")))
             }
@@ -683,6 +727,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
     /// connection closed after `auth_failures`.
     async fn auth_failed(&mut self, user: &str) -> io::Result<Flow> {
         self.auth_failures += 1;
+        self.observer.auth(user, "", false);
         // Debug-formatted so a hostile name cannot forge log lines.
         tracing::warn!(
             session = self.info.id,
