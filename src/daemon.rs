@@ -544,7 +544,7 @@ async fn run_session(
                 }
             }
             Protocol::Pop3 => {
-                let cfg = pop3_config(&config, meta.tls || local);
+                let cfg = pop3_config(&config, meta.tls || local, peer.map(|p| p.ip()));
                 let mut session = pop3::Session::new(stream, shared.backend.clone(), cfg)
                     .with_observer(observer)
                     .with_shutdown(shutdown);
@@ -625,7 +625,11 @@ pub fn smtp_config(c: &Config, protocol: Protocol, tls: bool, local: bool) -> sm
 
 /// `secure`: the connection counts as secure for plaintext logins (TLS, a
 /// loopback peer or a local pipe). STLS makes it secure later on its own.
-pub fn pop3_config(c: &Config, secure: bool) -> pop3::SessionConfig {
+pub fn pop3_config(
+    c: &Config,
+    secure: bool,
+    client: Option<std::net::IpAddr>,
+) -> pop3::SessionConfig {
     pop3::SessionConfig {
         hostname: c.hostname.clone(),
         plaintext_auth_allowed: secure || c.pop3.allow_plaintext_auth,
@@ -634,5 +638,6 @@ pub fn pop3_config(c: &Config, secure: bool) -> pop3::SessionConfig {
         auth_failures: c.limits.auth_failures,
         auth_failure_delay: c.limits.auth_failure_delay,
         retr_marks_seen: c.pop3.retr_marks_seen,
+        client,
     }
 }

@@ -343,7 +343,11 @@ fn sigterm_closes_an_idle_pop3_session_without_deleting() {
     let env = TestEnv::new();
     add_user(&env, "alice", PW);
     let d = Daemon::start(&env);
-    deliver(env.smtp_port, &["alice@example.org"], &message("keep me", "alice@example.org"));
+    deliver(
+        env.smtp_port,
+        &["alice@example.org"],
+        &message("keep me", "alice@example.org"),
+    );
     let before = snapshot(&env.maildir("alice"));
     let mut pop = Line::connect(env.pop3_port);
     assert!(pop.line().starts_with("+OK"));

@@ -4,8 +4,11 @@
 pub mod pop3;
 pub mod recipients;
 pub mod smtp;
+pub mod throttle;
 
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
@@ -19,6 +22,8 @@ pub struct Backend {
     aliases: RwLock<Arc<recipients::Aliases>>,
     /// Bounds concurrent password hashing (argon2id: 64 MiB each).
     hash_permits: Semaphore,
+    /// Back-off per client IP and per user across connections.
+    throttle: throttle::AuthThrottle,
 }
 
 impl Backend {
@@ -38,6 +43,7 @@ impl Backend {
             users: RwLock::new(Arc::new(users)),
             aliases: RwLock::new(Arc::new(aliases)),
             hash_permits: Semaphore::new(permits),
+            throttle: throttle::AuthThrottle::default(),
         })
     }
 
@@ -63,16 +69,32 @@ impl Backend {
         Ok(())
     }
 
-    /// Verify a password off the async threads, bounded by `hash_concurrency`.
-    /// Unknown users cost the same as wrong passwords (a dummy hash is verified).
-    pub async fn authenticate(&self, user: &str, password: &[u8]) -> Option<UserEntry> {
-        let _permit = self.hash_permits.acquire().await.ok()?;
-        let db = self.users();
-        let user = user.to_string();
-        let password = password.to_vec();
-        tokio::task::spawn_blocking(move || db.authenticate(&user, &password))
-            .await
-            .ok()
-            .flatten()
+    /// Verify a password off the async threads, bounded by `hash_concurrency`,
+    /// after the back-off this client IP and user have earned. Unknown users cost
+    /// the same as wrong passwords (a dummy hash is verified).
+    pub async fn authenticate(
+        &self,
+        user: &str,
+        password: &[u8],
+        client: Option<IpAddr>,
+    ) -> Option<UserEntry> {
+        let wait = self.throttle.delay(client, user, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        let found = {
+            let _permit = self.hash_permits.acquire().await.ok()?;
+            let db = self.users();
+            let (u, p) = (user.to_string(), password.to_vec());
+            tokio::task::spawn_blocking(move || db.authenticate(&u, &p))
+                .await
+                .ok()
+                .flatten()
+        };
+        match &found {
+            Some(_) => self.throttle.succeeded(client, user),
+            None => self.throttle.failed(client, user, password, Instant::now()),
+        }
+        found
     }
 }

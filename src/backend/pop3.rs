@@ -4,6 +4,7 @@
 //! at every access, so mutt may move or flag them meanwhile (DESIGN.md §2.2-2.3).
 
 use std::io;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -30,10 +31,15 @@ pub struct MaildirMailbox {
 impl Store for Backend {
     type Mailbox = MaildirMailbox;
 
-    async fn login(&self, user: &str, password: &[u8]) -> Result<MaildirMailbox, StoreError> {
+    async fn login(
+        &self,
+        user: &str,
+        password: &[u8],
+        client: Option<IpAddr>,
+    ) -> Result<MaildirMailbox, StoreError> {
         // Unknown user, wrong password and missing role share one answer.
         let entry = self
-            .authenticate(user, password)
+            .authenticate(user, password, client)
             .await
             .ok_or(StoreError::Auth)?;
         if !entry.roles.contains(&Role::Pop3) {
@@ -330,7 +336,7 @@ mod tests {
         let cfg = crate::config::Config::parse(&toml, "t").unwrap();
         let be = Backend::load(Arc::new(cfg)).unwrap();
         assert_eq!(
-            be.login("nobody", b"pw").await.unwrap_err(),
+            be.login("nobody", b"pw", None).await.unwrap_err(),
             StoreError::Auth
         );
         assert!(!t.path().join("mail").join("nobody").exists());

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::mem;
+use std::net::IpAddr;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -42,8 +43,13 @@ impl SmtpBackend for Backend {
 
     /// RFC 4954 AUTH: the password check of `Backend::authenticate` (bounded,
     /// off the async threads, same cost for unknown users) plus the role.
-    async fn login(&self, user: &str, password: &[u8]) -> Option<Authenticated> {
-        let entry = Backend::authenticate(self, user, password).await?;
+    async fn login(
+        &self,
+        user: &str,
+        password: &[u8],
+        client: Option<IpAddr>,
+    ) -> Option<Authenticated> {
+        let entry = Backend::authenticate(self, user, password, client).await?;
         Some(Authenticated {
             may_submit: entry.has_role(Role::Submit),
             user: entry.name,

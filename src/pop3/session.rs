@@ -28,6 +28,8 @@ pub struct SessionConfig {
     pub auth_failures: u32,
     pub auth_failure_delay: Duration,
     pub retr_marks_seen: bool,
+    /// The client's IP (behind PROXY: the real one), for the login back-off.
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// RFC 5034 §4: a SASL client response line is not bound by the 255-octet
@@ -353,7 +355,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
 
     /// Check credentials and open the mailbox; enter TRANSACTION (RFC 1939 §4).
     async fn login(&mut self, user: String, password: Secret) -> io::Result<Flow> {
-        match self.store.login(&user, &password.0).await {
+        match self.store.login(&user, &password.0, self.cfg.client).await {
             Ok(mailbox) => {
                 let (count, size) = totals(mailbox.messages(), None);
                 info!(user = ?user, messages = count, "pop3 login");
@@ -621,7 +623,12 @@ mod tests {
 
     impl Store for FakeStore {
         type Mailbox = FakeMailbox;
-        async fn login(&self, user: &str, password: &[u8]) -> Result<FakeMailbox, StoreError> {
+        async fn login(
+            &self,
+            user: &str,
+            password: &[u8],
+            _client: Option<std::net::IpAddr>,
+        ) -> Result<FakeMailbox, StoreError> {
             self.log
                 .lock()
                 .unwrap()
@@ -681,6 +688,7 @@ mod tests {
             auth_failures: 3,
             auth_failure_delay: Duration::from_secs(2),
             retr_marks_seen: false,
+            client: None,
         }
     }
 

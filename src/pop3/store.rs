@@ -29,12 +29,13 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     type Mailbox: Mailbox;
 
-    /// Check credentials (in a blocking pool, same path for unknown users), take the
-    /// mailbox lock and snapshot `new/` + `cur/`.
+    /// Check credentials (in a blocking pool, same path for unknown users; `client`
+    /// drives the back-off), take the mailbox lock and snapshot `new/` + `cur/`.
     fn login(
         &self,
         user: &str,
         password: &[u8],
+        client: Option<std::net::IpAddr>,
     ) -> impl Future<Output = Result<Self::Mailbox, StoreError>> + Send;
 }
 

@@ -48,13 +48,15 @@ pub trait Backend: Send + Sync + 'static {
     type Sink: BodySink;
 
     /// RFC 4954: check AUTH credentials (unknown users and wrong passwords cost
-    /// the same and both give None). The default knows no users.
+    /// the same and both give None); `client` drives the back-off. The default
+    /// knows no users.
     fn login(
         &self,
         user: &str,
         password: &[u8],
+        client: Option<std::net::IpAddr>,
     ) -> impl Future<Output = Option<Authenticated>> + Send {
-        let _ = (user, password);
+        let _ = (user, password, client);
         std::future::ready(None)
     }
 

@@ -706,7 +706,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             Exchange::Refused(r) => return Ok(self.reply(r)),
             Exchange::Stopped(stop) => return self.stopped(stop),
         };
-        let outcome = self.backend.login(&user, password.expose()).await;
+        let outcome = self
+            .backend
+            .login(&user, password.expose(), self.info.peer.map(|p| p.ip()))
+            .await;
         drop(password);
         match outcome {
             Some(a) if a.may_submit || !self.cfg.submission => {
@@ -932,6 +935,7 @@ mod tests {
             &self,
             user: &str,
             password: &[u8],
+            _client: Option<std::net::IpAddr>,
         ) -> impl Future<Output = Option<crate::smtp::Authenticated>> + Send {
             let ok = password == b"pw" && matches!(user, "alice" | "nosubmit");
             std::future::ready(ok.then(|| crate::smtp::Authenticated {
