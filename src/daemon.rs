@@ -24,6 +24,75 @@ use crate::listen::first_read::FirstReadDeadline;
 use crate::listen::{self, Bound};
 use crate::{control, notify, pop3, privs, smtp};
 
+/// The reloadable part of the daemon. Sessions keep the `Live` they started
+/// with; new connections get the current one.
+struct Live {
+    backend: Arc<Backend>,
+    /// Each listener's filter chain, by listener name.
+    chains: HashMap<String, FilterChain>,
+}
+
+impl Shared {
+    fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// SIGHUP: re-read the config file, users, aliases and certificate. A bad
+    /// config is reported and the old one kept; listener and limit changes need
+    /// a restart (the sockets and caps are set up once).
+    fn reload(&self) {
+        let old = self.live();
+        let config = match Config::load(&self.config_path) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::error!(error = %e, "reload: bad config; keeping the old one");
+                return;
+            }
+        };
+        let chains = match build_chains(&config, &registry(self.tls.as_ref())) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "reload: bad filters; keeping the old config");
+                return;
+            }
+        };
+        let backend = match old.backend.reloaded(config.clone()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "reload: keeping the old config, users and aliases");
+                return;
+            }
+        };
+        let before = &old.backend.config;
+        if format!("{:?}", before.listeners) != format!("{:?}", config.listeners)
+            || format!("{:?}", before.limits) != format!("{:?}", config.limits)
+            || before.user != config.user
+            || before.control_socket != config.control_socket
+        {
+            tracing::warn!(
+                "reload: listener, limit, user and control socket changes take effect after a restart"
+            );
+        }
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live {
+            backend: Arc::new(backend),
+            chains,
+        });
+        tracing::info!("reloaded the config, users and aliases");
+        // Sessions already encrypted keep their certificate; new handshakes get the new one.
+        if let Some(t) = &self.tls {
+            match t.reload() {
+                Ok(()) => tracing::info!("reloaded the TLS certificate"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the old certificate")
+                }
+            }
+        }
+    }
+}
+
 /// A start-up or runtime failure, with the exit code it maps to.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -49,9 +118,9 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// What every connection shares.
 struct Shared {
-    backend: Arc<Backend>,
-    /// Each listener's filter chain, by listener name.
-    chains: HashMap<String, FilterChain>,
+    /// What SIGHUP replaces: the config with its users, aliases and filter chains.
+    live: std::sync::RwLock<Arc<Live>>,
+    config_path: std::path::PathBuf,
     /// The `[tls]` certificate, shared by implicit TLS and STARTTLS/STLS.
     tls: Option<Arc<TlsServer>>,
     caps: Arc<Caps>,
@@ -96,8 +165,11 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonEr
         .build()
         .map_err(|e| DaemonError::Runtime(format!("cannot start the runtime: {e}")))?;
     let shared = Arc::new(Shared {
-        backend: Arc::new(backend),
-        chains,
+        live: std::sync::RwLock::new(Arc::new(Live {
+            backend: Arc::new(backend),
+            chains,
+        })),
+        config_path: config_path.to_path_buf(),
         tls,
         caps: Caps::with_rate(
             config.limits.max_connections,
@@ -257,7 +329,7 @@ async fn serve_sockets(
 ) -> Result<(), DaemonError> {
     let stop_rx = shared.stop.subscribe();
     if let Some((listener, access)) = control {
-        let path = shared.backend.config.control_socket.clone();
+        let path = shared.live().backend.config.control_socket.clone();
         tokio::spawn(control::server::serve(
             listener,
             path,
@@ -281,7 +353,7 @@ async fn serve_sockets(
             stop_rx.clone(),
         )));
     }
-    let config = shared.backend.config.clone();
+    let config = shared.live().backend.config.clone();
     tokio::spawn(sweep_loop(config.mail_root.clone()));
     notify::ready(&format!(
         "listening on {}; {}",
@@ -295,24 +367,19 @@ async fn serve_sockets(
         signal(SignalKind::interrupt()).map_err(|e| DaemonError::Runtime(e.to_string()))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| DaemonError::Runtime(e.to_string()))?;
     let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    // systemd's watchdog (WatchdogSec=): ping at half the interval from the
+    // runtime itself, so a wedged runtime gets restarted.
+    let watchdog = libsystemd::daemon::watchdog_enabled(false);
+    let mut watchdog_tick =
+        tokio::time::interval(watchdog.map(|d| d / 2).unwrap_or(Duration::from_secs(3600)));
     loop {
         tokio::select! {
+            _ = watchdog_tick.tick(), if watchdog.is_some() => notify::watchdog(),
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
                 notify::reloading();
-                match shared.backend.reload_users() {
-                    Ok(()) => tracing::info!("reloaded users and aliases"),
-                    Err(e) => tracing::error!(error = %e, "reload failed; keeping the old users and aliases"),
-                }
-                // Sessions already encrypted keep their certificate; new
-                // handshakes get the new one.
-                if let Some(t) = &shared.tls {
-                    match t.reload() {
-                        Ok(()) => tracing::info!("reloaded the TLS certificate"),
-                        Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the old certificate"),
-                    }
-                }
+                shared.reload();
                 notify::ready("reloaded");
             }
             _ = status_tick.tick() => notify::status(&status_line(&shared)),
@@ -407,7 +474,9 @@ async fn accept_loop(
                 continue;
             }
         };
-        if let Err(e) = listen::accept::apply_keepalive(&stream, &shared.backend.config.keepalive) {
+        if let Err(e) =
+            listen::accept::apply_keepalive(&stream, &shared.live().backend.config.keepalive)
+        {
             tracing::debug!(error = %e, "setting keep-alive failed");
         }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -419,7 +488,7 @@ async fn accept_loop(
                     stream,
                     listener_cfg.protocol,
                     why,
-                    shared.backend.config.hostname.clone(),
+                    shared.live().backend.config.hostname.clone(),
                 ));
                 continue;
             }
@@ -467,7 +536,8 @@ async fn run_session(
     peer: Option<SocketAddr>,
     id: u64,
 ) {
-    let config = shared.backend.config.clone();
+    let live = shared.live();
+    let config = live.backend.config.clone();
     let peer_s = peer.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
     let span = tracing::info_span!("session", id, peer = %peer_s, protocol = %listener.protocol, listener = %listener.name);
     async move {
@@ -489,8 +559,7 @@ async fn run_session(
         let stream = control::counted::Counted::new(stream, guard.counters("wire"));
         let stream = FirstReadDeadline::new(stream, config.limits.greeting_timeout);
         let (wire, wire_handle) = Wire::new(Box::new(stream));
-        let stream: Box<dyn Io> = match shared.chains.get(&listener.name).filter(|c| !c.is_empty())
-        {
+        let stream: Box<dyn Io> = match live.chains.get(&listener.name).filter(|c| !c.is_empty()) {
             Some(chain) => match chain.apply(Box::new(wire), &mut meta).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -532,7 +601,7 @@ async fn run_session(
                     auth_user: None,
                 };
                 let cfg = smtp_config(&config, listener.protocol, meta.tls, local);
-                let mut session = smtp::Session::new(stream, shared.backend.clone(), cfg, info)
+                let mut session = smtp::Session::new(stream, live.backend.clone(), cfg, info)
                     .with_observer(observer)
                     .with_shutdown(shutdown);
                 if let Some(u) = upgrade {
@@ -545,7 +614,7 @@ async fn run_session(
             }
             Protocol::Pop3 => {
                 let cfg = pop3_config(&config, meta.tls || local, peer.map(|p| p.ip()));
-                let mut session = pop3::Session::new(stream, shared.backend.clone(), cfg)
+                let mut session = pop3::Session::new(stream, live.backend.clone(), cfg)
                     .with_observer(observer)
                     .with_shutdown(shutdown);
                 if let Some(u) = upgrade {

@@ -24,3 +24,7 @@ pub fn reloading() {
 pub fn stopping() {
     send(&[NotifyState::Stopping]);
 }
+
+pub fn watchdog() {
+    send(&[NotifyState::Watchdog]);
+}

@@ -361,3 +361,44 @@ fn sigterm_closes_an_idle_pop3_session_without_deleting() {
     // Never reached UPDATE: the marked message is still there (RFC 1939 §6).
     assert_eq!(snapshot(&env.maildir("alice")), before);
 }
+
+#[test]
+fn sighup_applies_a_new_config_and_keeps_the_old_one_when_broken() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let mut d = Daemon::start(&env);
+    let rcpt = |addr: &str| {
+        let mut c = Line::connect(env.smtp_port);
+        c.reply();
+        c.cmd("EHLO client.test\r\n");
+        c.cmd("MAIL FROM:<s@client.test>\r\n");
+        c.cmd(&format!("RCPT TO:<{addr}>\r\n"))
+    };
+    assert!(rcpt("alice@example.net").starts_with("550 5.7.1"));
+    let text = std::fs::read_to_string(env.config()).expect("config");
+    // A broken config: reported, the old one stays.
+    std::fs::write(env.config(), "this is = = not toml\n").expect("write");
+    signal(d.pid(), "HUP");
+    d.wait_stderr("bad config");
+    d.wait_notify("READY=1");
+    assert!(rcpt("alice@example.org").starts_with("250"));
+    // A new local domain takes effect for new connections.
+    let text = text.replace(
+        "domains = [\"example.org\"]",
+        "domains = [\"example.org\", \"example.net\"]",
+    );
+    std::fs::write(env.config(), text).expect("write");
+    signal(d.pid(), "HUP");
+    d.wait_notify("READY=1");
+    assert!(rcpt("alice@example.net").starts_with("250"));
+}
+
+#[test]
+fn the_watchdog_is_fed_when_systemd_asks() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let d = Daemon::spawn_unready_env(&env, &env.config(), &[("WATCHDOG_USEC", "400000")]);
+    d.wait_notify("READY=1");
+    d.wait_notify("WATCHDOG=1");
+    d.wait_notify("WATCHDOG=1");
+}

@@ -23,7 +23,7 @@ pub struct Backend {
     /// Bounds concurrent password hashing (argon2id: 64 MiB each).
     hash_permits: Semaphore,
     /// Back-off per client IP and per user across connections.
-    throttle: throttle::AuthThrottle,
+    throttle: Arc<throttle::AuthThrottle>,
 }
 
 impl Backend {
@@ -43,7 +43,7 @@ impl Backend {
             users: RwLock::new(Arc::new(users)),
             aliases: RwLock::new(Arc::new(aliases)),
             hash_permits: Semaphore::new(permits),
-            throttle: throttle::AuthThrottle::default(),
+            throttle: Arc::default(),
         })
     }
 
@@ -61,12 +61,11 @@ impl Backend {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// Re-read users and aliases (SIGHUP). On error the old ones stay.
-    pub fn reload_users(&self) -> Result<(), String> {
-        let fresh = Backend::load(self.config.clone())?;
-        *self.users.write().unwrap_or_else(|p| p.into_inner()) = fresh.users();
-        *self.aliases.write().unwrap_or_else(|p| p.into_inner()) = fresh.aliases();
-        Ok(())
+    /// A backend for a reloaded config (SIGHUP), keeping the auth back-off state.
+    pub fn reloaded(&self, config: Arc<Config>) -> Result<Backend, String> {
+        let mut fresh = Backend::load(config)?;
+        fresh.throttle = self.throttle.clone();
+        Ok(fresh)
     }
 
     /// Verify a password off the async threads, bounded by `hash_concurrency`,

@@ -570,8 +570,16 @@ impl Daemon {
 
     /// `maildird serve -c CFG` without waiting: the caller reads the notify socket.
     pub fn spawn_unready(env: &TestEnv, cfg: &Path) -> Daemon {
+        Daemon::spawn_unready_env(env, cfg, &[])
+    }
+
+    /// Like `spawn_unready`, with extra environment variables.
+    pub fn spawn_unready_env(env: &TestEnv, cfg: &Path, vars: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(bin());
         cmd.arg("serve").arg("-c").arg(cfg);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
         Daemon::spawn(env, cmd, "maildird serve", |c, sock| {
             c.env("NOTIFY_SOCKET", sock);
         })
