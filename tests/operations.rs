@@ -402,3 +402,45 @@ fn the_watchdog_is_fed_when_systemd_asks() {
     d.wait_notify("WATCHDOG=1");
     d.wait_notify("WATCHDOG=1");
 }
+
+#[test]
+fn a_silent_client_is_dropped_by_the_greeting_timeout() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let cfg = with_extra(&env, "\n[limits]\ngreeting_timeout = \"1s\"\n");
+    let _d = Daemon::start_with(&env, &cfg);
+    let mut silent = Line::connect(env.smtp_port);
+    assert!(silent.reply().starts_with("220"));
+    // A talking client is unaffected by the short deadline.
+    let mut talker = Line::connect(env.smtp_port);
+    assert!(talker.reply().starts_with("220"));
+    assert!(talker.cmd("EHLO client.test\r\n").starts_with("250"));
+    // The silent one is closed (EOF) well before the 5-minute command timeout.
+    let start = std::time::Instant::now();
+    let mut rest = String::new();
+    let n = silent
+        .r
+        .read_line(&mut rest)
+        .expect("read until the server closes");
+    assert_eq!(n, 0, "expected EOF, got {rest:?}");
+    assert!(start.elapsed() < WAIT);
+    assert!(talker.cmd("NOOP\r\n").starts_with("250"));
+}
+
+#[test]
+fn connections_over_the_per_ip_rate_get_421() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let cfg = with_extra(&env, "\n[limits]\nmax_connection_rate_per_ip = 3\n");
+    let _d = Daemon::start_with(&env, &cfg);
+    for _ in 0..3 {
+        let mut c = Line::connect_from(Some("127.0.0.5"), env.smtp_port);
+        assert!(c.reply().starts_with("220"));
+    }
+    let mut c = Line::connect_from(Some("127.0.0.5"), env.smtp_port);
+    let r = c.reply();
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+    // Another address is not affected.
+    let mut other = Line::connect_from(Some("127.0.0.6"), env.smtp_port);
+    assert!(other.reply().starts_with("220"));
+}
