@@ -171,13 +171,14 @@ fn notify_ready_reloading_and_stopping_in_order() {
 fn sighup_adds_a_user_without_dropping_a_pop3_session() {
     let env = TestEnv::new();
     add_user(&env, "alice", PW);
-    let d = Daemon::start(&env);
+    let mut d = Daemon::start(&env);
     let mut pop = Line::connect(env.pop3_port);
     assert!(pop.line().starts_with("+OK"));
     assert!(pop.cmd_pop("USER alice\r\n").starts_with("+OK"));
     assert!(pop.cmd_pop(&format!("PASS {PW}\r\n")).starts_with("+OK"));
-    // bob is not known yet.
+    // bob is not known yet; the failure is one stable line for fail2ban.
     assert!(pop3_login_fails(env.pop3_port, "bob"));
+    d.wait_stderr("authentication failure: protocol=pop3 ip=127.0.0.1 user=\"bob\"");
     add_user(&env, "bob", PW);
     signal(d.pid(), "HUP");
     d.wait_notify("RELOADING=1");
