@@ -23,3 +23,6 @@ pub mod pop3;
 pub mod privs;
 pub mod sasl;
 pub mod smtp;
+
+#[cfg(test)]
+mod proptests;
