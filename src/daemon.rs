@@ -354,7 +354,10 @@ async fn serve_sockets(
         )));
     }
     let config = shared.live().backend.config.clone();
-    tokio::spawn(sweep_loop(config.mail_root.clone()));
+    tokio::spawn(sweep_loop(
+        config.mail_root.clone(),
+        config.hostname.clone(),
+    ));
     notify::ready(&format!(
         "listening on {}; {}",
         names.join(", "),
@@ -429,18 +432,26 @@ fn status_line(shared: &Shared) -> String {
 
 /// tmp/ files older than 36 hours are leftovers of interrupted deliveries
 /// (the Maildir convention); sweep them at start-up and every 6 hours.
-async fn sweep_loop(mail_root: std::path::PathBuf) {
+async fn sweep_loop(mail_root: std::path::PathBuf, host: String) {
     const MAX_AGE: Duration = Duration::from_secs(36 * 3600);
     let mut tick = tokio::time::interval(Duration::from_secs(6 * 3600));
+    let mut first = true;
     loop {
         tick.tick().await;
         let root = mail_root.clone();
+        let host = host.clone();
+        let startup = std::mem::take(&mut first);
         let swept = tokio::task::spawn_blocking(move || {
             let mut n = 0;
             for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
                 let md = crate::maildir::Maildir::new(entry.path());
-                if md.tmp().is_dir() {
-                    n += crate::maildir::deliver::sweep_tmp(&md, MAX_AGE).unwrap_or(0);
+                if !md.tmp().is_dir() {
+                    continue;
+                }
+                n += crate::maildir::deliver::sweep_tmp(&md, MAX_AGE).unwrap_or(0);
+                if startup {
+                    // What a crashed instance on this host left half-written.
+                    n += crate::maildir::deliver::sweep_orphans(&md, &host, pid_alive).unwrap_or(0);
                 }
             }
             n
@@ -451,6 +462,17 @@ async fn sweep_loop(mail_root: std::path::PathBuf) {
             tracing::info!(files = swept, "swept stale tmp/ files");
         }
     }
+}
+
+/// Is a process with this pid running (on this host)? EPERM means it exists.
+fn pid_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
 }
 
 async fn accept_loop(

@@ -273,10 +273,51 @@ pub fn sweep_tmp(md: &Maildir, max_age: Duration) -> io::Result<usize> {
     Ok(removed)
 }
 
+/// After a crash: remove tmp/ files that this host's processes were writing
+/// when they died (the pid in the unique name is gone), at once rather than
+/// after 36 hours. Files of live processes and of other hosts sharing the store
+/// are left alone.
+pub fn sweep_orphans(md: &Maildir, host: &str, alive: impl Fn(u32) -> bool) -> io::Result<usize> {
+    let host = super::name::sanitize_host(host);
+    let me = std::process::id();
+    let mut removed = 0;
+    for entry in fs::read_dir(md.tmp())? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some((pid, h)) = name.to_str().and_then(super::name::writer) else {
+            continue;
+        };
+        if h == host && pid != me && !alive(pid) && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::maildir::name::{base_name, parse_sizes};
+
+    #[test]
+    fn orphans_of_dead_local_writers_are_swept() {
+        let root = tempfile::tempdir().unwrap();
+        let md = maildir(root.path(), "alice");
+        let mk = |pid: u32, host: &str| {
+            let n = UniqueName::from_parts(1, 2, pid, 3, 4, host);
+            fs::write(md.tmp().join(n.as_str()), b"partial").unwrap();
+            n.as_str().to_string()
+        };
+        let dead = mk(999_999, "mx");
+        let live = mk(1, "mx");
+        let other_host = mk(999_999, "mx2");
+        fs::write(md.tmp().join("not-ours"), b"x").unwrap();
+        let n = sweep_orphans(&md, "mx", |pid| pid == 1).unwrap();
+        assert_eq!(n, 1);
+        assert!(!md.tmp().join(dead).exists());
+        assert!(md.tmp().join(live).exists() && md.tmp().join(other_host).exists());
+        assert!(md.tmp().join("not-ours").exists());
+    }
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn maildir(root: &Path, user: &str) -> Maildir {

@@ -88,6 +88,22 @@ pub fn sanitize_host(host: &str) -> String {
 }
 
 /// A message's identity: the file name before the `:2,FLAGS` info part.
+/// The writer of a unique name: (pid, sanitized host) from
+/// `sec.M<usec>P<pid>Q<n>R<rand>.<host>[,S=..]`. None for other names.
+pub fn writer(file_name: &str) -> Option<(u32, &str)> {
+    let (_, rest) = file_name.split_once('.')?;
+    let (id, host) = rest.split_once('.')?;
+    let pid = id
+        .split_once('P')?
+        .1
+        .split(['Q', 'R'])
+        .next()?
+        .parse()
+        .ok()?;
+    let host = host.split(',').next()?;
+    Some((pid, host))
+}
+
 pub fn base_name(file_name: &str) -> &str {
     match file_name.split_once(':') {
         Some((base, _)) => base,
@@ -121,6 +137,15 @@ fn parse_number(v: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writer_of_a_name() {
+        let n = UniqueName::from_parts(1700000000, 42, 4242, 7, 0xbeef, "mx.example");
+        assert_eq!(writer(n.as_str()), Some((4242, "mx.example")));
+        assert_eq!(writer(&n.with_sizes(10, 12)), Some((4242, "mx.example")));
+        assert_eq!(writer("1700000000.12345.host"), None);
+        assert_eq!(writer("garbage"), None);
+    }
 
     #[test]
     fn from_parts_layout() {
