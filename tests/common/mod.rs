@@ -805,6 +805,22 @@ impl Daemon {
         self.terminate()
     }
 
+    /// After the test sent SIGKILL: reap the process (bounded) so the next daemon
+    /// can bind the same ports.
+    pub fn wait_killed(mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(WAIT) {
+            Ok(Ok(st)) => assert!(!st.success(), "{} exited cleanly, not killed", self.label),
+            _ => panic!("{} did not die after SIGKILL", self.label),
+        }
+    }
+
     fn terminate(&mut self) -> ExitStatus {
         let Some(child) = self.child.take() else {
             panic!("daemon already stopped");
