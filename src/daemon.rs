@@ -277,6 +277,7 @@ fn check_mail_root(config: &Config) -> Result<(), DaemonError> {
 async fn serve_inetd(shared: Arc<Shared>, proto: Protocol) -> Result<(), DaemonError> {
     let (stream, peer) = listen::inetd::stdio_stream()
         .map_err(|e| DaemonError::Runtime(format!("inetd: cannot use stdin/stdout: {e}")))?;
+    let peer = peer.map(canonical);
     let listener = ListenerConfig {
         name: "inetd".into(),
         protocol: proto,
@@ -358,17 +359,18 @@ async fn serve_sockets(
         config.mail_root.clone(),
         config.hostname.clone(),
     ));
-    notify::ready(&format!(
-        "listening on {}; {}",
-        names.join(", "),
-        status_line(&shared)
-    ));
-
+    // Handlers before READY=1: a reload or stop right after it must not kill us
+    // (SIGHUP's default action is to terminate).
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| DaemonError::Runtime(e.to_string()))?;
     let mut int =
         signal(SignalKind::interrupt()).map_err(|e| DaemonError::Runtime(e.to_string()))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    notify::ready(&format!(
+        "listening on {}; {}",
+        names.join(", "),
+        status_line(&shared)
+    ));
     let mut status_tick = tokio::time::interval(Duration::from_secs(5));
     // systemd's watchdog (WatchdogSec=): ping at half the interval from the
     // runtime itself, so a wedged runtime gets restarted.
@@ -496,6 +498,9 @@ async fn accept_loop(
                 continue;
             }
         };
+        // On a dual-stack socket (systemd's BindIPv6Only=both) IPv4 clients arrive
+        // as ::ffff:a.b.c.d; they are IPv4 clients for limits, logs and loopback.
+        let peer = canonical(peer);
         if let Err(e) =
             listen::accept::apply_keepalive(&stream, &shared.live().backend.config.keepalive)
         {
@@ -526,6 +531,11 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 /// Over the caps: say so in the protocol's words, then close (RFC 5321 §3.8: 421).

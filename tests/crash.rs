@@ -156,8 +156,13 @@ fn sigkill_during_concurrent_deliveries_loses_nothing_acknowledged() {
         check_new(&env, &acked_now);
     }
     let total = acked.lock().expect("lock").len();
-    let leftovers = std::fs::read_dir(env.maildir("alice").join("tmp")).expect("tmp").count();
-    eprintln!("acknowledged {total}, in new/ {}, tmp/ leftovers before restart {leftovers}", read_new(&env, "alice").len());
+    let leftovers = std::fs::read_dir(env.maildir("alice").join("tmp"))
+        .expect("tmp")
+        .count();
+    eprintln!(
+        "acknowledged {total}, in new/ {}, tmp/ leftovers before restart {leftovers}",
+        read_new(&env, "alice").len()
+    );
     assert!(total >= 6, "too few deliveries to mean anything: {total}");
     // A restart sweeps what the killed instances left half-written in tmp/.
     let _d = Daemon::start(&env);

@@ -445,3 +445,61 @@ fn connections_over_the_per_ip_rate_get_421() {
     let mut other = Line::connect_from(Some("127.0.0.6"), env.smtp_port);
     assert!(other.reply().starts_with("220"));
 }
+
+fn rcpt_reply(port: u16, addr: &str) -> String {
+    let mut c = Line::connect(port);
+    c.reply();
+    c.cmd("EHLO client.test\r\n");
+    c.cmd("MAIL FROM:<s@client.test>\r\n");
+    c.cmd(&format!("RCPT TO:<{addr}>\r\n"))
+}
+
+#[test]
+fn a_user_added_while_running_is_served_without_a_reload() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let _d = Daemon::start(&env);
+    assert!(rcpt_reply(env.smtp_port, "carol@example.org").starts_with("550 5.1.1"));
+    add_user(&env, "carol", PW);
+    // The users file is re-read when it changes (checked at most once a second).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = rcpt_reply(env.smtp_port, "carol@example.org");
+        if r.starts_with("250") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "carol never became known: {r}"
+        );
+    }
+}
+
+#[test]
+fn ipv4_clients_of_a_dual_stack_socket_count_as_ipv4() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let text = std::fs::read_to_string(env.config())
+        .expect("config")
+        .replace(
+            &format!("127.0.0.1:{}", env.smtp_port),
+            &format!("[::]:{}", env.smtp_port),
+        )
+        .replace(
+            &format!("127.0.0.1:{}", env.pop3_port),
+            &format!("[::]:{}", env.pop3_port),
+        );
+    let cfg = env.write_config("dual.toml", &text);
+    let _d = Daemon::start_with(&env, &cfg);
+    deliver(
+        env.smtp_port,
+        &["alice@example.org"],
+        &message("dual stack", "alice@example.org"),
+    );
+    let files = read_new(&env, "alice");
+    let text = String::from_utf8_lossy(&files[0].1);
+    assert!(text.contains("([127.0.0.1])"), "{text}");
+    // Plaintext POP3 login is allowed from loopback (not ::ffff:127.0.0.1).
+    let d = pop3_dump(env.pop3_port, "alice", PW, &["quit"]);
+    assert_eq!(d.stat.0, 1);
+}

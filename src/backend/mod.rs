@@ -7,19 +7,86 @@ pub mod smtp;
 pub mod throttle;
 
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 
 use crate::auth::{UserDb, UserEntry};
 use crate::config::Config;
 
+/// A file-backed table (users, aliases) re-read when the file changes, as
+/// Dovecot does with passwd-files: `maildird user add` takes effect at once,
+/// without a reload. The file is stat()ed at most once a second.
+struct Watched<T> {
+    path: Option<PathBuf>,
+    state: Mutex<WatchState<T>>,
+    load: fn(&Path) -> Result<T, String>,
+}
+
+struct WatchState<T> {
+    value: Arc<T>,
+    stamp: Option<(SystemTime, u64, u64)>,
+    checked: Instant,
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+impl<T: Default> Watched<T> {
+    fn new(
+        path: Option<PathBuf>,
+        load: fn(&Path) -> Result<T, String>,
+    ) -> Result<Watched<T>, String> {
+        let (value, st) = match &path {
+            Some(p) if p.exists() => (load(p)?, stamp(p)),
+            _ => (T::default(), None),
+        };
+        Ok(Watched {
+            path,
+            state: Mutex::new(WatchState {
+                value: Arc::new(value),
+                stamp: st,
+                checked: Instant::now(),
+            }),
+            load,
+        })
+    }
+
+    fn get(&self) -> Arc<T> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(path) = &self.path
+            && st.checked.elapsed() >= Duration::from_secs(1)
+        {
+            st.checked = Instant::now();
+            let now = stamp(path);
+            if now != st.stamp {
+                st.stamp = now;
+                match (self.load)(path) {
+                    Ok(v) => {
+                        st.value = Arc::new(v);
+                        tracing::info!(file = %path.display(), "re-read after a change");
+                    }
+                    // Keep serving with what we had; say why once per change.
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), error = %e, "changed file does not load; keeping the old one")
+                    }
+                }
+            }
+        }
+        st.value.clone()
+    }
+}
+
 /// Everything a session needs from the server, swapped as a whole on reload.
 pub struct Backend {
     pub config: Arc<Config>,
-    users: RwLock<Arc<UserDb>>,
-    aliases: RwLock<Arc<recipients::Aliases>>,
+    users: Watched<UserDb>,
+    aliases: Watched<recipients::Aliases>,
     /// Bounds concurrent password hashing (argon2id: 64 MiB each).
     hash_permits: Semaphore,
     /// Back-off per client IP and per user across connections.
@@ -29,36 +96,28 @@ pub struct Backend {
 impl Backend {
     /// Load users and aliases for `config`.
     pub fn load(config: Arc<Config>) -> Result<Backend, String> {
-        let users = UserDb::load(&config.users_file)
-            .map_err(|e| format!("{}: {e}", config.users_file.display()))?;
-        let aliases = match &config.aliases_file {
-            Some(p) if p.exists() => {
-                recipients::Aliases::load(p).map_err(|e| format!("{}: {e}", p.display()))?
-            }
-            _ => recipients::Aliases::default(),
-        };
+        let users = Watched::new(Some(config.users_file.clone()), |p| {
+            UserDb::load(p).map_err(|e| format!("{}: {e}", p.display()))
+        })?;
+        let aliases = Watched::new(config.aliases_file.clone(), |p| {
+            recipients::Aliases::load(p).map_err(|e| format!("{}: {e}", p.display()))
+        })?;
         let permits = config.limits.hash_concurrency;
         Ok(Backend {
             config,
-            users: RwLock::new(Arc::new(users)),
-            aliases: RwLock::new(Arc::new(aliases)),
+            users,
+            aliases,
             hash_permits: Semaphore::new(permits),
             throttle: Arc::default(),
         })
     }
 
     pub fn users(&self) -> Arc<UserDb> {
-        self.users
-            .read()
-            .map(|g| g.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.users.get()
     }
 
     pub fn aliases(&self) -> Arc<recipients::Aliases> {
-        self.aliases
-            .read()
-            .map(|g| g.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.aliases.get()
     }
 
     /// A backend for a reloaded config (SIGHUP), keeping the auth back-off state.
