@@ -9,7 +9,7 @@ pub mod throttle;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 
@@ -18,7 +18,7 @@ use crate::config::Config;
 
 /// A file-backed table (users, aliases) re-read when the file changes, as
 /// Dovecot does with passwd-files: `maildird user add` takes effect at once,
-/// without a reload. The file is stat()ed at most once a second.
+/// without a reload. Each lookup costs one stat(), next to a delivery's fsyncs.
 struct Watched<T> {
     path: Option<PathBuf>,
     state: Mutex<WatchState<T>>,
@@ -28,7 +28,6 @@ struct Watched<T> {
 struct WatchState<T> {
     value: Arc<T>,
     stamp: Option<(SystemTime, u64, u64)>,
-    checked: Instant,
 }
 
 fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
@@ -51,7 +50,6 @@ impl<T: Default> Watched<T> {
             state: Mutex::new(WatchState {
                 value: Arc::new(value),
                 stamp: st,
-                checked: Instant::now(),
             }),
             load,
         })
@@ -59,10 +57,7 @@ impl<T: Default> Watched<T> {
 
     fn get(&self) -> Arc<T> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(path) = &self.path
-            && st.checked.elapsed() >= Duration::from_secs(1)
-        {
-            st.checked = Instant::now();
+        if let Some(path) = &self.path {
             let now = stamp(path);
             if now != st.stamp {
                 st.stamp = now;
