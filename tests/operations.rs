@@ -463,7 +463,10 @@ fn a_user_added_while_running_is_served_without_a_reload() {
     add_user(&env, "carol", PW);
     // The users file is re-read when it changes: the next lookup sees carol.
     let r = rcpt_reply(env.smtp_port, "carol@example.org");
-    assert!(r.starts_with("250"), "carol is not known without a reload: {r}");
+    assert!(
+        r.starts_with("250"),
+        "carol is not known without a reload: {r}"
+    );
 }
 
 #[test]

@@ -594,6 +594,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
     /// A chunk that will not be stored: read it away, answer, and (RFC 3030 §2)
     /// leave the transaction failed; the state is already back to Idle.
     async fn refuse_chunk(&mut self, remaining: u64, r: Reply) -> io::Result<Flow> {
+        // A chunk larger than any message we accept is not worth reading just to
+        // skip it (`BDAT 99999999999999`): answer, then close the connection.
+        if remaining > self.cfg.max_message_size {
+            info!(
+                session = self.info.id,
+                size = remaining,
+                "BDAT chunk too large to skip; closing"
+            );
+            self.queue(&r);
+            return Ok(Flow::Close);
+        }
         if let Err(stop) = self.discard(remaining).await {
             return self.stopped(stop);
         }
