@@ -39,6 +39,16 @@ pub enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Connect to HOST:PORT through client-side filters and relay stdin/stdout
+    /// (for mutt's `tunnel`, fetchmail's `plugin`, swaks `--pipe`).
+    Tunnel {
+        /// Filters in wire -> protocol order, as on the server's listener.
+        #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+        filters: Vec<String>,
+        /// The server, e.g. mail.example.org:110.
+        #[arg(value_name = "HOST:PORT")]
+        target: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

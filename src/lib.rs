@@ -22,3 +22,4 @@ pub mod pop3;
 pub mod privs;
 pub mod sasl;
 pub mod smtp;
+pub mod tunnel;
