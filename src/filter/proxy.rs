@@ -99,18 +99,19 @@ pub fn factory() -> Factory {
                             .collect::<Result<_, _>>()?;
                     }
                     "timeout" => {
-                        timeout = match v {
-                            toml::Value::Integer(n) => {
-                                u64::try_from(*n)
+                        timeout =
+                            match v {
+                                toml::Value::Integer(n) => u64::try_from(*n)
                                     .map(Duration::from_secs)
-                                    .map_err(|_| "timeout must not be negative".to_string())?
-                            }
-                            toml::Value::String(s) => crate::config::parse_duration(s)
-                                .ok_or_else(|| format!("invalid timeout {s:?}"))?,
-                            _ => {
-                                return Err("timeout must be seconds or a string like \"5s\"".into());
-                            }
-                        };
+                                    .map_err(|_| "timeout must not be negative".to_string())?,
+                                toml::Value::String(s) => crate::config::parse_duration(s)
+                                    .ok_or_else(|| format!("invalid timeout {s:?}"))?,
+                                _ => {
+                                    return Err(
+                                        "timeout must be seconds or a string like \"5s\"".into()
+                                    );
+                                }
+                            };
                         if timeout.is_zero() {
                             return Err("timeout must be more than 0".into());
                         }
