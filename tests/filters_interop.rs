@@ -424,3 +424,144 @@ fn impossible_chains_are_config_errors() {
     );
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
 }
+
+/// A private tmux server (killed on drop) showing one window, `mutt`.
+struct Tmux {
+    bin: PathBuf,
+    sock: PathBuf,
+}
+
+impl Tmux {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("-S").arg(&self.sock);
+        c
+    }
+
+    fn capture(&self) -> Option<String> {
+        let o = run(self.cmd().args(["capture-pane", "-p", "-t", "mutt"]), b"");
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let o = run(self.cmd().args(["send-keys", "-t", "mutt"]).args(keys), b"");
+        assert_ok(&o, "tmux send-keys");
+    }
+
+    fn alive(&self) -> bool {
+        run(self.cmd().args(["has-session", "-t", "mutt"]), b"")
+            .status
+            .success()
+    }
+
+    /// Polls the screen (bounded by `WAIT`) until `pred` holds.
+    fn wait_screen(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.capture() {
+                Some(s) if pred(&s) => return s,
+                Some(s) => last = s,
+                None => panic!("tmux session ended while waiting for {what}; screen was:\n{last}"),
+            }
+            // Screen polling interval: tmux offers no event for "mutt drew this".
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mutt screen never showed {what} within {WAIT:?}; screen:\n{last}");
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").stderr(Stdio::null()).status();
+    }
+}
+
+#[test]
+fn mutt_reads_pop3_over_maildird_tunnel_with_zlib() {
+    let tmux_bin = require_tool("tmux", "tmux");
+    let mutt = require_tool("mutt", "mutt");
+    let (env, cfg) = filtered_env("", "\"zlib\"", "");
+    let d = Daemon::start_with(&env, &cfg);
+    for subject in ["first zlib message", "second zlib message"] {
+        deliver(
+            env.smtp_port,
+            &["alice@example.org"],
+            &message(subject, "alice@example.org"),
+        );
+    }
+    let home = env.subdir("mutt-home");
+    // mutt asks to create ~/Mail (its default `folder`) when it is missing.
+    std::fs::create_dir_all(home.join("Mail")).unwrap();
+    let muttrc = env.write_config(
+        "muttrc",
+        &format!(
+            "set tunnel=\"{bin} tunnel -c {cfg} --filters zlib 127.0.0.1:{port}\"\n\
+             set pop_pass=\"{PW}\"\n\
+             set ssl_starttls=no\nset ssl_force_tls=no\n\
+             set pop_delete=no\nset move=no\nset confirmappend=no\n\
+             set header_cache=\"\"\nset message_cachedir=\"\"\n",
+            bin = bin().display(),
+            cfg = cfg.display(),
+            port = env.pop3_port
+        ),
+    );
+    let tmux = Tmux {
+        bin: tmux_bin,
+        sock: env.path().join("tmux.sock"),
+    };
+    let o = run(
+        tmux.cmd()
+            .args(["new-session", "-d", "-s", "mutt", "-x", "160", "-y", "40"])
+            .arg(format!(
+                "HOME={} TERM=screen exec {} -n -F {} -f pop://alice@127.0.0.1/",
+                home.display(),
+                mutt.display(),
+                muttrc.display()
+            )),
+        b"",
+    );
+    assert_ok(&o, "tmux new-session");
+    tmux.wait_screen("the POP3 message list", |s| {
+        s.contains("first zlib message") && s.contains("second zlib message")
+    });
+    tmux.keys(&["Enter"]);
+    tmux.wait_screen("the pager (RETR through zlib)", |s| {
+        s.contains("leading dot line") && s.contains("8-bit body")
+    });
+    tmux.keys(&["q"]);
+    tmux.wait_screen("the index again", |s| !s.contains("leading dot line"));
+    tmux.keys(&["q"]);
+    let deadline = Instant::now() + WAIT;
+    while tmux.alive() {
+        assert!(
+            Instant::now() < deadline,
+            "mutt did not quit:\n{}",
+            tmux.capture().unwrap_or_default()
+        );
+        if let Some(s) = tmux.capture() {
+            if s.contains("yes/no")
+                || s.contains("no/yes")
+                || s.contains("[no]")
+                || s.contains("[yes]")
+            {
+                tmux.keys(&["n"]);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The session went through the zlib listener: a plain POP3 client cannot talk
+    // to it (the greeting is DEFLATE data, not "+OK").
+    let mut raw = TcpStream::connect(("127.0.0.1", env.pop3_port)).unwrap();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    let mut first = [0u8; 3];
+    std::io::Read::read_exact(&mut raw, &mut first).unwrap();
+    assert_ne!(&first, b"+OK");
+    assert!(d.log().contains("pop3 login"), "{}", d.log());
+    assert_eq!(
+        read_new(&env, "alice").len() + read_cur(&env, "alice").len(),
+        2
+    );
+}
