@@ -239,3 +239,147 @@ fn read_password(from_stdin: bool) -> Result<String, DaemonError> {
     }
     Ok(pw)
 }
+
+/// The control socket of the config's daemon; the config file may be absent
+/// (then the default path is used), so `who` works without reading secrets.
+fn control_path(path: &Path) -> Result<std::path::PathBuf, DaemonError> {
+    if path.exists() {
+        Ok(Config::load(path).map_err(config_err)?.control_socket)
+    } else {
+        Ok(Config::parse("", "defaults")
+            .map_err(config_err)?
+            .control_socket)
+    }
+}
+
+fn client_runtime() -> Result<tokio::runtime::Runtime, DaemonError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(runtime_err)
+}
+
+fn reply_error(e: String) -> DaemonError {
+    runtime_err(format!("the daemon said: {e}"))
+}
+
+/// `who [--json]`.
+pub fn who(path: &Path, json: bool) -> Result<(), DaemonError> {
+    use crate::control::server::{Reply, Request};
+    let sock = control_path(path)?;
+    let reply = client_runtime()?
+        .block_on(crate::control::client::request(&sock, &Request::Who))
+        .map_err(runtime_err)?;
+    let sessions = match reply {
+        Reply::Sessions(s) => s,
+        Reply::Error(e) => return Err(reply_error(e)),
+        other => return Err(runtime_err(format!("unexpected reply {other:?}"))),
+    };
+    if json {
+        for s in &sessions {
+            println!("{}", serde_json::to_string(s).map_err(runtime_err)?);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<6} {:<10} {:<10} {:<22} {:<16} {:<14} {:<13} {:<25} BYTES(in/out per layer)",
+        "ID", "PROTOCOL", "LISTENER", "PEER", "REAL IP", "USER", "STATE", "SINCE"
+    );
+    for s in &sessions {
+        let bytes: Vec<String> = s
+            .bytes
+            .iter()
+            .map(|b| format!("{}:{}/{}", b.layer, b.bytes_in, b.bytes_out))
+            .collect();
+        println!(
+            "{:<6} {:<10} {:<10} {:<22} {:<16} {:<14} {:<13} {:<25} {}",
+            s.id,
+            s.protocol,
+            s.listener,
+            s.peer.as_deref().unwrap_or("-"),
+            s.real_ip.as_deref().unwrap_or("-"),
+            s.user.as_deref().unwrap_or("-"),
+            s.state,
+            s.since,
+            bytes.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// `kick ID | --user NAME | --ip ADDR`.
+pub fn kick(
+    path: &Path,
+    id: Option<u64>,
+    user: Option<String>,
+    ip: Option<std::net::IpAddr>,
+) -> Result<(), DaemonError> {
+    use crate::control::KickTarget;
+    use crate::control::server::{Reply, Request};
+    let target = match (id, user, ip) {
+        (Some(id), _, _) => KickTarget::Id(id),
+        (_, Some(u), _) => KickTarget::User(u),
+        (_, _, Some(ip)) => KickTarget::Ip(ip),
+        _ => return Err(config_err("kick needs an ID, --user or --ip")),
+    };
+    let sock = control_path(path)?;
+    let reply = client_runtime()?
+        .block_on(crate::control::client::request(
+            &sock,
+            &Request::Kick { target },
+        ))
+        .map_err(runtime_err)?;
+    match reply {
+        Reply::Kicked(0) => Err(runtime_err("no session matched")),
+        Reply::Kicked(n) => {
+            println!("kicked {n} session{}", if n == 1 { "" } else { "s" });
+            Ok(())
+        }
+        Reply::Error(e) => Err(reply_error(e)),
+        other => Err(runtime_err(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// `events [--json]`: print events as they happen until the daemon closes the
+/// stream or the user interrupts.
+pub fn events(path: &Path, json: bool) -> Result<(), DaemonError> {
+    let sock = control_path(path)?;
+    client_runtime()?.block_on(async {
+        let mut events = crate::control::client::events(&sock)
+            .await
+            .map_err(runtime_err)?;
+        eprintln!(
+            "maildird: following session events on {} (interrupt to stop)",
+            sock.display()
+        );
+        let mut out = std::io::stdout();
+        while let Some(ev) = events.next().await {
+            let ev = ev.map_err(runtime_err)?;
+            let line = if json {
+                serde_json::to_string(&ev).map_err(runtime_err)?
+            } else {
+                format!(
+                    "{} session={} {:?} protocol={} peer={} user={}{}",
+                    ev.time,
+                    ev.session,
+                    ev.event,
+                    ev.protocol,
+                    ev.peer.as_deref().unwrap_or("-"),
+                    ev.user
+                        .as_deref()
+                        .map(|u| format!("{u:?}"))
+                        .unwrap_or_else(|| "-".into()),
+                    ev.detail
+                        .as_deref()
+                        .map(|d| format!(" {d}"))
+                        .unwrap_or_default()
+                )
+            };
+            // Flushed per event so `maildird events | grep` follows live.
+            if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    })
+}

@@ -39,6 +39,37 @@ pub enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Connect to HOST:PORT through client-side filters and relay stdin/stdout
+    /// (for mutt's `tunnel`, fetchmail's `plugin`, swaks `--pipe`).
+    Tunnel {
+        /// Filters in wire -> protocol order, as on the server's listener.
+        #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+        filters: Vec<String>,
+        /// The server, e.g. mail.example.org:110.
+        #[arg(value_name = "HOST:PORT")]
+        target: String,
+    },
+    /// List live sessions (over the control socket).
+    Who {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End sessions: by id, by user or by client address.
+    #[command(group = clap::ArgGroup::new("target").required(true).args(["id", "user", "ip"]))]
+    Kick {
+        /// A session id from `who`.
+        id: Option<u64>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+    },
+    /// Follow session events (connect, auth, delivery, close) until interrupted.
+    Events {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

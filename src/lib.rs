@@ -23,6 +23,7 @@ pub mod pop3;
 pub mod privs;
 pub mod sasl;
 pub mod smtp;
+pub mod tunnel;
 
 #[cfg(test)]
 mod proptests;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use maildird::cli::{Cli, Command};
-use maildird::{admin, daemon, logging};
+use maildird::{admin, daemon, logging, tunnel};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -24,6 +24,10 @@ fn main() -> ExitCode {
         Command::CheckConfig => admin::check_config(&cli.config),
         Command::User(cmd) => admin::user(&cli.config, cmd),
         Command::HashPassword { password_stdin } => admin::hash_password(password_stdin),
+        Command::Tunnel { filters, target } => tunnel::run(&cli.config, &filters, &target),
+        Command::Who { json } => admin::who(&cli.config, json),
+        Command::Kick { id, user, ip } => admin::kick(&cli.config, id, user, ip),
+        Command::Events { json } => admin::events(&cli.config, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

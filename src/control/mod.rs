@@ -285,15 +285,15 @@ impl SessionGuard {
 
     pub fn auth_ok(&self, user: &str, mechanism: &str) {
         self.with_live(|l| l.user = Some(user.to_string()));
-        self.emit(EventKind::AuthOk, Some(mechanism.to_string()));
+        self.emit(
+            EventKind::AuthOk,
+            Some(mechanism.to_string()).filter(|m| !m.is_empty()),
+        );
     }
 
     pub fn auth_fail(&self, user: &str, mechanism: &str) {
-        let ev = self.event(
-            EventKind::AuthFail,
-            Some(mechanism.to_string()),
-            Some(user.to_string()),
-        );
+        let mechanism = Some(mechanism.to_string()).filter(|m| !m.is_empty());
+        let ev = self.event(EventKind::AuthFail, mechanism, Some(user.to_string()));
         let _ = self.registry.events.send(ev);
     }
 

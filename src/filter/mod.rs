@@ -126,6 +126,7 @@ impl Registry {
         names: &[String],
         side: Side,
     ) -> Result<FilterChain, String> {
+        check_order(names, side)?;
         let mut filters = Vec::with_capacity(names.len());
         for name in names {
             let factory = self.factory(name).ok_or_else(|| {
@@ -143,6 +144,28 @@ impl Registry {
         }
         Ok(FilterChain { filters })
     }
+}
+
+/// Orders that cannot work: a filter listed twice; `proxy` anywhere but first on
+/// the wire (the header precedes every other byte), or on the client side.
+fn check_order(names: &[String], side: Side) -> Result<(), String> {
+    for (i, name) in names.iter().enumerate() {
+        if names.get(..i).is_some_and(|before| before.contains(name)) {
+            return Err(format!("filter {name:?} is listed twice"));
+        }
+        if name == "proxy" {
+            if side == Side::Client {
+                return Err("filter \"proxy\" only works on listeners, not in a tunnel".into());
+            }
+            if i != 0 {
+                return Err(
+                    "filter \"proxy\" must be first in the list (the PROXY header is the first thing on the wire)"
+                        .into(),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `[filter.log]` for `log`, `[filter.exec.rot13]` for `exec.rot13`.
@@ -248,6 +271,10 @@ mod tests {
             Arc::new(|_ctx: &FilterContext<'_>| Ok(Arc::new(Upper) as Arc<dyn Filter>)),
         );
         r.register(
+            "upper2",
+            Arc::new(|_ctx: &FilterContext<'_>| Ok(Arc::new(Upper) as Arc<dyn Filter>)),
+        );
+        r.register(
             "exec",
             Arc::new(|ctx: &FilterContext<'_>| {
                 let s = ctx.settings.ok_or("needs settings")?;
@@ -280,11 +307,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn impossible_orders_are_errors() {
+        let cfg = Config::parse("", "t").unwrap();
+        let r = Registry::builtin();
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cases: [(&[&str], Side, Option<&str>); 7] = [
+            (&["proxy", "log", "zlib"], Side::Server, None),
+            (&["log", "zlib"], Side::Client, None),
+            (&["log", "proxy"], Side::Server, Some("must be first")),
+            (&["proxy"], Side::Client, Some("not in a tunnel")),
+            (&["log", "log"], Side::Server, Some("listed twice")),
+            (&["zlib", "log", "zlib"], Side::Client, Some("listed twice")),
+            (&["lz4"], Side::Server, Some("unknown filter")),
+        ];
+        for (names, side, want) in cases {
+            let got = r.build(&cfg, &v(names), side);
+            match want {
+                None => assert_eq!(got.unwrap().names(), names),
+                Some(w) => {
+                    let e = got.unwrap_err();
+                    assert!(e.contains(w), "{names:?}: {e}");
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn chain_applies_in_order() {
         let cfg = Config::parse("", "t").unwrap();
         let chain = registry()
-            .build(&cfg, &["upper".into(), "upper".into()], Side::Server)
+            .build(&cfg, &["upper".into(), "upper2".into()], Side::Server)
             .unwrap();
         let (client, server) = tokio::io::duplex(64);
         let mut meta = ConnMeta::default();

@@ -1,0 +1,241 @@
+//! The control socket with the real daemon: `who`, `kick`, `events`, and who
+//! may use them.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::*;
+
+struct Pop {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Pop {
+    fn login(port: u16, pw: &str) -> (Pop, String) {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        let mut p = Pop {
+            r: BufReader::new(s.try_clone().expect("clone")),
+            w: s,
+        };
+        p.line();
+        p.w.write_all(format!("USER alice\r\nPASS {pw}\r\n").as_bytes())
+            .expect("write");
+        p.line();
+        let r = p.line();
+        (p, r)
+    }
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).expect("read");
+        l
+    }
+}
+
+fn who_json(env: &TestEnv) -> Vec<serde_json::Value> {
+    let o = maildird(&env.config(), &["who", "--json"], b"");
+    assert_ok(&o, "maildird who --json");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect()
+}
+
+#[test]
+fn who_lists_a_live_session_and_kick_ends_it() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let _d = Daemon::start(&env);
+    let (mut pop, r) = Pop::login(env.pop3_port, PW);
+    assert!(r.starts_with("+OK"), "{r}");
+    let local = pop.w.local_addr().expect("addr").to_string();
+    let sessions = who_json(&env);
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let s = &sessions[0];
+    assert_eq!(s["protocol"], "pop3");
+    assert_eq!(s["user"], "alice");
+    assert_eq!(s["peer"], local.as_str());
+    assert_eq!(s["state"], "transaction");
+    assert!(
+        s["bytes"][0]["bytes_in"].as_u64().expect("bytes") > 0,
+        "{s}"
+    );
+    // The table form names the same session.
+    let o = maildird(&env.config(), &["who"], b"");
+    assert_ok(&o, "maildird who");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("alice"));
+
+    let o = maildird(&env.config(), &["kick", "--user", "alice"], b"");
+    assert_ok(&o, "maildird kick --user alice");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("kicked 1 session"));
+    let mut rest = String::new();
+    assert_eq!(
+        pop.r.read_line(&mut rest).expect("read"),
+        0,
+        "the kicked session is closed: {rest:?}"
+    );
+    let deadline = Instant::now() + WAIT;
+    while !who_json(&env).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the kicked session is still listed"
+        );
+    }
+    // Nothing matches now: exit 1.
+    let o = maildird(&env.config(), &["kick", "999"], b"");
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+}
+
+#[test]
+fn events_stream_connect_auth_and_close() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let _d = Daemon::start(&env);
+    let mut ev = Command::new(bin())
+        .args(["events", "--json", "-c"])
+        .arg(env.config())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn events");
+    // It says on stderr when the subscription is live (read on a thread, so the
+    // wait is bounded).
+    let err = ev.stderr.take().expect("stderr");
+    let (etx, erx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut l = String::new();
+        let _ = BufReader::new(err).read_line(&mut l);
+        let _ = etx.send(l);
+    });
+    let l = erx.recv_timeout(WAIT).unwrap_or_else(|_| {
+        let _ = ev.kill();
+        panic!("maildird events never said it was following")
+    });
+    assert!(l.contains("following session events"), "{l}");
+    let (_, r) = Pop::login(env.pop3_port, "wrong");
+    assert!(r.starts_with("-ERR"));
+    let (mut pop, r) = Pop::login(env.pop3_port, PW);
+    assert!(r.starts_with("+OK"));
+    pop.w.write_all(b"QUIT\r\n").expect("write");
+    pop.line();
+    drop(pop);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = ev.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen: Vec<(u64, String, Option<String>)> = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while seen.iter().filter(|e| e.1 == "close").count() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("events so far: {seen:?}"));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        seen.push((
+            v["session"].as_u64().expect("id"),
+            v["event"].as_str().expect("event").to_string(),
+            v["user"].as_str().map(str::to_string),
+        ));
+    }
+    let _ = ev.kill();
+    let _ = ev.wait();
+    let first = seen[0].0;
+    let kinds = |id: u64| {
+        seen.iter()
+            .filter(|e| e.0 == id)
+            .map(|e| e.1.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(first), ["connect", "auth_fail", "close"], "{seen:?}");
+    let second = seen
+        .iter()
+        .find(|e| e.0 != first)
+        .expect("second session")
+        .0;
+    assert_eq!(kinds(second), ["connect", "auth_ok", "close"], "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|e| e.1 == "auth_ok" && e.2.as_deref() == Some("alice"))
+    );
+}
+
+#[test]
+fn only_root_and_the_daemon_group_may_use_the_control_socket() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test creates a Unix user: run it as root"
+    );
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let _d = Daemon::start(&env);
+    let name = format!("mdc{}x{}", std::process::id() % 100_000, unique());
+    let useradd = require_tool("useradd", "passwd");
+    assert_ok(
+        &run(
+            Command::new(useradd)
+                .args(["-M", "-s", "/bin/sh"])
+                .arg(&name),
+            b"",
+        ),
+        "useradd",
+    );
+    let _cleanup = scopeguard(name.clone());
+    let as_user = |sock_mode: Option<u32>| {
+        if let Some(m) = sock_mode {
+            chmod(&env.path().join("control.sock"), m);
+        }
+        run(
+            Command::new("su")
+                .arg(&name)
+                .args(["-s", "/bin/sh", "-c"])
+                .arg(format!(
+                    "{} who -c {}",
+                    bin().display(),
+                    env.config().display()
+                )),
+            b"",
+        )
+    };
+    // The socket file is 0660 nobody:nogroup: the file system already says no...
+    let o = as_user(None);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .to_lowercase()
+            .contains("permission denied"),
+        "{}",
+        show(&o)
+    );
+    // ...and with the file opened up, SO_PEERCRED still refuses.
+    let o = as_user(Some(0o666));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("root or the daemon's group only"),
+        "{}",
+        show(&o)
+    );
+    // Root may.
+    assert_ok(&maildird(&env.config(), &["who"], b""), "who as root");
+}
+
+/// Removes the Unix user at the end of the test.
+struct UserGuard(String);
+fn scopeguard(name: String) -> UserGuard {
+    UserGuard(name)
+}
+impl Drop for UserGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).status();
+    }
+}
