@@ -592,7 +592,12 @@ async fn run_session(
         let stream = FirstReadDeadline::new(stream, config.limits.greeting_timeout);
         let (wire, wire_handle) = Wire::new(Box::new(stream));
         let stream: Box<dyn Io> = match live.chains.get(&listener.name).filter(|c| !c.is_empty()) {
-            Some(chain) => match chain.apply(Box::new(wire), &mut meta).await {
+            Some(chain) => match chain
+                .apply_with(Box::new(wire), &mut meta, |name, io| {
+                    Box::new(control::counted::Counted::new(io, guard.counters(name)))
+                })
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::info!(error = %e, "close: filter chain failed");

@@ -37,8 +37,8 @@ pub struct Entry {
     pub tcp_peer: Option<SocketAddr>,
     pub since: SystemTime,
     live: Mutex<Live>,
-    /// Byte counts per layer, wire first ("wire", then "protocol").
-    pub layers: Vec<(String, Arc<Counters>)>,
+    /// Byte counts per layer, wire first: "wire", each filter by name, "protocol".
+    layers: Mutex<Vec<(String, Arc<Counters>)>>,
     kick: Notify,
 }
 
@@ -142,10 +142,10 @@ impl Registry {
                 user: None,
                 state: "connected".into(),
             }),
-            layers: vec![
+            layers: Mutex::new(vec![
                 ("wire".into(), Arc::default()),
                 ("protocol".into(), Arc::default()),
-            ],
+            ]),
             kick: Notify::new(),
         });
         self.map().insert(id, entry.clone());
@@ -238,6 +238,8 @@ impl Entry {
             since: now_rfc3339(self.since),
             bytes: self
                 .layers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
                 .iter()
                 .map(|(name, c)| LayerView {
                     layer: name.clone(),
@@ -262,12 +264,15 @@ impl SessionGuard {
 
     /// Counters of a layer ("wire" or "protocol").
     pub fn counters(&self, layer: &str) -> Arc<Counters> {
-        self.entry
-            .layers
-            .iter()
-            .find(|(n, _)| n == layer)
-            .map(|(_, c)| c.clone())
-            .unwrap_or_default()
+        let mut layers = self.entry.layers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = layers.iter().find(|(n, _)| n == layer) {
+            return c.clone();
+        }
+        // A filter layer: listed between the wire and the protocol.
+        let c: Arc<Counters> = Arc::default();
+        let at = layers.len().saturating_sub(1);
+        layers.insert(at, (layer.to_string(), c.clone()));
+        c
     }
 
     fn with_live(&self, f: impl FnOnce(&mut Live)) {
@@ -375,6 +380,17 @@ mod tests {
             kinds,
             [EventKind::Connect, EventKind::AuthOk, EventKind::Close]
         );
+    }
+
+    #[test]
+    fn filter_layers_sit_between_wire_and_protocol() {
+        let reg = Arc::new(Registry::new());
+        let g = reg.open(1, "pop3", "pop3s", None);
+        g.counters("tls").bytes_in.fetch_add(3, Ordering::Relaxed);
+        g.counters("zlib");
+        let layers: Vec<String> = reg.who()[0].bytes.iter().map(|l| l.layer.clone()).collect();
+        assert_eq!(layers, ["wire", "tls", "zlib", "protocol"]);
+        assert_eq!(reg.who()[0].bytes[1].bytes_in, 3);
     }
 
     #[tokio::test]

@@ -194,9 +194,20 @@ impl FilterChain {
     }
 
     /// Wrap a connection's stream in every filter, wire end first.
-    pub async fn apply(&self, mut io: BoxedIo, meta: &mut ConnMeta) -> io::Result<BoxedIo> {
+    pub async fn apply(&self, io: BoxedIo, meta: &mut ConnMeta) -> io::Result<BoxedIo> {
+        self.apply_with(io, meta, |_, io| io).await
+    }
+
+    /// Like `apply`, passing each filter's output through `layer(name, io)`
+    /// (the daemon counts bytes per layer for `who`).
+    pub async fn apply_with(
+        &self,
+        mut io: BoxedIo,
+        meta: &mut ConnMeta,
+        layer: impl Fn(&str, BoxedIo) -> BoxedIo,
+    ) -> io::Result<BoxedIo> {
         for f in &self.filters {
-            io = f.wrap(io, meta).await?;
+            io = layer(f.name(), f.wrap(io, meta).await?);
         }
         Ok(io)
     }
