@@ -217,6 +217,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// End the connection cleanly: flush, then shut down our sending side, so
+    /// that over TLS a close_notify goes out (openssl and others report a
+    /// truncation attack otherwise). Bounded: a peer that stopped reading must
+    /// not hold the task.
+    pub async fn close(self) -> io::Result<()> {
+        const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+        match tokio::time::timeout(CLOSE_TIMEOUT, self.into_inner()).await {
+            Ok(Ok(mut stream)) => {
+                // The peer may be gone already; its reset is no news.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "closing timed out")),
+        }
+    }
+
     /// Give back the stream (after flushing) for an upgrade such as STARTTLS.
     /// Callers must have checked `buffered_input() == 0`.
     pub async fn into_inner(mut self) -> io::Result<S> {

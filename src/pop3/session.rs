@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -103,7 +103,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
     /// TRANSACTION, the mailbox is dropped unchanged (RFC 1939 §6).
     pub async fn run(mut self) -> io::Result<()> {
         let r = self.serve().await;
-        r.and(close(self.conn).await)
+        r.and(self.conn.close().await)
     }
 
     async fn serve(&mut self) -> io::Result<()> {
@@ -525,23 +525,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             conn.flush().await?;
         }
         Ok(())
-    }
-}
-
-/// End the connection cleanly: flush, then shut down our sending side, so that
-/// over TLS a close_notify goes out (openssl and others report a truncation
-/// attack otherwise). Bounded, as a peer that stopped reading must not hold the
-/// task. (Belongs in `Conn` as `close`; kept here until conn.rs grows it.)
-async fn close<S: AsyncWrite + AsyncRead + Unpin>(conn: Conn<S>) -> io::Result<()> {
-    const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-    match tokio::time::timeout(CLOSE_TIMEOUT, conn.into_inner()).await {
-        Ok(Ok(mut stream)) => {
-            // The peer may be gone already; its reset is no news.
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
-            Ok(())
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "closing timed out")),
     }
 }
 

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
@@ -169,7 +169,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             bytes_out = self.conn.bytes_out,
             "smtp session ended"
         );
-        result.and(close(self.conn).await)
+        result.and(self.conn.close().await)
     }
 
     async fn serve(&mut self) -> io::Result<()> {
@@ -848,23 +848,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             n -= take as u64;
         }
         Ok(())
-    }
-}
-
-/// End the connection cleanly: flush, then shut down our sending side, so that
-/// over TLS a close_notify goes out (openssl and others report a truncation
-/// attack otherwise). Bounded, as a peer that stopped reading must not hold the
-/// task. (Belongs in `Conn` as `close`; kept here until conn.rs grows it.)
-async fn close<S: AsyncWrite + AsyncRead + Unpin>(conn: Conn<S>) -> io::Result<()> {
-    const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-    match tokio::time::timeout(CLOSE_TIMEOUT, conn.into_inner()).await {
-        Ok(Ok(mut stream)) => {
-            // The peer may be gone already; its reset is no news.
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
-            Ok(())
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "closing timed out")),
     }
 }
 
