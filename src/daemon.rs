@@ -286,7 +286,7 @@ async fn serve_inetd(shared: Arc<Shared>, proto: Protocol) -> Result<(), DaemonE
         starttls: false,
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    run_session(&shared, &listener, stream, peer, id).await;
+    run_session(&shared, &listener, stream, peer, id, None).await;
     Ok(())
 }
 
@@ -507,7 +507,13 @@ async fn accept_loop(
             tracing::debug!(error = %e, "setting keep-alive failed");
         }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let admission = match shared.caps.admit(Some(peer.ip())) {
+        // Behind PROXY the per-IP limits wait for the real client's address.
+        let proxied = shared
+            .live()
+            .chains
+            .get(&listener_cfg.name)
+            .is_some_and(|c| c.names().first() == Some(&"proxy"));
+        let mut admission = match shared.caps.admit((!proxied).then(|| peer.ip())) {
             Ok(a) => a,
             Err(why) => {
                 tracing::warn!(session = id, peer = %peer, listener = %listener_cfg.name, reason = ?why, "connection refused by limits");
@@ -524,7 +530,15 @@ async fn accept_loop(
         let cfg = listener_cfg.clone();
         shared.active.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
-            run_session(&shared, &cfg, Box::new(stream), Some(peer), id).await;
+            run_session(
+                &shared,
+                &cfg,
+                Box::new(stream),
+                Some(peer),
+                id,
+                Some(&mut admission),
+            )
+            .await;
             drop(admission);
             if shared.active.fetch_sub(1, Ordering::SeqCst) == 1 {
                 shared.idle.notify_waiters();
@@ -539,8 +553,8 @@ fn canonical(a: SocketAddr) -> SocketAddr {
 }
 
 /// Over the caps: say so in the protocol's words, then close (RFC 5321 §3.8: 421).
-async fn refuse(
-    mut stream: tokio::net::TcpStream,
+async fn refuse<S: tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
     proto: Protocol,
     why: Refused,
     hostname: String,
@@ -567,6 +581,7 @@ async fn run_session(
     stream: Box<dyn Io>,
     peer: Option<SocketAddr>,
     id: u64,
+    admission: Option<&mut crate::listen::accept::Admission>,
 ) {
     let live = shared.live();
     let config = live.backend.config.clone();
@@ -607,6 +622,15 @@ async fn run_session(
             None => Box::new(wire),
         };
         guard.set_peer(meta.peer);
+        // Per-IP cap and rate on the real client, now that PROXY has named it.
+        let mut stream = stream;
+        if let (Some(adm), Some(real)) = (admission, meta.peer) {
+            if let Err(why) = shared.caps.admit_ip(adm, real.ip()) {
+                tracing::warn!(real_peer = %real, reason = ?why, "connection refused by limits");
+                refuse(&mut stream, listener.protocol, why, config.hostname.clone()).await;
+                return;
+            }
+        }
         let stream: Box<dyn Io> = Box::new(control::counted::Counted::new(
             stream,
             guard.counters("protocol"),

@@ -182,3 +182,71 @@ fn two_hosts_behind_haproxy_share_one_maildir_store() {
     );
     assert_eq!(out.trim(), "3000 3000");
 }
+
+fn greeting_from(src: &str, port: u16) -> (TcpStream, String) {
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let from: std::net::SocketAddr = format!("{src}:0").parse().expect("addr");
+    sock.bind(&from.into()).expect("bind");
+    let to: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    sock.connect(&to.into()).expect("connect");
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut l = String::new();
+    BufReader::new(s.try_clone().expect("clone"))
+        .read_line(&mut l)
+        .expect("read");
+    (s, l)
+}
+
+#[test]
+fn per_ip_limits_apply_to_the_real_client_behind_proxy() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let (smtp, pop3, front) = (free_port(), free_port(), free_port());
+    let cfg = host_config(&env, "mx1.test", smtp, pop3);
+    let text = std::fs::read_to_string(&cfg).expect("config").replace(
+        "max_connections_per_ip = 1000",
+        "max_connections_per_ip = 1",
+    );
+    let cfg = env.write_config("one-per-ip.toml", &text);
+    let _d = Daemon::start_with(&env, &cfg);
+    let hcfg = env.write_config(
+        "haproxy1.cfg",
+        &format!(
+            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+             frontend fe\n  bind 127.0.0.1:{front}\n  default_backend be\n\
+             backend be\n  server mx1 127.0.0.1:{smtp} send-proxy-v2\n"
+        ),
+    );
+    let hap = require_tool("haproxy", "haproxy");
+    let _h = Haproxy(
+        Command::new(hap)
+            .arg("-db")
+            .arg("-f")
+            .arg(&hcfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("haproxy"),
+    );
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", front)).is_err() {
+        assert!(Instant::now() < deadline, "haproxy is not listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Every connection arrives from haproxy's 127.0.0.1; the cap of one per IP
+    // applies to the clients named in the PROXY headers.
+    let (_a, ga) = greeting_from("127.0.0.2", front);
+    assert!(ga.starts_with("220"), "{ga}");
+    let (_b, gb) = greeting_from("127.0.0.3", front);
+    assert!(
+        gb.starts_with("220"),
+        "another client is not limited by the first: {gb}"
+    );
+    let (_c, gc) = greeting_from("127.0.0.2", front);
+    assert!(
+        gc.starts_with("421 4.7.0"),
+        "a second connection from 127.0.0.2: {gc}"
+    );
+}

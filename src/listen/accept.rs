@@ -104,12 +104,27 @@ impl Caps {
             .clone()
             .try_acquire_owned()
             .map_err(|_| Refused::TooManyConnections)?;
-        let Some(ip) = ip else {
-            return Ok(Admission {
-                _global: global,
-                ip: None,
-            });
+        let mut admission = Admission {
+            _global: global,
+            ip: None,
         };
+        if let Some(ip) = ip {
+            self.admit_ip(&mut admission, ip)?;
+        }
+        Ok(admission)
+    }
+
+    /// Count an admitted connection against its client IP (rate and per-IP cap).
+    /// Behind PROXY this runs once the header named the real client, so a
+    /// balancer's own address is never what is limited.
+    pub fn admit_ip(
+        self: &Arc<Self>,
+        admission: &mut Admission,
+        ip: IpAddr,
+    ) -> Result<(), Refused> {
+        if admission.ip.is_some() {
+            return Ok(());
+        }
         let ip = normalize(ip);
         if !self.within_rate(ip, Instant::now()) {
             return Err(Refused::RateFromIp);
@@ -120,10 +135,8 @@ impl Caps {
             return Err(Refused::TooManyFromIp);
         }
         *n += 1;
-        Ok(Admission {
-            _global: global,
-            ip: Some((ip, self.clone())),
-        })
+        admission.ip = Some((ip, self.clone()));
+        Ok(())
     }
 
     /// Connections currently admitted.
