@@ -251,6 +251,10 @@ pub struct ListenerConfig {
     pub filters: Vec<String>,
     #[serde(default)]
     pub starttls: bool,
+    /// This listener's TCP keep-alive, replacing `[keepalive]` (e.g. shorter
+    /// for POP3 clients behind NAT).
+    #[serde(default)]
+    pub keepalive: Option<Keepalive>,
 }
 
 /// A config error, already formatted with file and line where known.
@@ -487,6 +491,17 @@ mod effective {
                 let _ = writeln!(s, "bind = \"{b}\"");
             }
             let _ = writeln!(s, "filters = {:?}\nstarttls = {}", li.filters, li.starttls);
+            if let Some(k) = &li.keepalive {
+                let _ = writeln!(
+                    s,
+                    "keepalive = {{ enabled = {}, idle = {}, interval = {}, count = {}, user_timeout = {} }}",
+                    k.enabled,
+                    dur(k.idle),
+                    dur(k.interval),
+                    k.count,
+                    dur(k.user_timeout)
+                );
+            }
         }
         s
     }
@@ -674,6 +689,19 @@ mod tests {
             )
             .is_err()
         );
+        let c = Config::parse(
+            "[[listener]]\nname = \"p\"\nprotocol = \"pop3\"\nkeepalive = { idle = \"20s\" }\n",
+            "t",
+        )
+        .unwrap();
+        let k = c.listener("p").unwrap().keepalive.as_ref().unwrap();
+        assert_eq!(
+            (k.idle, k.interval),
+            (Duration::from_secs(20), Keepalive::default().interval)
+        );
+        let again = Config::parse(&c.to_toml(), "t").unwrap();
+        let k2 = again.listener("p").unwrap().keepalive.as_ref().unwrap();
+        assert_eq!(k2.idle, Duration::from_secs(20));
     }
 
     #[test]

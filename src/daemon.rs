@@ -278,13 +278,23 @@ async fn serve_inetd(shared: Arc<Shared>, proto: Protocol) -> Result<(), DaemonE
     let (stream, peer) = listen::inetd::stdio_stream()
         .map_err(|e| DaemonError::Runtime(format!("inetd: cannot use stdin/stdout: {e}")))?;
     let peer = peer.map(canonical);
-    let listener = ListenerConfig {
-        name: "inetd".into(),
-        protocol: proto,
-        bind: None,
-        filters: vec![],
-        starttls: false,
-    };
+    // The filters and options of the first listener of this protocol apply.
+    let listener = shared
+        .live()
+        .backend
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.protocol == proto)
+        .cloned()
+        .unwrap_or(ListenerConfig {
+            name: "inetd".into(),
+            protocol: proto,
+            bind: None,
+            filters: vec![],
+            starttls: false,
+            keepalive: None,
+        });
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     run_session(&shared, &listener, stream, peer, id, None).await;
     Ok(())
@@ -501,9 +511,13 @@ async fn accept_loop(
         // On a dual-stack socket (systemd's BindIPv6Only=both) IPv4 clients arrive
         // as ::ffff:a.b.c.d; they are IPv4 clients for limits, logs and loopback.
         let peer = canonical(peer);
-        if let Err(e) =
-            listen::accept::apply_keepalive(&stream, &shared.live().backend.config.keepalive)
-        {
+        if let Err(e) = listen::accept::apply_keepalive(
+            &stream,
+            listener_cfg
+                .keepalive
+                .as_ref()
+                .unwrap_or(&shared.live().backend.config.keepalive),
+        ) {
             tracing::debug!(error = %e, "setting keep-alive failed");
         }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);

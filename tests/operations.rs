@@ -497,3 +497,34 @@ fn ipv4_clients_of_a_dual_stack_socket_count_as_ipv4() {
     let d = pop3_dump(env.pop3_port, "alice", PW, &["quit"]);
     assert_eq!(d.stat.0, 1);
 }
+
+#[test]
+fn a_listener_can_have_its_own_keepalive() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    // The pop3 listener is the config's last table: its own keep-alive follows it.
+    let cfg = with_extra(
+        &env,
+        "keepalive = { idle = \"33s\" }\n\n[keepalive]\nidle = \"77s\"\n",
+    );
+    let _d = Daemon::start_with(&env, &cfg);
+    let mut smtp = Line::connect(env.smtp_port);
+    assert!(smtp.reply().starts_with("220"));
+    let mut pop = Line::connect(env.pop3_port);
+    assert!(pop.line().starts_with("+OK"));
+    let timer = |port| {
+        let out = keepalive_timer(port);
+        let t = out
+            .split("timer:(keepalive,")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no keepalive timer: {out}"))
+            .to_string();
+        t.chars().take_while(|c| *c != ',').collect::<String>()
+    };
+    assert!(timer(env.smtp_port).starts_with("1min"), "global idle 77s");
+    let p = timer(env.pop3_port);
+    assert!(
+        p.starts_with("3") && p.ends_with("sec") && !p.contains("min"),
+        "listener idle 33s: {p}"
+    );
+}
