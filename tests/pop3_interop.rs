@@ -321,13 +321,16 @@ fn getmail_to_maildir_byte_exact() {
     .expect("write getmailrc");
     chmod(&rc, 0o600);
     let before = snapshot(&env.maildir("alice"));
-    let o = run(
+    // getmail forks a child per delivery as `user`; give it more than WAIT on a
+    // loaded machine (seen once: >20 s with fuzzers running beside the suite).
+    let o = run_timeout(
         Command::new(getmail)
             .arg("--rcfile")
             .arg(&rc)
             .arg("--getmaildir")
             .arg(&gmdir),
         b"",
+        WAIT * 3,
     );
     assert_ok(&o, "getmail");
     let mut got: Vec<Vec<u8>> = read_files(&dest.join("new"))

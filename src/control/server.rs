@@ -128,6 +128,16 @@ async fn handle(
 ) -> io::Result<()> {
     let cred = stream.peer_cred()?;
     let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(r);
+    // One request per connection, read before anything is answered (so a refused
+    // client still gets its reply rather than a reset); bounded in size and time.
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        (&mut reader).take(4096).read_line(&mut line),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request"))??;
     if !access.allows(cred.uid(), cred.gid(), cred.pid()) {
         tracing::warn!(uid = cred.uid(), "control socket: permission denied");
         return send(
@@ -136,15 +146,6 @@ async fn handle(
         )
         .await;
     }
-    let mut line = String::new();
-    let mut reader = BufReader::new(r);
-    // One request per connection; bounded so a client cannot make us buffer much.
-    let n = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        (&mut reader).take(4096).read_line(&mut line),
-    )
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request"))??;
     if n == 0 {
         return Ok(());
     }
