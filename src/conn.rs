@@ -29,7 +29,7 @@ impl Observer for NoObserver {}
 
 /// Resolves once `rx` holds `true` (the daemon is stopping); never if the
 /// sender is gone without saying so.
-pub async fn until_stopping(mut rx: tokio::sync::watch::Receiver<bool>) {
+async fn until_stopping(mut rx: tokio::sync::watch::Receiver<bool>) {
     loop {
         if *rx.borrow_and_update() {
             return;
@@ -118,6 +118,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         match tokio::time::timeout(timeout, self.read_line_inner(max)).await {
             Ok(r) => r,
             Err(_) => Err(ConnError::Timeout),
+        }
+    }
+
+    /// `read_line` for the next command, also watching `stop` (the daemon is
+    /// stopping): `Ok(None)` when it turned true. Commands already pipelined are
+    /// answered first (`biased`).
+    pub async fn read_command(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+        stop: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<Option<Line>, ConnError> {
+        let read = self.read_line(max, timeout);
+        match stop {
+            Some(rx) => tokio::select! {
+                biased;
+                r = read => r.map(Some),
+                _ = until_stopping(rx) => Ok(None),
+            },
+            None => read.await.map(Some),
         }
     }
 

@@ -511,22 +511,22 @@ async fn accept_loop(
         // On a dual-stack socket (systemd's BindIPv6Only=both) IPv4 clients arrive
         // as ::ffff:a.b.c.d; they are IPv4 clients for limits, logs and loopback.
         let peer = canonical(peer);
+        let live = shared.live();
         if let Err(e) = listen::accept::apply_keepalive(
             &stream,
             listener_cfg
                 .keepalive
                 .as_ref()
-                .unwrap_or(&shared.live().backend.config.keepalive),
+                .unwrap_or(&live.backend.config.keepalive),
         ) {
             tracing::debug!(error = %e, "setting keep-alive failed");
         }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         // Behind PROXY the per-IP limits wait for the real client's address.
-        let proxied = shared
-            .live()
+        let proxied = live
             .chains
             .get(&listener_cfg.name)
-            .is_some_and(|c| c.names().first() == Some(&"proxy"));
+            .is_some_and(|c| c.starts_with("proxy"));
         let mut admission = match shared.caps.admit((!proxied).then(|| peer.ip())) {
             Ok(a) => a,
             Err(why) => {
@@ -535,7 +535,7 @@ async fn accept_loop(
                     stream,
                     listener_cfg.protocol,
                     why,
-                    shared.live().backend.config.hostname.clone(),
+                    live.backend.config.hostname.clone(),
                 ));
                 continue;
             }

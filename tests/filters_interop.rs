@@ -8,7 +8,7 @@ mod common;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -35,19 +35,6 @@ fn filtered_env(smtp: &str, pop3: &str, extra: &str) -> (TestEnv, PathBuf) {
     let cfg = env.write_config("filtered.toml", &format!("{text}\n{extra}\n"));
     add_user(&env, "alice", PW);
     (env, cfg)
-}
-
-/// Waits (bounded) until `port` on 127.0.0.1 accepts a connection.
-fn wait_listening(port: u16, what: &str) {
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} is not listening on {port}"
-        );
-        // Readiness poll: haproxy offers no notification when it listens.
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -105,40 +92,6 @@ print('SENT')
     assert_one_delivered(&env, "alice", SMTP_SENDER, &msg);
 }
 
-/// haproxy in front of the smtp listener; killed on drop.
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn haproxy(env: &TestEnv, port: u16, backend: u16, send_proxy: &str) -> Haproxy {
-    let bin = require_tool("haproxy", "haproxy");
-    let cfg = env.write_config(
-        &format!("haproxy-{port}.cfg"),
-        &format!(
-            "global\n  maxconn 100\n\
-             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-             frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
-             backend be\n  server mx 127.0.0.1:{backend} {send_proxy}\n"
-        ),
-    );
-    let child = Command::new(bin)
-        .arg("-db")
-        .arg("-f")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn haproxy");
-    let h = Haproxy(child);
-    wait_listening(port, "haproxy");
-    h
-}
-
 /// python3 smtplib from 127.0.0.2 (the "real client") to `port`.
 fn deliver_from_127_0_0_2(port: u16, msg: &[u8], env: &TestEnv) {
     let path = env.write_file(&format!("m{}.eml", unique()), msg);
@@ -167,7 +120,7 @@ fn haproxy_send_proxy_v1_and_v2_put_the_real_client_in_received() {
     let mut d = Daemon::start_with(&env, &cfg);
     for (i, mode) in ["send-proxy", "send-proxy-v2"].into_iter().enumerate() {
         let port = free_port();
-        let _h = haproxy(&env, port, env.smtp_port, mode);
+        let _h = haproxy(&env, port, &[env.smtp_port], mode);
         let msg = message(&format!("via haproxy {mode}"), "alice@example.org");
         deliver_from_127_0_0_2(port, &msg, &env);
         let files = read_new(&env, "alice");
@@ -423,60 +376,6 @@ fn impossible_chains_are_config_errors() {
         b"",
     );
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
-}
-
-/// A private tmux server (killed on drop) showing one window, `mutt`.
-struct Tmux {
-    bin: PathBuf,
-    sock: PathBuf,
-}
-
-impl Tmux {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.arg("-S").arg(&self.sock);
-        c
-    }
-
-    fn capture(&self) -> Option<String> {
-        let o = run(self.cmd().args(["capture-pane", "-p", "-t", "mutt"]), b"");
-        o.status
-            .success()
-            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let o = run(self.cmd().args(["send-keys", "-t", "mutt"]).args(keys), b"");
-        assert_ok(&o, "tmux send-keys");
-    }
-
-    fn alive(&self) -> bool {
-        run(self.cmd().args(["has-session", "-t", "mutt"]), b"")
-            .status
-            .success()
-    }
-
-    /// Polls the screen (bounded by `WAIT`) until `pred` holds.
-    fn wait_screen(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            match self.capture() {
-                Some(s) if pred(&s) => return s,
-                Some(s) => last = s,
-                None => panic!("tmux session ended while waiting for {what}; screen was:\n{last}"),
-            }
-            // Screen polling interval: tmux offers no event for "mutt drew this".
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("mutt screen never showed {what} within {WAIT:?}; screen:\n{last}");
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd().arg("kill-server").stderr(Stdio::null()).status();
-    }
 }
 
 #[test]

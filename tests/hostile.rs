@@ -4,53 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-struct Client {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Client {
-    fn connect(port: u16) -> Client {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(WAIT)).expect("timeout");
-        Client {
-            r: BufReader::new(s.try_clone().expect("clone")),
-            w: s,
-        }
-    }
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.r.read_line(&mut l).expect("read");
-        l
-    }
-    fn reply(&mut self) -> String {
-        loop {
-            let l = self.line();
-            if l.len() < 4 || l.as_bytes()[3] != b'-' {
-                return l;
-            }
-        }
-    }
-    fn send(&mut self, b: &[u8]) {
-        self.w.write_all(b).expect("write");
-    }
-    fn cmd(&mut self, b: &[u8]) -> String {
-        self.send(b);
-        self.reply()
-    }
-    fn smtp_ready(port: u16) -> Client {
-        let mut c = Client::connect(port);
-        assert!(c.reply().starts_with("220"));
-        assert!(c.cmd(b"EHLO hostile.test\r\n").starts_with("250"));
-        c
-    }
-}
 
 fn rss_kib(pid: u32) -> u64 {
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
@@ -129,7 +87,7 @@ fn a_connection_flood_past_the_caps_gets_421_and_memory_stays_bounded() {
     let mut held = Vec::new();
     let mut refused = 0;
     for _ in 0..1000 {
-        let mut c = Client::connect(env.smtp_port);
+        let mut c = Line::connect(env.smtp_port);
         let r = c.reply();
         if r.starts_with("421 4.7.0") {
             refused += 1;
@@ -149,7 +107,7 @@ fn a_connection_flood_past_the_caps_gets_421_and_memory_stays_bounded() {
     drop(held);
     let deadline = Instant::now() + WAIT;
     loop {
-        let mut c = Client::connect(env.smtp_port);
+        let mut c = Line::connect(env.smtp_port);
         if c.reply().starts_with("220") {
             break;
         }
@@ -170,7 +128,7 @@ fn password_guessing_is_slowed_and_logged() {
         + "\n[limits]\nauth_failure_delay = 0\nauth_failures = 100\n";
     let cfg = env.write_config("guess.toml", &cfg);
     let mut d = Daemon::start_with(&env, &cfg);
-    let mut c = Client::connect(env.pop3_port);
+    let mut c = Line::connect(env.pop3_port);
     assert!(c.line().starts_with("+OK"));
     let mut times = Vec::new();
     for i in 0..6 {
@@ -195,10 +153,10 @@ fn malformed_smtp_input_gets_clear_replies() {
     let env = TestEnv::new();
     add_user(&env, "alice", PW);
     let _d = Daemon::start(&env);
-    let mut c = Client::smtp_ready(env.smtp_port);
+    let mut c = Line::smtp_ready(env.smtp_port);
     let long = vec![b'A'; 5000];
     assert!(
-        c.cmd(&[&long[..], b"\r\n"].concat())
+        c.cmd([&long[..], b"\r\n"].concat())
             .starts_with("500 5.5.2")
     );
     assert!(c.cmd(b"NO\0OP\r\n").starts_with("500 5.5.2"));
@@ -251,7 +209,7 @@ fn ten_thousand_recipients_are_bounded() {
     let env = TestEnv::new();
     add_user(&env, "alice", PW);
     let _d = Daemon::start(&env);
-    let mut c = Client::smtp_ready(env.smtp_port);
+    let mut c = Line::smtp_ready(env.smtp_port);
     assert!(c.cmd(b"MAIL FROM:<a@example.net>\r\n").starts_with("250"));
     // Pipelined from a writer thread; the reader counts replies until the close.
     let mut w = c.w.try_clone().expect("clone");
@@ -297,7 +255,7 @@ fn malformed_pop3_input_gets_err_and_the_session_goes_on() {
     let env = TestEnv::new();
     add_user(&env, "alice", PW);
     let _d = Daemon::start(&env);
-    let mut c = Client::connect(env.pop3_port);
+    let mut c = Line::connect(env.pop3_port);
     assert!(c.line().starts_with("+OK"));
     for bad in [
         &b"AUTH PLAIN !!!notbase64!!!\r\n"[..],

@@ -3,68 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::BufRead;
+use std::net::TcpStream;
 use std::process::Command;
 
 use common::*;
-
-/// A minimal line client for exact protocol steps (real clients cover the rest).
-struct Line {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Line {
-    fn connect(port: u16) -> Line {
-        Line::connect_from(None, port)
-    }
-
-    fn connect_from(src: Option<&str>, port: u16) -> Line {
-        let s = match src {
-            None => TcpStream::connect(("127.0.0.1", port)).expect("connect"),
-            Some(ip) => {
-                let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                    .expect("socket");
-                let from: SocketAddr = format!("{ip}:0").parse().expect("addr");
-                sock.bind(&from.into()).expect("bind source");
-                let to: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-                sock.connect(&to.into()).expect("connect");
-                sock.into()
-            }
-        };
-        s.set_read_timeout(Some(WAIT)).expect("timeout");
-        Line {
-            r: BufReader::new(s.try_clone().expect("clone")),
-            w: s,
-        }
-    }
-
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.r.read_line(&mut l).expect("read");
-        l
-    }
-
-    /// Read an SMTP reply (multi-line aware) and return its last line.
-    fn reply(&mut self) -> String {
-        loop {
-            let l = self.line();
-            if l.len() < 4 || l.as_bytes()[3] != b'-' {
-                return l;
-            }
-        }
-    }
-
-    fn send(&mut self, s: &str) {
-        self.w.write_all(s.as_bytes()).expect("write");
-    }
-
-    fn cmd(&mut self, s: &str) -> String {
-        self.send(s);
-        self.reply()
-    }
-}
 
 fn with_extra(env: &TestEnv, extra: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(env.config()).expect("config") + extra;
@@ -175,7 +118,7 @@ fn sighup_adds_a_user_without_dropping_a_pop3_session() {
     let mut pop = Line::connect(env.pop3_port);
     assert!(pop.line().starts_with("+OK"));
     assert!(pop.cmd_pop("USER alice\r\n").starts_with("+OK"));
-    assert!(pop.cmd_pop(&format!("PASS {PW}\r\n")).starts_with("+OK"));
+    assert!(pop.cmd_pop(format!("PASS {PW}\r\n")).starts_with("+OK"));
     // bob is not known yet; the failure is one stable line for fail2ban.
     assert!(pop3_login_fails(env.pop3_port, "bob"));
     d.wait_stderr("authentication failure: protocol=pop3 ip=127.0.0.1 user=\"bob\"");
@@ -190,18 +133,11 @@ fn sighup_adds_a_user_without_dropping_a_pop3_session() {
     assert!(pop.cmd_pop("QUIT\r\n").starts_with("+OK"));
 }
 
-impl Line {
-    fn cmd_pop(&mut self, s: &str) -> String {
-        self.send(s);
-        self.line()
-    }
-}
-
 fn pop3_login_fails(port: u16, user: &str) -> bool {
     let mut p = Line::connect(port);
     p.line();
-    p.cmd_pop(&format!("USER {user}\r\n"));
-    p.cmd_pop(&format!("PASS {PW}\r\n")).starts_with("-ERR")
+    p.cmd_pop(format!("USER {user}\r\n"));
+    p.cmd_pop(format!("PASS {PW}\r\n")).starts_with("-ERR")
 }
 
 #[test]
@@ -353,7 +289,7 @@ fn sigterm_closes_an_idle_pop3_session_without_deleting() {
     let mut pop = Line::connect(env.pop3_port);
     assert!(pop.line().starts_with("+OK"));
     assert!(pop.cmd_pop("USER alice\r\n").starts_with("+OK"));
-    assert!(pop.cmd_pop(&format!("PASS {PW}\r\n")).starts_with("+OK"));
+    assert!(pop.cmd_pop(format!("PASS {PW}\r\n")).starts_with("+OK"));
     assert!(pop.cmd_pop("DELE 1\r\n").starts_with("+OK"));
     signal(d.pid(), "TERM");
     let r = pop.line();
@@ -373,7 +309,7 @@ fn sighup_applies_a_new_config_and_keeps_the_old_one_when_broken() {
         c.reply();
         c.cmd("EHLO client.test\r\n");
         c.cmd("MAIL FROM:<s@client.test>\r\n");
-        c.cmd(&format!("RCPT TO:<{addr}>\r\n"))
+        c.cmd(format!("RCPT TO:<{addr}>\r\n"))
     };
     assert!(rcpt("alice@example.net").starts_with("550 5.7.1"));
     let text = std::fs::read_to_string(env.config()).expect("config");
@@ -451,7 +387,7 @@ fn rcpt_reply(port: u16, addr: &str) -> String {
     c.reply();
     c.cmd("EHLO client.test\r\n");
     c.cmd("MAIL FROM:<s@client.test>\r\n");
-    c.cmd(&format!("RCPT TO:<{addr}>\r\n"))
+    c.cmd(format!("RCPT TO:<{addr}>\r\n"))
 }
 
 #[test]

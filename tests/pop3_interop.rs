@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -434,64 +434,6 @@ impl Drop for UnixUser {
     fn drop(&mut self) {
         let _ = Command::new(require_tool("userdel", "passwd"))
             .arg(&self.0)
-            .status();
-    }
-}
-
-/// Kills the private tmux server on drop.
-struct Tmux {
-    bin: PathBuf,
-    sock: PathBuf,
-}
-
-impl Tmux {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.arg("-S").arg(&self.sock);
-        c
-    }
-
-    fn capture(&self) -> Option<String> {
-        let o = run(self.cmd().args(["capture-pane", "-p", "-t", "mutt"]), b"");
-        o.status
-            .success()
-            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let o = run(self.cmd().args(["send-keys", "-t", "mutt"]).args(keys), b"");
-        assert_ok(&o, "tmux send-keys");
-    }
-
-    fn alive(&self) -> bool {
-        run(self.cmd().args(["has-session", "-t", "mutt"]), b"")
-            .status
-            .success()
-    }
-
-    /// Polls the screen (bounded by `WAIT`) until `pred` holds.
-    fn wait_screen(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            match self.capture() {
-                Some(s) if pred(&s) => return s,
-                Some(s) => last = s,
-                None => panic!("tmux session ended while waiting for {what}; screen was:\n{last}"),
-            }
-            // Screen polling interval: tmux offers no event for "mutt drew this".
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("mutt screen never showed {what} within {WAIT:?}; screen:\n{last}");
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self
-            .cmd()
-            .arg("kill-server")
-            .stderr(std::process::Stdio::null())
             .status();
     }
 }

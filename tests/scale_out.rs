@@ -8,19 +8,10 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn loadgen() -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_maildird"));
@@ -80,33 +71,7 @@ fn two_hosts_behind_haproxy_share_one_maildir_store() {
     );
     let _a = Daemon::start_with(&env, &host_config(&env, "mx1.test", s1, p1));
     let _b = Daemon::start_with(&env, &host_config(&env, "mx2.test", s2, p2));
-    let cfg = env.write_config(
-        "haproxy.cfg",
-        &format!(
-            "global\n  maxconn 2000\n\
-             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-             frontend fe\n  bind 127.0.0.1:{front}\n  default_backend be\n\
-             backend be\n  balance roundrobin\n\
-             \x20 server mx1 127.0.0.1:{s1} send-proxy-v2\n  server mx2 127.0.0.1:{s2} send-proxy-v2\n"
-        ),
-    );
-    let hap = require_tool("haproxy", "haproxy");
-    let _h = Haproxy(
-        Command::new(hap)
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("haproxy"),
-    );
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(("127.0.0.1", front)).is_err() {
-        assert!(Instant::now() < deadline, "haproxy is not listening");
-        // Readiness poll: haproxy has no notification.
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _h = haproxy(&env, front, &[s1, s2], "send-proxy-v2");
     // 3000 messages, 20 connections at a time, 10 per connection, pipelined.
     let o = run_timeout(
         Command::new(loadgen())
@@ -183,20 +148,10 @@ fn two_hosts_behind_haproxy_share_one_maildir_store() {
     assert_eq!(out.trim(), "3000 3000");
 }
 
-fn greeting_from(src: &str, port: u16) -> (TcpStream, String) {
-    let sock =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    let from: std::net::SocketAddr = format!("{src}:0").parse().expect("addr");
-    sock.bind(&from.into()).expect("bind");
-    let to: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    sock.connect(&to.into()).expect("connect");
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(WAIT)).expect("timeout");
-    let mut l = String::new();
-    BufReader::new(s.try_clone().expect("clone"))
-        .read_line(&mut l)
-        .expect("read");
-    (s, l)
+fn greeting_from(src: &str, port: u16) -> (Line, String) {
+    let mut c = Line::connect_from(Some(src), port);
+    let greeting = c.line();
+    (c, greeting)
 }
 
 #[test]
@@ -211,30 +166,7 @@ fn per_ip_limits_apply_to_the_real_client_behind_proxy() {
     );
     let cfg = env.write_config("one-per-ip.toml", &text);
     let _d = Daemon::start_with(&env, &cfg);
-    let hcfg = env.write_config(
-        "haproxy1.cfg",
-        &format!(
-            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-             frontend fe\n  bind 127.0.0.1:{front}\n  default_backend be\n\
-             backend be\n  server mx1 127.0.0.1:{smtp} send-proxy-v2\n"
-        ),
-    );
-    let hap = require_tool("haproxy", "haproxy");
-    let _h = Haproxy(
-        Command::new(hap)
-            .arg("-db")
-            .arg("-f")
-            .arg(&hcfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("haproxy"),
-    );
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(("127.0.0.1", front)).is_err() {
-        assert!(Instant::now() < deadline, "haproxy is not listening");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _h = haproxy(&env, front, &[smtp], "send-proxy-v2");
     // Every connection arrives from haproxy's 127.0.0.1; the cap of one per IP
     // applies to the clients named in the PROXY headers.
     let (_a, ga) = greeting_from("127.0.0.2", front);

@@ -189,6 +189,11 @@ impl FilterChain {
         self.filters.is_empty()
     }
 
+    /// Is `name` the first filter on the wire side (e.g. `proxy`)?
+    pub fn starts_with(&self, name: &str) -> bool {
+        self.filters.first().is_some_and(|f| f.name() == name)
+    }
+
     pub fn names(&self) -> Vec<&str> {
         self.filters.iter().map(|f| f.name()).collect()
     }

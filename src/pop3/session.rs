@@ -13,7 +13,7 @@ use super::command::{self, Command, MAX_LINE, Secret};
 use super::reply::{self, RespCode};
 use super::state::{self, Marks, State};
 use super::store::{Mailbox, MessageInfo, Store, StoreError};
-use crate::conn::{Conn, ConnError, Line, NoObserver, Observer, until_stopping};
+use crate::conn::{Conn, ConnError, Line, NoObserver, Observer};
 use crate::filter::tls::Upgrade;
 use crate::sasl::{self, SaslError};
 
@@ -115,18 +115,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
                 State::Transaction { .. } => "transaction",
                 State::Update => "update",
             });
-            let read = self.conn.read_line(MAX_LINE, self.cfg.idle_timeout);
-            let line = match self.shutdown.clone() {
-                // `biased`: commands already pipelined are answered first.
-                Some(rx) => tokio::select! {
-                    biased;
-                    r = read => r,
-                    _ = until_stopping(rx) => {
-                        self.err(Some(RespCode::SysTemp), "Server shutting down, try again later");
-                        return self.conn.flush().await;
-                    }
-                },
-                None => read.await,
+            let line = match self
+                .conn
+                .read_command(MAX_LINE, self.cfg.idle_timeout, self.shutdown.clone())
+                .await
+            {
+                Ok(Some(line)) => Ok(line),
+                Ok(None) => {
+                    self.err(
+                        Some(RespCode::SysTemp),
+                        "Server shutting down, try again later",
+                    );
+                    return self.conn.flush().await;
+                }
+                Err(e) => Err(e),
             };
             let line = match line {
                 Ok(Line::Complete(l)) => l,

@@ -16,7 +16,7 @@ use super::data::{BdatDecoder, DotDecoder};
 use super::reply::Reply;
 use super::state::{self, Chunks, State, Transaction};
 use crate::config::BareLf;
-use crate::conn::{Conn, ConnError, Line, NoObserver, Observer, until_stopping};
+use crate::conn::{Conn, ConnError, Line, NoObserver, Observer};
 use crate::filter::tls::Upgrade;
 use crate::sasl::{self, SaslError};
 
@@ -178,21 +178,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         self.queue(&Reply::new(220, "", greeting));
         loop {
             self.observer.state(self.state_name());
-            let read = self
+            // A transaction in progress finishes even when the daemon stops.
+            let stop = self
+                .shutdown
+                .clone()
+                .filter(|_| !matches!(self.state, State::Mail(_)));
+            let line = match self
                 .conn
-                .read_line(self.cfg.max_command_line, self.cfg.command_timeout);
-            let line = match self.shutdown.clone() {
-                // `biased`: commands already pipelined are answered first.
-                Some(rx) if !matches!(self.state, State::Mail(_)) => tokio::select! {
-                    biased;
-                    r = read => r,
-                    _ = until_stopping(rx) => {
-                        let text = format!("{} Service shutting down", self.cfg.hostname);
-                        self.queue(&Reply::new(421, "4.3.2", text));
-                        return self.conn.flush().await;
-                    }
-                },
-                _ => read.await,
+                .read_command(self.cfg.max_command_line, self.cfg.command_timeout, stop)
+                .await
+            {
+                Ok(Some(line)) => Ok(line),
+                Ok(None) => {
+                    let text = format!("{} Service shutting down", self.cfg.hostname);
+                    self.queue(&Reply::new(421, "4.3.2", text));
+                    return self.conn.flush().await;
+                }
+                Err(e) => Err(e),
             };
             let flow = match line {
                 Ok(Line::Complete(line)) => self.command(&line).await?,

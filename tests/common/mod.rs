@@ -1078,3 +1078,183 @@ pub fn give_to_daemon_user(path: &Path) {
         }
     }
 }
+
+/// A private tmux server (killed on drop) showing one window, `mutt`.
+pub struct Tmux {
+    pub bin: PathBuf,
+    pub sock: PathBuf,
+}
+
+impl Tmux {
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("-S").arg(&self.sock);
+        c
+    }
+
+    pub fn capture(&self) -> Option<String> {
+        let o = run(self.cmd().args(["capture-pane", "-p", "-t", "mutt"]), b"");
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    pub fn keys(&self, keys: &[&str]) {
+        let o = run(self.cmd().args(["send-keys", "-t", "mutt"]).args(keys), b"");
+        assert_ok(&o, "tmux send-keys");
+    }
+
+    pub fn alive(&self) -> bool {
+        run(self.cmd().args(["has-session", "-t", "mutt"]), b"")
+            .status
+            .success()
+    }
+
+    /// Polls the screen (bounded by `WAIT`) until `pred` holds.
+    pub fn wait_screen(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.capture() {
+                Some(s) if pred(&s) => return s,
+                Some(s) => last = s,
+                None => panic!("tmux session ended while waiting for {what}; screen was:\n{last}"),
+            }
+            // Screen polling interval: tmux offers no event for "mutt drew this".
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mutt screen never showed {what} within {WAIT:?}; screen:\n{last}");
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").stderr(Stdio::null()).status();
+    }
+}
+
+/// Waits (bounded) until `port` on 127.0.0.1 accepts a connection.
+pub fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} is not listening on {port}"
+        );
+        // Readiness poll: haproxy offers no notification when it listens.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A real haproxy on 127.0.0.1:`front`, round-robin over `backends` with
+/// `send_proxy` (`send-proxy` or `send-proxy-v2`); killed on drop.
+pub struct Haproxy(Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn haproxy(env: &TestEnv, front: u16, backends: &[u16], send_proxy: &str) -> Haproxy {
+    let bin = require_tool("haproxy", "haproxy");
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!("  server mx{i} 127.0.0.1:{port} {send_proxy}\n"))
+        .collect();
+    let cfg = env.write_config(
+        &format!("haproxy-{front}.cfg"),
+        &format!(
+            "global\n  maxconn 2000\n\
+             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+             frontend fe\n  bind 127.0.0.1:{front}\n  default_backend be\n\
+             backend be\n  balance roundrobin\n{servers}"
+        ),
+    );
+    let child = Command::new(bin)
+        .arg("-db")
+        .arg("-f")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn haproxy");
+    let h = Haproxy(child);
+    wait_listening(front, "haproxy");
+    h
+}
+
+/// A minimal line client for exact protocol steps (real clients cover the rest).
+pub struct Line {
+    pub r: BufReader<std::net::TcpStream>,
+    pub w: std::net::TcpStream,
+}
+
+impl Line {
+    pub fn connect(port: u16) -> Line {
+        Line::connect_from(None, port)
+    }
+
+    /// From a chosen loopback source address (per-IP limits, PROXY tests).
+    pub fn connect_from(src: Option<&str>, port: u16) -> Line {
+        let s = match src {
+            None => std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"),
+            Some(ip) => {
+                let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .expect("socket");
+                let from: std::net::SocketAddr = format!("{ip}:0").parse().expect("addr");
+                sock.bind(&from.into()).expect("bind source");
+                let to: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+                sock.connect(&to.into()).expect("connect");
+                sock.into()
+            }
+        };
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        Line {
+            r: BufReader::new(s.try_clone().expect("clone")),
+            w: s,
+        }
+    }
+
+    /// Connected, greeted and past EHLO.
+    pub fn smtp_ready(port: u16) -> Line {
+        let mut c = Line::connect(port);
+        assert!(c.reply().starts_with("220"));
+        assert!(c.cmd("EHLO client.test\r\n").starts_with("250"));
+        c
+    }
+
+    pub fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).expect("read");
+        l
+    }
+
+    /// Read an SMTP reply (multi-line aware) and return its last line.
+    pub fn reply(&mut self) -> String {
+        loop {
+            let l = self.line();
+            if l.len() < 4 || l.as_bytes()[3] != b'-' {
+                return l;
+            }
+        }
+    }
+
+    pub fn send(&mut self, b: impl AsRef<[u8]>) {
+        self.w.write_all(b.as_ref()).expect("write");
+    }
+
+    /// An SMTP command and its reply.
+    pub fn cmd(&mut self, b: impl AsRef<[u8]>) -> String {
+        self.send(b);
+        self.reply()
+    }
+
+    /// A POP3 command and its one-line reply.
+    pub fn cmd_pop(&mut self, b: impl AsRef<[u8]>) -> String {
+        self.send(b);
+        self.line()
+    }
+}
