@@ -10,6 +10,11 @@
 //! every message (`--pipeline N` RETRs in flight), checking each RETR's octets
 //! against LIST, then QUIT (no DELE, so runs repeat).
 //!
+//! Idle: `--conns` connections that each read the greeting (and log in with
+//! `--login`), then the server process tree's memory (PSS, from /proc; root or
+//! the same user) before and after gives KiB per idle connection, and `--probes`
+//! fresh sessions measure how responsive the server stays meanwhile.
+//!
 //! Output: `key value` lines, or one JSON object with `--json`.
 
 use std::net::SocketAddr;
@@ -81,6 +86,34 @@ enum Cmd {
         #[arg(long)]
         expect_msgs: Option<u64>,
     },
+    Idle {
+        addr: SocketAddr,
+        /// Idle connections to hold open.
+        #[arg(long, default_value_t = 1000)]
+        conns: usize,
+        #[arg(long, value_enum, default_value = "smtp")]
+        proto: Proto,
+        /// POP3: log in as USER:PASS (`{i}` in USER = connection number modulo --users).
+        #[arg(long)]
+        login: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        users: usize,
+        /// The server's main process; its whole process tree is measured.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Fresh sessions (greeting, QUIT) timed while the idle ones are open.
+        #[arg(long, default_value_t = 20)]
+        probes: usize,
+        /// Connections opened at once.
+        #[arg(long, default_value_t = 100)]
+        parallel: usize,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Proto {
+    Smtp,
+    Pop3,
 }
 
 /// A line-oriented client connection.
@@ -458,6 +491,177 @@ async fn pop3(
     }
 }
 
+/// Memory of a process and all its descendants, from /proc: (processes,
+/// sum of RSS KiB, sum of PSS KiB).
+fn tree_memory(root: u32) -> (usize, u64, u64) {
+    let mut parent = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pp) = ppid {
+            parent.insert(pid, pp);
+        }
+    }
+    let in_tree = |mut p: u32| loop {
+        if p == root {
+            return true;
+        }
+        match parent.get(&p) {
+            Some(&pp) if pp != 0 && pp != p => p = pp,
+            _ => return false,
+        }
+    };
+    let (mut n, mut rss, mut pss) = (0, 0, 0);
+    for &pid in parent.keys().filter(|&&p| in_tree(p)) {
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+            continue;
+        };
+        n += 1;
+        for l in s.lines() {
+            let mut f = l.split_whitespace();
+            let (k, v) = (f.next(), f.next().and_then(|v| v.parse::<u64>().ok()));
+            match (k, v) {
+                (Some("Rss:"), Some(v)) => rss += v,
+                (Some("Pss:"), Some(v)) => pss += v,
+                _ => {}
+            }
+        }
+    }
+    (n, rss, pss)
+}
+
+/// Opens one idle session: greeting, then EHLO (SMTP) or a login (POP3).
+async fn idle_one(
+    addr: SocketAddr,
+    proto: Proto,
+    login: Option<(String, String)>,
+) -> Result<Client, Error> {
+    let mut c = Client::connect(addr).await?;
+    match proto {
+        Proto::Smtp => {
+            c.smtp_reply(220).await?;
+            c.send(b"EHLO idle.example.net\r\n").await?;
+            c.smtp_reply(250).await?;
+        }
+        Proto::Pop3 => {
+            c.pop_ok().await?;
+            if let Some((u, p)) = login {
+                c.send(format!("USER {u}\r\n").as_bytes()).await?;
+                c.pop_ok().await?;
+                c.send(format!("PASS {p}\r\n").as_bytes()).await?;
+                c.pop_ok().await?;
+            }
+        }
+    }
+    // Drop the client's own large buffer; only the socket stays.
+    c.r = BufReader::with_capacity(64, c.r.into_inner());
+    Ok(c)
+}
+
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn idle(
+    addr: SocketAddr,
+    conns: usize,
+    proto: Proto,
+    login: Option<String>,
+    users: usize,
+    server_pid: Option<u32>,
+    probes: usize,
+    parallel: usize,
+    json: bool,
+) -> Result<(), Error> {
+    raise_nofile();
+    let login = match login {
+        Some(l) => {
+            let (u, p) = l.split_once(':').ok_or("--login wants USER:PASS")?;
+            Some((u.to_string(), p.to_string()))
+        }
+        None => None,
+    };
+    let settle = || tokio::time::sleep(Duration::from_millis(500));
+    settle().await;
+    let before = server_pid.map(tree_memory);
+    let start = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut tasks = Vec::with_capacity(conns);
+    for i in 0..conns {
+        let sem = sem.clone();
+        let login = login
+            .as_ref()
+            .map(|(u, p)| (u.replace("{i}", &(i % users.max(1)).to_string()), p.clone()));
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await?;
+            idle_one(addr, proto, login).await
+        }));
+    }
+    let mut held = Vec::with_capacity(conns);
+    let mut errors = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(c)) => held.push(c),
+            Ok(Err(e)) => errors.push(e.to_string()),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let open_s = start.elapsed().as_secs_f64();
+    settle().await;
+    let after = server_pid.map(tree_memory);
+    // Responsiveness: fresh sessions, one after another, while all are held.
+    let mut lat = Vec::new();
+    for _ in 0..probes {
+        let t = Instant::now();
+        let mut c = idle_one(addr, proto, None).await?;
+        c.send(b"QUIT\r\n").await?;
+        match proto {
+            Proto::Smtp => c.smtp_reply(221).await?,
+            Proto::Pop3 => drop(c.pop_ok().await?),
+        }
+        lat.push(t.elapsed());
+    }
+    let n = held.len().max(1) as f64;
+    let mut pairs = vec![
+        ("proto", if proto == Proto::Smtp { "smtp" } else { "pop3" }.to_string()),
+        ("logged_in", login.is_some().to_string()),
+        ("conns", held.len().to_string()),
+        ("errors", errors.len().to_string()),
+        ("open_s", format!("{open_s:.2}")),
+        ("probe_p50_ms", format!("{:.2}", percentile(&mut lat, 0.5))),
+        ("probe_max_ms", format!("{:.2}", percentile(&mut lat, 1.0))),
+    ];
+    if let (Some((p0, r0, s0)), Some((p1, r1, s1))) = (before, after) {
+        pairs.extend([
+            ("server_processes_before", p0.to_string()),
+            ("server_processes_after", p1.to_string()),
+            ("server_pss_kib_before", s0.to_string()),
+            ("server_pss_kib_after", s1.to_string()),
+            ("rss_kib_per_conn", format!("{:.2}", (r1 as f64 - r0 as f64) / n)),
+            ("pss_kib_per_conn", format!("{:.2}", (s1 as f64 - s0 as f64) / n)),
+        ]);
+    }
+    report(json, &pairs);
+    drop(held);
+    if let Some(e) = errors.first() {
+        return Err(format!("{} connections failed; first: {e}", errors.len()).into());
+    }
+    if before.is_some_and(|b| b.0 == 0) {
+        return Err("the server's process tree could not be read (run as root?)".into());
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -517,6 +721,21 @@ fn main() -> std::process::ExitCode {
                         pipeline,
                         expect_msgs,
                         args.json,
+                    )
+                    .await
+                }
+                Cmd::Idle {
+                    addr,
+                    conns,
+                    proto,
+                    login,
+                    users,
+                    server_pid,
+                    probes,
+                    parallel,
+                } => {
+                    idle(
+                        addr, conns, proto, login, users, server_pid, probes, parallel, args.json,
                     )
                     .await
                 }
