@@ -633,7 +633,10 @@ async fn idle(
     }
     let n = held.len().max(1) as f64;
     let mut pairs = vec![
-        ("proto", if proto == Proto::Smtp { "smtp" } else { "pop3" }.to_string()),
+        (
+            "proto",
+            if proto == Proto::Smtp { "smtp" } else { "pop3" }.to_string(),
+        ),
         ("logged_in", login.is_some().to_string()),
         ("conns", held.len().to_string()),
         ("errors", errors.len().to_string()),
@@ -647,8 +650,14 @@ async fn idle(
             ("server_processes_after", p1.to_string()),
             ("server_pss_kib_before", s0.to_string()),
             ("server_pss_kib_after", s1.to_string()),
-            ("rss_kib_per_conn", format!("{:.2}", (r1 as f64 - r0 as f64) / n)),
-            ("pss_kib_per_conn", format!("{:.2}", (s1 as f64 - s0 as f64) / n)),
+            (
+                "rss_kib_per_conn",
+                format!("{:.2}", (r1 as f64 - r0 as f64) / n),
+            ),
+            (
+                "pss_kib_per_conn",
+                format!("{:.2}", (s1 as f64 - s0 as f64) / n),
+            ),
         ]);
     }
     report(json, &pairs);

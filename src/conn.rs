@@ -6,7 +6,7 @@
 use std::io;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Any bidirectional byte stream a session can run over: a TCP stream, stdin/stdout
 /// (inetd), or a filtered stream.
@@ -60,9 +60,22 @@ pub enum ConnError {
     Io(#[from] io::Error),
 }
 
+/// Size of the read buffer while a body (DATA, BDAT) streams in.
+const BULK_READ: usize = 16 * 1024;
+/// Reads while waiting for a command go through a stack buffer of this size,
+/// so an idle connection holds no read buffer at all.
+const IDLE_READ: usize = 2 * 1024;
+
 /// A buffered connection: reads lines and raw bytes, buffers replies.
+///
+/// Memory: while the session waits for its next command with nothing buffered,
+/// both buffers are released, so an idle connection costs only its task; the
+/// read buffer grows to `BULK_READ` only while a body streams in.
 pub struct Conn<S> {
-    inner: BufReader<S>,
+    stream: S,
+    /// Input read but not yet consumed: `inbuf[pos..]`.
+    inbuf: Vec<u8>,
+    pos: usize,
     out: Vec<u8>,
     /// Total bytes read from / written to the stream (for logs and `who`).
     pub bytes_in: u64,
@@ -72,17 +85,23 @@ pub struct Conn<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub fn new(stream: S) -> Self {
         Conn {
-            inner: BufReader::with_capacity(16 * 1024, stream),
-            out: Vec::with_capacity(1024),
+            stream,
+            inbuf: Vec::new(),
+            pos: 0,
+            out: Vec::new(),
             bytes_in: 0,
             bytes_out: 0,
         }
     }
 
+    fn buffer(&self) -> &[u8] {
+        &self.inbuf[self.pos..]
+    }
+
     /// Bytes the client sent that have been read from the stream but not yet
     /// consumed (pipelined input). STARTTLS/STLS must refuse when this is not 0.
     pub fn buffered_input(&self) -> usize {
-        self.inner.buffer().len()
+        self.inbuf.len() - self.pos
     }
 
     /// Queue bytes for the peer. They are sent by `flush`, or automatically before
@@ -91,24 +110,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.out.extend_from_slice(bytes);
     }
 
+    /// The output buffer itself, to encode large replies into it without a copy.
+    pub fn out_buf(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
     /// Send all queued output now.
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
-            let s = self.inner.get_mut();
-            s.write_all(&self.out).await?;
+            self.stream.write_all(&self.out).await?;
             self.bytes_out += self.out.len() as u64;
             self.out.clear();
         }
-        self.inner.get_mut().flush().await
+        self.stream.flush().await
     }
 
     /// Flush queued output if no pipelined input is waiting (RFC 2920 §3.2).
     async fn flush_if_idle(&mut self) -> io::Result<()> {
-        if self.inner.buffer().is_empty() {
+        if self.buffered_input() == 0 {
             self.flush().await
         } else {
             Ok(())
         }
+    }
+
+    /// Make input available: the buffered rest, or one read from the stream
+    /// (empty at EOF). `bulk`: a body is streaming in, read into a large heap
+    /// buffer; otherwise the session waits for a command, and reads via a stack
+    /// buffer so that nothing stays allocated while it waits.
+    async fn fill_buf(&mut self, bulk: bool) -> io::Result<&[u8]> {
+        if self.buffered_input() == 0 {
+            self.inbuf.clear();
+            self.pos = 0;
+            if bulk {
+                self.inbuf.reserve(BULK_READ);
+                let n = self.stream.read_buf(&mut self.inbuf).await?;
+                debug_assert_eq!(n, self.inbuf.len());
+            } else {
+                self.inbuf = Vec::new();
+                self.out.shrink_to(0);
+                let (stream, inbuf) = (&mut self.stream, &mut self.inbuf);
+                // The stack buffer lives only inside one poll, so it is not part
+                // of the session's future while the connection waits.
+                std::future::poll_fn(|cx| {
+                    let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); IDLE_READ];
+                    let mut rb = tokio::io::ReadBuf::uninit(&mut stack);
+                    std::task::ready!(std::pin::Pin::new(&mut *stream).poll_read(cx, &mut rb))?;
+                    inbuf.extend_from_slice(rb.filled());
+                    std::task::Poll::Ready(Ok::<_, io::Error>(()))
+                })
+                .await?;
+            }
+        }
+        Ok(self.buffer())
     }
 
     /// Read one line of at most `max` octets (terminator included), with a timeout.
@@ -145,27 +199,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut line = Vec::new();
         let mut too_long = false;
         loop {
-            if self.inner.buffer().is_empty() {
+            if self.buffered_input() == 0 {
                 self.flush().await?;
             }
-            let buf = self.inner.fill_buf().await?;
+            let buf = self.fill_buf(false).await?;
             if buf.is_empty() {
                 return Ok(Line::Eof);
             }
-            let (take, done) = match memchr(b'\n', buf) {
+            let (take, done) = match memchr::memchr(b'\n', buf) {
                 Some(i) => (i + 1, true),
                 None => (buf.len(), false),
             };
             if !too_long {
                 if line.len() + take > max {
                     too_long = true;
-                    line.clear();
+                    line = Vec::new();
                 } else {
                     line.extend_from_slice(&buf[..take]);
                 }
             }
-            self.inner.consume(take);
-            self.bytes_in += take as u64;
+            self.consume(take);
             if done {
                 if too_long {
                     return Ok(Line::TooLong);
@@ -179,34 +232,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Read whatever raw bytes are available (at least one, unless EOF), with a
-    /// timeout. Used for DATA and BDAT bodies; returns an empty Vec at EOF.
-    pub async fn read_chunk(
-        &mut self,
-        max: usize,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, ConnError> {
-        self.flush_if_idle().await?;
-        let fut = async {
-            let buf = self.inner.fill_buf().await?;
-            let n = buf.len().min(max);
-            let v = buf[..n].to_vec();
-            self.inner.consume(n);
-            self.bytes_in += n as u64;
-            Ok::<_, io::Error>(v)
-        };
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(ConnError::Timeout),
-        }
-    }
-
     /// Wait (with a timeout) until input is buffered and return it without
     /// consuming it; empty at EOF. Pair with `consume` so that bytes after the end of
     /// DATA stay buffered for the next pipelined command.
     pub async fn fill(&mut self, timeout: Duration) -> Result<&[u8], ConnError> {
         self.flush_if_idle().await?;
-        match tokio::time::timeout(timeout, self.inner.fill_buf()).await {
+        match tokio::time::timeout(timeout, self.fill_buf(true)).await {
             Ok(Ok(b)) => Ok(b),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(ConnError::Timeout),
@@ -215,26 +246,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Mark `n` bytes returned by `fill` as used.
     pub fn consume(&mut self, n: usize) {
-        let n = n.min(self.inner.buffer().len());
-        self.inner.consume(n);
+        let n = n.min(self.buffered_input());
+        self.pos += n;
         self.bytes_in += n as u64;
-    }
-
-    /// Read exactly `n` raw bytes into `dst` (BDAT chunks), with a timeout per read.
-    pub async fn read_exact_into(
-        &mut self,
-        dst: &mut [u8],
-        timeout: Duration,
-    ) -> Result<(), ConnError> {
-        self.flush_if_idle().await?;
-        match tokio::time::timeout(timeout, self.inner.read_exact(dst)).await {
-            Ok(Ok(_)) => {
-                self.bytes_in += dst.len() as u64;
-                Ok(())
-            }
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(ConnError::Timeout),
-        }
     }
 
     /// End the connection cleanly: flush, then shut down our sending side, so
@@ -254,16 +268,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Give back the stream (after flushing) for an upgrade such as STARTTLS.
-    /// Callers must have checked `buffered_input() == 0`.
-    pub async fn into_inner(mut self) -> io::Result<S> {
+    /// Give back the stream (after flushing).
+    async fn into_inner(mut self) -> io::Result<S> {
         self.flush().await?;
-        Ok(self.inner.into_inner())
+        Ok(self.stream)
     }
-}
-
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
 }
 
 #[cfg(test)]

@@ -158,6 +158,7 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonEr
     privs::drop_privileges(&config.user, &config.group).map_err(DaemonError::Config)?;
     privs::refuse_root().map_err(DaemonError::Config)?;
     check_mail_root(&config)?;
+    raise_nofile(config.limits.max_connections);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -186,6 +187,29 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonEr
     match inetd {
         Some(proto) => runtime.block_on(serve_inetd(shared, proto)),
         None => runtime.block_on(serve_sockets(shared, sockets, control)),
+    }
+}
+
+/// Every connection is a descriptor: raise the soft RLIMIT_NOFILE to the hard
+/// limit (the unit sets LimitNOFILE), and say so when `max_connections` cannot
+/// fit, rather than failing accepts with EMFILE later.
+fn raise_nofile(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    // Listeners, the control socket, Maildir files and logs need some too.
+    if (max_connections as u64).saturating_add(64) > limit {
+        tracing::warn!(
+            limit,
+            max_connections,
+            "the open-files limit is below max_connections; raise LimitNOFILE"
+        );
     }
 }
 
@@ -543,7 +567,7 @@ async fn accept_loop(
         let shared = shared.clone();
         let cfg = listener_cfg.clone();
         shared.active.fetch_add(1, Ordering::SeqCst);
-        tokio::spawn(async move {
+        let task = async move {
             run_session(
                 &shared,
                 &cfg,
@@ -557,7 +581,9 @@ async fn accept_loop(
             if shared.active.fetch_sub(1, Ordering::SeqCst) == 1 {
                 shared.idle.notify_waiters();
             }
-        });
+        };
+        tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task");
+        tokio::spawn(task);
     }
 }
 
@@ -621,18 +647,21 @@ async fn run_session(
         let stream = FirstReadDeadline::new(stream, config.limits.greeting_timeout);
         let (wire, wire_handle) = Wire::new(Box::new(stream));
         let stream: Box<dyn Io> = match live.chains.get(&listener.name).filter(|c| !c.is_empty()) {
-            Some(chain) => match chain
-                .apply_with(Box::new(wire), &mut meta, |name, io| {
+            // Boxed, like the sessions below: a TLS handshake's state is
+            // allocated only while it runs, not kept in every connection's task.
+            Some(chain) => {
+                match Box::pin(chain.apply_with(Box::new(wire), &mut meta, |name, io| {
                     Box::new(control::counted::Counted::new(io, guard.counters(name)))
-                })
+                }))
                 .await
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::info!(error = %e, "close: filter chain failed");
-                    return;
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::info!(error = %e, "close: filter chain failed");
+                        return;
+                    }
                 }
-            },
+            }
             None => Box::new(wire),
         };
         guard.set_peer(meta.peer);
@@ -641,7 +670,13 @@ async fn run_session(
         if let (Some(adm), Some(real)) = (admission, meta.peer) {
             if let Err(why) = shared.caps.admit_ip(adm, real.ip()) {
                 tracing::warn!(real_peer = %real, reason = ?why, "connection refused by limits");
-                refuse(&mut stream, listener.protocol, why, config.hostname.clone()).await;
+                Box::pin(refuse(
+                    &mut stream,
+                    listener.protocol,
+                    why,
+                    config.hostname.clone(),
+                ))
+                .await;
                 return;
             }
         }
@@ -683,7 +718,7 @@ async fn run_session(
                     session = session.with_starttls(u);
                 }
                 tokio::select! {
-                    r = session.run() => r,
+                    r = Box::pin(session.run()) => r,
                     _ = guard.kicked() => Err(std::io::Error::other("kicked by an admin")),
                 }
             }
@@ -696,7 +731,7 @@ async fn run_session(
                     session = session.with_starttls(u);
                 }
                 tokio::select! {
-                    r = session.run() => r,
+                    r = Box::pin(session.run()) => r,
                     _ = guard.kicked() => Err(std::io::Error::other("kicked by an admin")),
                 }
             }

@@ -197,7 +197,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 Err(e) => Err(e),
             };
             let flow = match line {
-                Ok(Line::Complete(line)) => self.command(&line).await?,
+                // Boxed: the larger states of a command (DATA, AUTH, STARTTLS)
+                // are allocated only while it runs, not for every idle session.
+                Ok(Line::Complete(line)) => Box::pin(self.command(&line)).await?,
                 // RFC 5321 §4.5.3.1.4; Conn has already read the line to its end.
                 Ok(Line::TooLong) => self.reply(Reply::new(500, "5.5.2", "Line too long")),
                 Ok(Line::Eof) => {
@@ -1057,6 +1059,26 @@ mod tests {
         }
         let session = tokio::spawn(session.run());
         Client { io, log, session }
+    }
+
+    /// An idle connection costs its task: the session's future stays small
+    /// because every command's state is boxed only while the command runs
+    /// (the idle-memory goal is under 8 KiB per connection, all included).
+    #[test]
+    fn idle_session_future_is_small() {
+        let (_io, server) = tokio::io::duplex(64);
+        let info = SessionInfo {
+            id: 1,
+            peer: None,
+            helo: String::new(),
+            with_protocol: String::new(),
+            auth_user: None,
+        };
+        let session = Session::new(server, Arc::new(Fake::default()), config(), info);
+        let run = session.run();
+        let size = std::mem::size_of_val(&run);
+        // The session itself is part of it (measured: SMTP 1960, POP3 1216 bytes).
+        assert!(size <= 2048, "smtp session future is {size} bytes");
     }
 
     const GREETING: &str = "220 mx.test ESMTP maildird\r\n";
