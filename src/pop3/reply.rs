@@ -60,22 +60,25 @@ fn push_text(out: &mut Vec<u8>, text: &str) {
 /// with `.` get one more `.`, a last line without LF is terminated, and the
 /// response ends with `.\r\n`.
 pub fn multiline(out: &mut Vec<u8>, body: &[u8]) {
+    // Line by line with memchr and bulk copies: RETR's hot path.
     out.reserve(body.len() + body.len() / 32 + 5);
-    let mut at_line_start = true;
-    let mut prev = 0u8;
-    for &b in body {
-        if at_line_start && b == b'.' {
+    let mut rest = body;
+    while !rest.is_empty() {
+        // A terminated line loses its LF or CRLF; a last line without LF keeps
+        // everything (even a final CR) and is terminated, as `crlf_size` counts.
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (
+                rest[..i].strip_suffix(b"\r").unwrap_or(&rest[..i]),
+                &rest[i + 1..],
+            ),
+            None => (rest, &rest[rest.len()..]),
+        };
+        if line.first() == Some(&b'.') {
             out.push(b'.');
         }
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-        prev = b;
-    }
-    if !at_line_start {
+        out.extend_from_slice(line);
         out.extend_from_slice(b"\r\n");
+        rest = next;
     }
     out.extend_from_slice(b".\r\n");
 }
@@ -196,6 +199,8 @@ mod tests {
             (b"\n", b"\r\n.\r\n", 0),
             (b"\n\n", b"\r\n\r\n.\r\n", 0),
             (b"bare\rcr\n", b"bare\rcr\r\n.\r\n", 0),
+            (b"last\r", b"last\r\r\n.\r\n", 0),
+            (b"cr\r\r\n", b"cr\r\r\n.\r\n", 0),
             (b"a\r\n.\r\n", b"a\r\n..\r\n.\r\n", 1),
         ];
         for &(body, wire, stuffed) in cases {
