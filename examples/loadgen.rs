@@ -24,9 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -40,7 +39,14 @@ struct Args {
     /// Give up after this many seconds.
     #[arg(long, global = true, default_value_t = 300)]
     time_limit: u64,
+    /// Client side of a filter chain on every connection (e.g. `zlib`), the
+    /// same code `maildird tunnel` uses; the server's listener needs the same.
+    #[arg(long, global = true, value_delimiter = ',')]
+    filters: Vec<String>,
 }
+
+/// The `--filters` chain, set once in main.
+static CHAIN: std::sync::OnceLock<maildird::filter::FilterChain> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -116,10 +122,13 @@ enum Proto {
     Pop3,
 }
 
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
 /// A line-oriented client connection.
 struct Client {
-    r: BufReader<OwnedReadHalf>,
-    w: OwnedWriteHalf,
+    r: BufReader<Reader>,
+    w: Writer,
     line: String,
 }
 
@@ -127,7 +136,18 @@ impl Client {
     async fn connect(addr: SocketAddr) -> Result<Client, Error> {
         let s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
-        let (r, w) = s.into_split();
+        let (r, w): (Reader, Writer) = match CHAIN.get().filter(|c| !c.is_empty()) {
+            None => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Some(chain) => {
+                let mut meta = maildird::filter::ConnMeta::default();
+                let io = chain.apply(Box::new(s), &mut meta).await?;
+                let (r, w) = tokio::io::split(io);
+                (Box::new(r), Box::new(w))
+            }
+        };
         Ok(Client {
             r: BufReader::with_capacity(64 * 1024, r),
             w,
@@ -137,6 +157,8 @@ impl Client {
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.w.write_all(bytes).await?;
+        // A filter such as zlib holds output until flushed.
+        self.w.flush().await?;
         Ok(())
     }
 
@@ -673,6 +695,24 @@ async fn idle(
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let chain = maildird::config::Config::parse("", "defaults")
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            maildird::filter::Registry::builtin().build(
+                &c,
+                &args.filters,
+                maildird::filter::Side::Client,
+            )
+        });
+    match chain {
+        Ok(c) => {
+            let _ = CHAIN.set(c);
+        }
+        Err(e) => {
+            eprintln!("loadgen: --filters: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
