@@ -645,24 +645,38 @@ async fn run_session(
         // Wire-level bytes, and a short deadline for the first byte from the client.
         let stream = control::counted::Counted::new(stream, guard.counters("wire"));
         let stream = FirstReadDeadline::new(stream, config.limits.greeting_timeout);
-        let (wire, wire_handle) = Wire::new(Box::new(stream));
-        let stream: Box<dyn Io> = match live.chains.get(&listener.name).filter(|c| !c.is_empty()) {
+        // The swap point for STARTTLS/STLS, only where it can happen.
+        let (stream, wire_handle): (Box<dyn Io>, _) = if shared.tls.is_some() && listener.starttls {
+            let (wire, handle) = Wire::new(Box::new(stream));
+            (Box::new(wire), Some(handle))
+        } else {
+            (Box::new(stream), None)
+        };
+        let chain = live.chains.get(&listener.name).filter(|c| !c.is_empty());
+        let stream: Box<dyn Io> = match chain {
             // Boxed, like the sessions below: a TLS handshake's state is
             // allocated only while it runs, not kept in every connection's task.
             Some(chain) => {
-                match Box::pin(chain.apply_with(Box::new(wire), &mut meta, |name, io| {
+                match Box::pin(chain.apply_with(stream, &mut meta, |name, io| {
                     Box::new(control::counted::Counted::new(io, guard.counters(name)))
                 }))
                 .await
                 {
-                    Ok(s) => s,
+                    Ok(s) => Box::new(control::counted::Counted::new(
+                        s,
+                        guard.counters("protocol"),
+                    )),
                     Err(e) => {
                         tracing::info!(error = %e, "close: filter chain failed");
                         return;
                     }
                 }
             }
-            None => Box::new(wire),
+            // An empty chain adds no layer at all.
+            None => {
+                guard.share_counters("protocol", "wire");
+                stream
+            }
         };
         guard.set_peer(meta.peer);
         // Per-IP cap and rate on the real client, now that PROXY has named it.
@@ -680,10 +694,6 @@ async fn run_session(
                 return;
             }
         }
-        let stream: Box<dyn Io> = Box::new(control::counted::Counted::new(
-            stream,
-            guard.counters("protocol"),
-        ));
         let observer: Arc<dyn Observer> = Arc::new(SessionObserver {
             guard: guard.clone(),
             shared: shared.clone(),
@@ -693,9 +703,9 @@ async fn run_session(
         let shutdown = shared.stop.subscribe();
         let peer = meta.peer;
         // STARTTLS/STLS: only where configured and not already TLS.
-        let upgrade: Option<Arc<dyn Upgrade>> = match &shared.tls {
-            Some(t) if listener.starttls && !meta.tls => {
-                Some(Arc::new(StartTls::new(t.clone(), wire_handle)))
+        let upgrade: Option<Arc<dyn Upgrade>> = match (&shared.tls, wire_handle) {
+            (Some(t), Some(handle)) if !meta.tls => {
+                Some(Arc::new(StartTls::new(t.clone(), handle)))
             }
             _ => None,
         };

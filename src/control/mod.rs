@@ -275,6 +275,22 @@ impl SessionGuard {
         c
     }
 
+    /// Make `layer` report the counters of `like` (with no filters, the
+    /// protocol sees exactly the wire's bytes: counted once, shown twice).
+    pub fn share_counters(&self, layer: &str, like: &str) {
+        let mut layers = self.entry.layers.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(c) = layers
+            .iter()
+            .find(|(n, _)| n == like)
+            .map(|(_, c)| c.clone())
+        else {
+            return;
+        };
+        if let Some((_, slot)) = layers.iter_mut().find(|(n, _)| n == layer) {
+            *slot = c;
+        }
+    }
+
     fn with_live(&self, f: impl FnOnce(&mut Live)) {
         f(&mut self.entry.live.lock().unwrap_or_else(|p| p.into_inner()));
     }
