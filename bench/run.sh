@@ -133,8 +133,8 @@ control_socket = "$WORK/control.sock"
 user = "$MD_USER"
 group = "$MD_GROUP"
 [limits]
-max_connections = 1500
-max_connections_per_ip = 1500
+max_connections = 12000
+max_connections_per_ip = 12000
 [[listener]]
 name = "smtp"
 protocol = "smtp"
@@ -283,6 +283,7 @@ pop3_peer() { pop3_run "$1" dovecot; }
 
 # --- idle memory: each cell on a freshly started server
 IDLE_CONNS=$(scaled $IDLE_CONNS_FULL 20)
+IDLE_10K=$(scaled 10000 20) # maildird alone: 10,000 idle sessions, still responsive
 idle_run() { # idle_run ROUND SERVER(maildird|postfix|dovecot|dovecot-perf)
     local addr pid login=()
     [ -n "$IDLE_LOGIN" ] && login=(--login "idle{i}:$PASS" --users "$IDLE_CONNS")
@@ -312,7 +313,7 @@ idle_dcp() { idle_run "$1" dovecot-perf; }
 T0=$(date +%s)
 if want pop3; then
     pop3_fixture
-    SESSIONS=$(scaled 30 10)
+    SESSIONS=$(scaled 60 10)
     log "POP3 warm-up: one untimed pass per server (moves new/ to cur/, builds Dovecot's index)"
     "$LG" pop3 "$MD_POP3" --user 'u{i}' --pass "$PASS" --conc 10 --sessions 10 --pipeline 16 \
         --expect-msgs "$POP3_MSGS" --time-limit 180 >/dev/null || die "POP3 warm-up on maildird failed"
@@ -345,12 +346,16 @@ if want idle; then
         idle_dcp "$r"
         CELL=idle-pop3-login IDLE_PROTO=pop3 IDLE_LOGIN=1
         pair "$r" idle_md idle_dc
+        CELL=idle-smtp-10k IDLE_PROTO=smtp IDLE_LOGIN=
+        saved=$IDLE_CONNS IDLE_CONNS=$IDLE_10K
+        idle_md "$r"
+        IDLE_CONNS=$saved
     done
 fi
 ELAPSED=$(($(date +%s) - T0))
 
 # ------------------------------------------------------------------ report
-S1K50=$(scaled 2000 50) S1K10=$(scaled 2000 10) S100K=$(scaled 1000 50) SESS=$(scaled 30 10)
+S1K50=$(scaled 2000 50) S1K10=$(scaled 2000 10) S100K=$(scaled 1000 50) SESS=$(scaled 60 10)
 PF_VER=$(postconf -d -h mail_version 2>/dev/null || echo "?")
 DC_VER=$(dovecot --version 2>/dev/null | awk '{ print $1 }')
 # rows: cell | metric key | peer server | label | metric shown | better (h: higher, l: lower)
@@ -376,6 +381,9 @@ idle-smtp|probe_p50_ms|postfix|New session while $IDLE_CONNS SMTP idle|probe p50
 idle-pop3|probe_p50_ms|dovecot|New session while $IDLE_CONNS POP3 idle|probe p50 ms|l
 idle-pop3|probe_p50_ms|dovecot-perf|New session while $IDLE_CONNS POP3 idle|probe p50 ms|l
 idle-pop3-login|probe_p50_ms|dovecot|New session while $IDLE_CONNS POP3 logged in|probe p50 ms|l
+idle-smtp-10k|pss_kib_per_conn|none|Idle SMTP after EHLO, $IDLE_10K conns|PSS KiB/conn|l
+idle-smtp-10k|probe_p50_ms|none|New session while $IDLE_10K SMTP idle|probe p50 ms|l
+idle-smtp-10k|probe_max_ms|none|New session while $IDLE_10K SMTP idle|probe max ms|l
 EOF
 )
 # only the parts that ran (cell names start with smtp-, pop3-, idle-)
@@ -403,7 +411,7 @@ table() {
             next
         }
         { # rows: cell|key|peer|label|metric|better
-            pname = $3 == "postfix" ? pf : $3 == "dovecot" ? dc : dc " (performance login)"
+            pname = $3 == "postfix" ? pf : $3 == "dovecot" ? dc : $3 == "none" ? "– (maildird only)" : dc " (performance login)"
             a = stats($1, "maildird", $2); ma = MED
             b = stats($1, $3, $2); mb = MED
             if (ma == "" || mb == "" || ma + 0 == 0 || mb + 0 == 0) ratio = "–"
