@@ -13,6 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
 ROUNDS=${1:-5}
 WORK=${WORK:-/var/tmp/maildird-bench-filters}
 LOG_CONTENT=${LOG_CONTENT:-false}
@@ -77,7 +79,7 @@ fi
 "$BIN" serve -c "$WORK/maildird.toml" 2>"$WORK/maildird.log" &
 MD_PID=$!
 trap 'kill $MD_PID 2>/dev/null; wait $MD_PID 2>/dev/null' EXIT
-for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"${POP3_PORT[zlib]}") 2>/dev/null && break; sleep 0.1; done
+wait_port 127.0.0.1:"${POP3_PORT[zlib]}" || true
 kill -0 $MD_PID 2>/dev/null || die "maildird did not start: $WORK/maildird.log"
 
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ s = $0; sub(/^.*\) /, "", s); split(s, f, " "); printf "%.2f\n", (f[12] + f[13]) / hz }' "/proc/$MD_PID/stat"; }

@@ -25,6 +25,8 @@
 #   the instance whose master process belongs to our config; pid prints the
 #   master pid (for loadgen idle --server-pid).
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 WORK=${WORK:-/var/tmp/maildird-bench}
 PEERS=$WORK/peers
@@ -51,14 +53,6 @@ users() { # every mailbox name the peers know
     for ((i = 0; i < IDLE_USERS; i++)); do echo "idle$i"; done
 }
 
-wait_port() { # wait_port HOST:PORT -> 0 once something accepts there (5 s)
-    local _
-    for _ in $(seq 1 50); do
-        (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 wait_gone() { # wait_gone PID SECONDS
     local _
@@ -83,13 +77,8 @@ mailboxes() { # skeleton Maildirs (messages are written by run.sh's fixture)
 # ---------------------------------------------------------------- Postfix
 
 postfix_pid() { # master pid if it is running with our config directory
-    local f=$PF/queue/pid/master.pid pid
-    [ -s "$f" ] || return 1
-    pid=$(tr -dc '0-9' <"$f")
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
     # postfix(1) hands MAIL_CONFIG to master: proof that this master is ours.
-    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "MAIL_CONFIG=$PF/etc" || return 1
-    echo "$pid"
+    owned_pid "$PF/queue/pid/master.pid" environ "MAIL_CONFIG=$PF/etc"
 }
 
 postfix_config() {
@@ -164,12 +153,7 @@ postfix_start() {
 # ---------------------------------------------------------------- Dovecot
 
 dovecot_pid() { # master pid if it is running with our config file
-    local f=$DC/run/master.pid pid
-    [ -s "$f" ] || return 1
-    pid=$(tr -dc '0-9' <"$f")
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qx "$DC/dovecot.conf" || return 1
-    echo "$pid"
+    owned_pid "$DC/run/master.pid" cmdline "$DC/dovecot.conf"
 }
 
 dovecot_config() {

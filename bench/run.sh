@@ -30,6 +30,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
 ROUNDS=${1:-5}
 WORK=${WORK:-/var/tmp/maildird-bench}
 SCALE=${SCALE:-1}
@@ -92,14 +94,6 @@ to_trash() { # move a directory out of the way without deleting anything
     mv "$1" "$WORK/trash/$STAMP-$trash_seq-$(basename "$1")"
 }
 
-wait_port() {
-    local _
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 CLK_TCK=$(getconf CLK_TCK)
 tree_cpu() { # CPU seconds of process $1, its descendants and their reaped children

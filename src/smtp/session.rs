@@ -1034,6 +1034,16 @@ mod tests {
         start_on(server, io, cfg, None)
     }
 
+    fn test_info() -> SessionInfo {
+        SessionInfo {
+            id: 1,
+            peer: None,
+            helo: String::new(),
+            with_protocol: String::new(),
+            auth_user: None,
+        }
+    }
+
     fn start_on<S>(
         server: S,
         io: DuplexStream,
@@ -1045,15 +1055,8 @@ mod tests {
     {
         let fake = Fake::default();
         let log = fake.log.clone();
-        let info = SessionInfo {
-            id: 1,
-            peer: None,
-            helo: String::new(),
-            with_protocol: String::new(),
-            auth_user: None,
-        };
         // tokio::spawn also proves the session future is Send.
-        let mut session = Session::new(server, Arc::new(fake), cfg, info);
+        let mut session = Session::new(server, Arc::new(fake), cfg, test_info());
         if let Some(u) = upgrade {
             session = session.with_starttls(u);
         }
@@ -1067,14 +1070,7 @@ mod tests {
     #[test]
     fn idle_session_future_is_small() {
         let (_io, server) = tokio::io::duplex(64);
-        let info = SessionInfo {
-            id: 1,
-            peer: None,
-            helo: String::new(),
-            with_protocol: String::new(),
-            auth_user: None,
-        };
-        let session = Session::new(server, Arc::new(Fake::default()), config(), info);
+        let session = Session::new(server, Arc::new(Fake::default()), config(), test_info());
         let run = session.run();
         let size = std::mem::size_of_val(&run);
         // The session itself is part of it (measured: SMTP 1960, POP3 1216 bytes).
