@@ -302,6 +302,33 @@ mod tests {
         assert!(!md.path().join(crate::maildir::lock::LOCK_NAME).exists());
     }
 
+    /// Both read paths: small messages on the session's thread, large ones in
+    /// the blocking pool (also after mutt moved them), byte for byte.
+    #[tokio::test]
+    async fn small_and_large_messages_read_exactly() {
+        let (_t, md) = maildir();
+        let big: Vec<u8> = (0..INLINE_READ as usize + 4096)
+            .map(|i| {
+                if i % 77 == 76 {
+                    b'\n'
+                } else {
+                    b'a' + (i % 26) as u8
+                }
+            })
+            .collect();
+        let (s, l) = ("1700000000.M1P1Q1R1.h", "1700000001.M1P1Q2R1.h");
+        fs::write(md.new_dir().join(s), b"small\n").unwrap();
+        fs::write(md.new_dir().join(l), &big).unwrap();
+        let mut mb = MaildirMailbox::open(md.clone(), "h".into(), STALE)
+            .await
+            .unwrap();
+        assert!(mb.messages()[1].size > INLINE_READ);
+        assert_eq!(mb.read(0).await.unwrap(), b"small\n");
+        fs::rename(md.new_dir().join(l), md.cur().join(format!("{l}:2,S"))).unwrap();
+        assert_eq!(mb.read(1).await.unwrap(), big);
+        assert_eq!(mb.read(1).await.unwrap(), big);
+    }
+
     #[tokio::test]
     async fn one_session_per_mailbox_and_drop_changes_nothing() {
         let (_t, md) = maildir();
