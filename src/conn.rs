@@ -319,6 +319,38 @@ mod tests {
         );
     }
 
+    /// Lines and bodies larger than one stack read arrive whole, and input
+    /// pipelined behind a line stays buffered for `fill`.
+    #[tokio::test]
+    async fn reads_across_the_stack_buffer_and_bulk_fill() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut c = Conn::new(server);
+        let long = vec![b'x'; IDLE_READ * 3];
+        let body = vec![b'y'; BULK_READ * 2];
+        let mut input = long.clone();
+        input.extend_from_slice(b"\r\nDATA\r\n");
+        input.extend_from_slice(&body);
+        tokio::spawn(async move { client.write_all(&input).await.unwrap() });
+        assert_eq!(
+            c.read_line(IDLE_READ * 4, T).await.unwrap(),
+            Line::Complete(long)
+        );
+        assert_eq!(
+            c.read_line(100, T).await.unwrap(),
+            Line::Complete(b"DATA".to_vec())
+        );
+        let mut got = Vec::new();
+        while got.len() < body.len() {
+            let b = c.fill(T).await.unwrap();
+            assert!(!b.is_empty());
+            let n = b.len();
+            got.extend_from_slice(b);
+            c.consume(n);
+        }
+        assert_eq!(got, body);
+        assert_eq!(c.bytes_in as usize, IDLE_READ * 3 + 8 + BULK_READ * 2);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn timeout_is_reported() {
         let (_client, server) = tokio::io::duplex(64);
