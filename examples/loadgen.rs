@@ -50,70 +50,79 @@ static CHAIN: std::sync::OnceLock<maildird::filter::FilterChain> = std::sync::On
 
 #[derive(Subcommand)]
 enum Cmd {
-    Smtp {
-        addr: SocketAddr,
-        #[arg(long, default_value_t = 10)]
-        conc: usize,
-        #[arg(long, default_value_t = 1000)]
-        count: usize,
-        /// Body bytes per message.
-        #[arg(long, default_value_t = 1024)]
-        size: usize,
-        /// Messages per connection.
-        #[arg(long, default_value_t = 1)]
-        per_conn: usize,
-        /// Send MAIL, RCPT and DATA in one write (RFC 2920).
-        #[arg(long)]
-        pipelining: bool,
-        #[arg(long, default_value = "alice@example.org")]
-        rcpt: String,
-        /// Count delivered files here (new/ and cur/).
-        #[arg(long)]
-        maildir: Option<PathBuf>,
-        /// Seconds to wait for acknowledged messages to appear in --maildir.
-        #[arg(long, default_value_t = 120)]
-        drain_timeout: u64,
-    },
-    Pop3 {
-        addr: SocketAddr,
-        #[arg(long, default_value_t = 1)]
-        conc: usize,
-        #[arg(long, default_value_t = 1)]
-        sessions: usize,
-        /// `{i}` is replaced by the worker slot (one mailbox per concurrent session).
-        #[arg(long)]
-        user: String,
-        #[arg(long)]
-        pass: String,
-        /// RETRs in flight.
-        #[arg(long, default_value_t = 1)]
-        pipeline: usize,
-        /// Fail unless every session sees this many messages.
-        #[arg(long)]
-        expect_msgs: Option<u64>,
-    },
-    Idle {
-        addr: SocketAddr,
-        /// Idle connections to hold open.
-        #[arg(long, default_value_t = 1000)]
-        conns: usize,
-        #[arg(long, value_enum, default_value = "smtp")]
-        proto: Proto,
-        /// POP3: log in as USER:PASS (`{i}` in USER = connection number modulo --users).
-        #[arg(long)]
-        login: Option<String>,
-        #[arg(long, default_value_t = 10)]
-        users: usize,
-        /// The server's main process; its whole process tree is measured.
-        #[arg(long)]
-        server_pid: Option<u32>,
-        /// Fresh sessions (greeting, QUIT) timed while the idle ones are open.
-        #[arg(long, default_value_t = 20)]
-        probes: usize,
-        /// Connections opened at once.
-        #[arg(long, default_value_t = 100)]
-        parallel: usize,
-    },
+    Smtp(SmtpArgs),
+    Pop3(Pop3Args),
+    Idle(IdleArgs),
+}
+
+#[derive(clap::Args)]
+struct SmtpArgs {
+    addr: SocketAddr,
+    #[arg(long, default_value_t = 10)]
+    conc: usize,
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Body bytes per message.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Messages per connection.
+    #[arg(long, default_value_t = 1)]
+    per_conn: usize,
+    /// Send MAIL, RCPT and DATA in one write (RFC 2920).
+    #[arg(long)]
+    pipelining: bool,
+    #[arg(long, default_value = "alice@example.org")]
+    rcpt: String,
+    /// Count delivered files here (new/ and cur/).
+    #[arg(long)]
+    maildir: Option<PathBuf>,
+    /// Seconds to wait for acknowledged messages to appear in --maildir.
+    #[arg(long, default_value_t = 120)]
+    drain_timeout: u64,
+}
+
+#[derive(clap::Args)]
+struct Pop3Args {
+    addr: SocketAddr,
+    #[arg(long, default_value_t = 1)]
+    conc: usize,
+    #[arg(long, default_value_t = 1)]
+    sessions: usize,
+    /// `{i}` is replaced by the worker slot (one mailbox per concurrent session).
+    #[arg(long)]
+    user: String,
+    #[arg(long)]
+    pass: String,
+    /// RETRs in flight.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Fail unless every session sees this many messages.
+    #[arg(long)]
+    expect_msgs: Option<u64>,
+}
+
+#[derive(clap::Args)]
+struct IdleArgs {
+    addr: SocketAddr,
+    /// Idle connections to hold open.
+    #[arg(long, default_value_t = 1000)]
+    conns: usize,
+    #[arg(long, value_enum, default_value = "smtp")]
+    proto: Proto,
+    /// POP3: log in as USER:PASS (`{i}` in USER = connection number modulo --users).
+    #[arg(long)]
+    login: Option<String>,
+    #[arg(long, default_value_t = 10)]
+    users: usize,
+    /// The server's main process; its whole process tree is measured.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Fresh sessions (greeting, QUIT) timed while the idle ones are open.
+    #[arg(long, default_value_t = 20)]
+    probes: usize,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 100)]
+    parallel: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -282,19 +291,18 @@ fn report(json: bool, pairs: &[(&str, String)]) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn smtp(
-    addr: SocketAddr,
-    conc: usize,
-    count: usize,
-    size: usize,
-    per_conn: usize,
-    pipelining: bool,
-    rcpt: String,
-    maildir: Option<PathBuf>,
-    drain_timeout: u64,
-    json: bool,
-) -> Result<(), Error> {
+async fn smtp(a: SmtpArgs, json: bool) -> Result<(), Error> {
+    let SmtpArgs {
+        addr,
+        conc,
+        count,
+        size,
+        per_conn,
+        pipelining,
+        rcpt,
+        maildir,
+        drain_timeout,
+    } = a;
     let per_conn = per_conn.max(1);
     let before = maildir.as_deref().map(count_files).unwrap_or(0);
     let next = Arc::new(AtomicU64::new(0));
@@ -402,17 +410,16 @@ async fn smtp(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn pop3(
-    addr: SocketAddr,
-    conc: usize,
-    sessions: usize,
-    user: String,
-    pass: String,
-    pipeline: usize,
-    expect: Option<u64>,
-    json: bool,
-) -> Result<(), Error> {
+async fn pop3(a: Pop3Args, json: bool) -> Result<(), Error> {
+    let Pop3Args {
+        addr,
+        conc,
+        sessions,
+        user,
+        pass,
+        pipeline,
+        expect_msgs: expect,
+    } = a;
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -593,18 +600,17 @@ fn raise_nofile() {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn idle(
-    addr: SocketAddr,
-    conns: usize,
-    proto: Proto,
-    login: Option<String>,
-    users: usize,
-    server_pid: Option<u32>,
-    probes: usize,
-    parallel: usize,
-    json: bool,
-) -> Result<(), Error> {
+async fn idle(a: IdleArgs, json: bool) -> Result<(), Error> {
+    let IdleArgs {
+        addr,
+        conns,
+        proto,
+        login,
+        users,
+        server_pid,
+        probes,
+        parallel,
+    } = a;
     raise_nofile();
     let login = match login {
         Some(l) => {
@@ -727,67 +733,9 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async {
         let work = async {
             match args.cmd {
-                Cmd::Smtp {
-                    addr,
-                    conc,
-                    count,
-                    size,
-                    per_conn,
-                    pipelining,
-                    rcpt,
-                    maildir,
-                    drain_timeout,
-                } => {
-                    smtp(
-                        addr,
-                        conc,
-                        count,
-                        size,
-                        per_conn,
-                        pipelining,
-                        rcpt,
-                        maildir,
-                        drain_timeout,
-                        args.json,
-                    )
-                    .await
-                }
-                Cmd::Pop3 {
-                    addr,
-                    conc,
-                    sessions,
-                    user,
-                    pass,
-                    pipeline,
-                    expect_msgs,
-                } => {
-                    pop3(
-                        addr,
-                        conc,
-                        sessions,
-                        user,
-                        pass,
-                        pipeline,
-                        expect_msgs,
-                        args.json,
-                    )
-                    .await
-                }
-                Cmd::Idle {
-                    addr,
-                    conns,
-                    proto,
-                    login,
-                    users,
-                    server_pid,
-                    probes,
-                    parallel,
-                } => {
-                    idle(
-                        addr, conns, proto, login, users, server_pid, probes, parallel, args.json,
-                    )
-                    .await
-                }
+                Cmd::Smtp(a) => smtp(a, args.json).await,
+                Cmd::Pop3(a) => pop3(a, args.json).await,
+                Cmd::Idle(a) => idle(a, args.json).await,
             }
         };
         match tokio::time::timeout(limit, work).await {

@@ -140,9 +140,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// buffer so that nothing stays allocated while it waits.
     async fn fill_buf(&mut self, bulk: bool) -> io::Result<&[u8]> {
         if self.buffered_input() == 0 {
-            self.inbuf.clear();
             self.pos = 0;
             if bulk {
+                self.inbuf.clear();
                 self.inbuf.reserve(BULK_READ);
                 let n = self.stream.read_buf(&mut self.inbuf).await?;
                 debug_assert_eq!(n, self.inbuf.len());

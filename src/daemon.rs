@@ -567,7 +567,7 @@ async fn accept_loop(
         let shared = shared.clone();
         let cfg = listener_cfg.clone();
         shared.active.fetch_add(1, Ordering::SeqCst);
-        let task = async move {
+        tokio::spawn(async move {
             run_session(
                 &shared,
                 &cfg,
@@ -581,9 +581,7 @@ async fn accept_loop(
             if shared.active.fetch_sub(1, Ordering::SeqCst) == 1 {
                 shared.idle.notify_waiters();
             }
-        };
-        tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task");
-        tokio::spawn(task);
+        });
     }
 }
 

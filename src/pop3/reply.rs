@@ -71,7 +71,7 @@ pub fn multiline(out: &mut Vec<u8>, body: &[u8]) {
                 rest[..i].strip_suffix(b"\r").unwrap_or(&rest[..i]),
                 &rest[i + 1..],
             ),
-            None => (rest, &rest[rest.len()..]),
+            None => (rest, &[][..]),
         };
         if line.first() == Some(&b'.') {
             out.push(b'.');

@@ -690,7 +690,7 @@ mod tests {
         });
         let run = Session::new(server, store, cfg()).run();
         let size = std::mem::size_of_val(&run);
-        // The session itself is part of it (measured: SMTP 1960, POP3 1216 bytes).
+        // The session itself is part of it (measured: 1216 bytes).
         assert!(size <= 1536, "pop3 session future is {size} bytes");
     }
 

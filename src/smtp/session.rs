@@ -1073,7 +1073,7 @@ mod tests {
         let session = Session::new(server, Arc::new(Fake::default()), config(), test_info());
         let run = session.run();
         let size = std::mem::size_of_val(&run);
-        // The session itself is part of it (measured: SMTP 1960, POP3 1216 bytes).
+        // The session itself is part of it (measured: 1960 bytes).
         assert!(size <= 2048, "smtp session future is {size} bytes");
     }
 
