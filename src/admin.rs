@@ -10,7 +10,7 @@ use crate::auth::{validate_name, verify};
 use crate::cli::UserCommand;
 use crate::config::Config;
 use crate::daemon::DaemonError;
-use crate::maildir::{Maildir, deliver};
+use crate::maildir::{Maildir, Sub, fsat};
 
 fn config_err(e: impl std::fmt::Display) -> DaemonError {
     DaemonError::Config(e.to_string())
@@ -76,12 +76,22 @@ pub fn user(path: &Path, cmd: UserCommand) -> Result<(), DaemonError> {
             if !existed {
                 readable_by_service_group(&config, file);
             }
-            let md = Maildir::new(config.mail_root.join(&name));
-            deliver::ensure_maildir(&md)
-                .map_err(|e| runtime_err(format!("creating {}: {e}", md.path().display())))?;
-            hand_to_service_user(&config, md.path());
+            // A Maildir kept from a former user may hold links its owner
+            // planted: opened by handle, refused (with what was found) rather
+            // than followed, so root never chowns or chmods a link's target.
+            let path = config.mail_root.join(&name);
+            let md = Maildir::ensure(&path).map_err(|e| {
+                if fsat::is_refused(&e) {
+                    runtime_err(format!(
+                        "{e}; inspect the Maildir and remove it or repair it by hand"
+                    ))
+                } else {
+                    runtime_err(format!("creating {}: {e}", path.display()))
+                }
+            })?;
+            hand_to_service_user(&config, &md);
             if let Some(group) = unix_group {
-                share_with_group(md.path(), &group)?;
+                share_with_group(&config.mail_root, &md, &group)?;
             }
             println!("added {name}; Maildir {}", md.path().display());
         }
@@ -141,9 +151,20 @@ fn readable_by_service_group(config: &Config, file: &Path) {
     }
 }
 
+/// The Maildir's directory and its `tmp/ new/ cur/`, as handles with names.
+fn maildir_handles(md: &Maildir) -> [(std::os::fd::BorrowedFd<'_>, std::path::PathBuf); 4] {
+    [
+        (md.root(), md.path().to_path_buf()),
+        (md.dir(Sub::Tmp), md.tmp()),
+        (md.dir(Sub::New), md.new_dir()),
+        (md.dir(Sub::Cur), md.cur()),
+    ]
+}
+
 /// Run as root, `user add` makes the new Maildir (and mail_root) belong to the
-/// service user, which delivers into it after dropping privileges.
-fn hand_to_service_user(config: &Config, md: &Path) {
+/// service user, which delivers into it after dropping privileges. The Maildir
+/// is changed through its handles (`fchown`), never through a path.
+fn hand_to_service_user(config: &Config, md: &Maildir) {
     if !nix::unistd::geteuid().is_root() {
         return;
     }
@@ -155,16 +176,16 @@ fn hand_to_service_user(config: &Config, md: &Path) {
             "warning: service user {}:{} not found; {} stays owned by root",
             config.user,
             config.group,
-            md.display()
+            md.path().display()
         );
         return;
     };
-    let mut paths = vec![config.mail_root.clone(), md.to_path_buf()];
-    for sub in ["tmp", "new", "cur"] {
-        paths.push(md.join(sub));
+    // mail_root is the admin's own directory (created by us or by the package).
+    if let Err(e) = nix::unistd::chown(&config.mail_root, Some(u.uid), Some(g.gid)) {
+        eprintln!("warning: chown {}: {e}", config.mail_root.display());
     }
-    for p in paths {
-        if let Err(e) = nix::unistd::chown(&p, Some(u.uid), Some(g.gid)) {
+    for (fd, p) in maildir_handles(md) {
+        if let Err(e) = fsat::chown_chmod(fd, Some(u.uid.as_raw()), Some(g.gid.as_raw()), None) {
             eprintln!("warning: chown {}: {e}", p.display());
         }
     }
@@ -173,32 +194,23 @@ fn hand_to_service_user(config: &Config, md: &Path) {
 /// The ownership model for sharing with mutt: the Maildir stays owned by the
 /// service user, its group becomes `group` and its directories 2770 (setgid, so
 /// files mutt creates keep the group); deliveries into it are then 0660.
-fn share_with_group(md: &Path, group: &str) -> Result<(), DaemonError> {
+fn share_with_group(mail_root: &Path, md: &Maildir, group: &str) -> Result<(), DaemonError> {
     use std::os::unix::fs::PermissionsExt;
     let g = nix::unistd::Group::from_name(group)
         .map_err(runtime_err)?
         .ok_or_else(|| config_err(format!("unknown Unix group {group:?}")))?;
     // The group's members must be able to traverse mail_root to reach the Maildir
     // (search permission only: they still cannot list the other mailboxes).
-    if let Some(root) = md.parent() {
-        let meta =
-            std::fs::metadata(root).map_err(|e| runtime_err(format!("{}: {e}", root.display())))?;
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o001 == 0 {
-            std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode | 0o001))
-                .map_err(|e| runtime_err(format!("chmod {}: {e}", root.display())))?;
-        }
+    let meta = std::fs::metadata(mail_root)
+        .map_err(|e| runtime_err(format!("{}: {e}", mail_root.display())))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o001 == 0 {
+        std::fs::set_permissions(mail_root, std::fs::Permissions::from_mode(mode | 0o001))
+            .map_err(|e| runtime_err(format!("chmod {}: {e}", mail_root.display())))?;
     }
-    for p in [
-        md.to_path_buf(),
-        md.join("tmp"),
-        md.join("new"),
-        md.join("cur"),
-    ] {
-        nix::unistd::chown(&p, None, Some(g.gid))
-            .map_err(|e| runtime_err(format!("chgrp {}: {e}", p.display())))?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o2770))
-            .map_err(|e| runtime_err(format!("chmod {}: {e}", p.display())))?;
+    for (fd, p) in maildir_handles(md) {
+        fsat::chown_chmod(fd, None, Some(g.gid.as_raw()), Some(0o2770))
+            .map_err(|e| runtime_err(format!("chgrp/chmod {}: {e}", p.display())))?;
     }
     Ok(())
 }

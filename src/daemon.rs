@@ -163,6 +163,9 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonEr
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("maildird")
+        // Bounded (tokio's default is 512): file I/O and password hashing;
+        // the unit's TasksMax= counts these threads.
+        .max_blocking_threads(128)
         .build()
         .map_err(|e| DaemonError::Runtime(format!("cannot start the runtime: {e}")))?;
     let shared = Arc::new(Shared {
@@ -477,23 +480,25 @@ async fn sweep_loop(mail_root: std::path::PathBuf, host: String) {
         let root = mail_root.clone();
         let host = host.clone();
         let startup = std::mem::take(&mut first);
-        let swept = tokio::task::spawn_blocking(move || {
-            let mut n = 0;
-            for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-                let md = crate::maildir::Maildir::new(entry.path());
-                if !md.tmp().is_dir() {
-                    continue;
-                }
-                n += crate::maildir::deliver::sweep_tmp(&md, MAX_AGE).unwrap_or(0);
-                if startup {
-                    // What a crashed instance on this host left half-written.
-                    n += crate::maildir::deliver::sweep_orphans(&md, &host, pid_alive).unwrap_or(0);
-                }
-            }
-            n
+        let report = tokio::task::spawn_blocking(move || {
+            // At start-up also what a crashed instance on this host left
+            // half-written.
+            crate::maildir::deliver::sweep_mail_root(&root, &host, MAX_AGE, startup, pid_alive)
         })
-        .await
-        .unwrap_or(0);
+        .await;
+        let swept = match report {
+            Ok(Ok(r)) => {
+                for e in &r.refused {
+                    tracing::warn!(error = %e, "tmp sweep: refusing maildir");
+                }
+                r.removed
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, path = %mail_root.display(), "tmp sweep failed");
+                0
+            }
+            Err(_) => 0,
+        };
         if swept > 0 {
             tracing::info!(files = swept, "swept stale tmp/ files");
         }

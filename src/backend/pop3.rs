@@ -3,7 +3,8 @@
 //! POP3 lock and snapshots `new/` + `cur/`. Messages are resolved by base name
 //! at every access, so mutt may move or flag them meanwhile (DESIGN.md §2.2-2.3).
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
@@ -13,9 +14,9 @@ use tracing::{info, warn};
 
 use super::Backend;
 use crate::auth::{Role, validate_name};
-use crate::maildir::Maildir;
 use crate::maildir::lock::{LockError, MailboxLock};
 use crate::maildir::scan::{self, Entry};
+use crate::maildir::{Maildir, Sub, fsat};
 use crate::pop3::store::{Mailbox, MessageInfo, Store, StoreError};
 
 /// A locked Maildir with its login snapshot.
@@ -50,9 +51,8 @@ impl Store for Backend {
             warn!(user = ?entry.name, error = %e, "user name cannot be a mailbox");
             return Err(StoreError::Auth);
         }
-        let md = Maildir::new(self.config.mail_root.join(&entry.name));
         MaildirMailbox::open(
-            md,
+            self.config.mail_root.join(&entry.name),
             self.config.hostname.clone(),
             self.config.pop3.lock_stale_after,
         )
@@ -61,18 +61,17 @@ impl Store for Backend {
 }
 
 impl MaildirMailbox {
-    /// Create the Maildir if missing, lock it and take the snapshot; keep the lock
-    /// fresh while the mailbox lives.
+    /// Create the Maildir at `path` if missing, lock it and take the snapshot;
+    /// keep the lock fresh while the mailbox lives.
     pub async fn open(
-        md: Maildir,
+        path: PathBuf,
         host: String,
         stale_after: Duration,
     ) -> Result<MaildirMailbox, StoreError> {
-        let (md, lock, entries) = tokio::task::spawn_blocking(move || {
-            open_blocking(&md, &host, stale_after).map(|(l, e)| (md, l, e))
-        })
-        .await
-        .map_err(|_| StoreError::Temporary)??;
+        let (md, lock, entries) =
+            tokio::task::spawn_blocking(move || open_blocking(&path, &host, stale_after))
+                .await
+                .map_err(|_| StoreError::Temporary)??;
         let lock = Arc::new(lock);
         spawn_refresher(Arc::downgrade(&lock), stale_after);
         let messages = entries
@@ -92,45 +91,35 @@ impl MaildirMailbox {
 }
 
 fn open_blocking(
-    md: &Maildir,
+    path: &std::path::Path,
     host: &str,
     stale_after: Duration,
-) -> Result<(MailboxLock, Vec<Entry>), StoreError> {
-    ensure_maildir(md).map_err(|e| {
-        warn!(error = %e, path = %md.path().display(), "cannot create maildir");
+) -> Result<(Maildir, MailboxLock, Vec<Entry>), StoreError> {
+    // A user without mail yet has no Maildir: create it private (0700).
+    let md = Maildir::ensure(path).map_err(|e| {
+        if fsat::is_refused(&e) {
+            warn!(error = %e, "refusing maildir: not following what its owner planted");
+        } else {
+            warn!(error = %e, path = %path.display(), "cannot open maildir");
+        }
         StoreError::Temporary
     })?;
-    let lock = MailboxLock::acquire(md, host, stale_after).map_err(|e| match e {
+    let lock = MailboxLock::acquire(&md, host, stale_after).map_err(|e| match e {
         LockError::InUse => StoreError::InUse,
+        LockError::Refused(e) => {
+            warn!(error = %e, path = %md.path().display(), "refusing mailbox lock");
+            StoreError::Temporary
+        }
         LockError::Io(e) => {
             warn!(error = %e, path = %md.path().display(), "cannot lock maildir");
             StoreError::Temporary
         }
     })?;
-    let entries = scan::snapshot(md).map_err(|e| {
+    let entries = scan::snapshot(&md).map_err(|e| {
         warn!(error = %e, path = %md.path().display(), "cannot read maildir");
         StoreError::Temporary
     })?;
-    Ok((lock, entries))
-}
-
-/// A user without mail yet has no Maildir: create it private (0700).
-fn ensure_maildir(md: &Maildir) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    for dir in [md.path().to_path_buf(), md.tmp(), md.new_dir(), md.cur()] {
-        if !dir.is_dir() {
-            match std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-            {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(())
+    Ok((md, lock, entries))
 }
 
 /// Touch the lock every third of `stale_after` so that other hosts never judge a
@@ -155,29 +144,49 @@ fn spawn_refresher(lock: Weak<MailboxLock>, stale_after: Duration) {
 /// work to the blocking pool and back (measured at 10 KiB, 10 sessions, 16
 /// RETRs in flight: 22,400 -> 32,000-34,700 msgs/s). Larger
 /// ones go to the blocking pool so a slow disk cannot stall other sessions long.
+/// The size is the open file's (`fstat`), never the `W=` of a name the
+/// mailbox owner controls.
 const INLINE_READ: u64 = 128 * 1024;
 
-/// Read a message at its snapshot path, else wherever its base name is now.
-fn read_message(md: &Maildir, entry: &Entry) -> Result<(Vec<u8>, Option<PathBuf>), StoreError> {
-    let mut path = entry.path.clone();
+/// An opened message: the file, its size, and its new place when it moved.
+type Opened = (File, u64, Option<(Sub, String)>);
+
+/// Open a message at its snapshot place, else wherever its base name is now.
+fn open_message(md: &Maildir, entry: &Entry) -> Result<Opened, StoreError> {
+    let mut at = (entry.sub, entry.name.clone());
     let mut moved = false;
     for _ in 0..3 {
-        match std::fs::read(&path) {
-            Ok(b) => return Ok((b, moved.then_some(path))),
+        match scan::open_message(md, at.0, &at.1) {
+            Ok((f, len)) => return Ok((f, len, moved.then_some(at))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => match scan::find(md, &entry.base) {
                 Some(p) => {
-                    path = p;
+                    at = p;
                     moved = true;
                 }
                 None => return Err(StoreError::Gone),
             },
+            Err(e) if fsat::is_refused(&e) => {
+                warn!(error = %e, path = %md.path().display(), "refusing to serve a message that is not a regular file");
+                return Err(StoreError::Gone);
+            }
             Err(e) => {
-                warn!(error = %e, path = %path.display(), "cannot read message");
+                warn!(error = %e, path = %entry.path(md).display(), "cannot open message");
                 return Err(StoreError::Temporary);
             }
         }
     }
     Err(StoreError::Gone)
+}
+
+/// Read an opened message: exactly the `len` bytes `fstat` reported at open
+/// (a file the owner keeps appending to cannot make us read without end).
+fn read_opened(f: File, len: u64) -> Result<Vec<u8>, StoreError> {
+    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    f.take(len).read_to_end(&mut buf).map_err(|e| {
+        warn!(error = %e, "cannot read message");
+        StoreError::Temporary
+    })?;
+    Ok(buf)
 }
 
 impl Mailbox for MaildirMailbox {
@@ -187,22 +196,18 @@ impl Mailbox for MaildirMailbox {
 
     async fn read(&mut self, index: usize) -> Result<Vec<u8>, StoreError> {
         let entry = self.entries.get(index).ok_or(StoreError::Gone)?;
-        let small = self
-            .messages
-            .get(index)
-            .is_some_and(|m| m.size <= INLINE_READ);
-        let (bytes, moved) = if small {
-            read_message(&self.md, entry)?
-        } else {
-            let (md, entry) = (self.md.clone(), entry.clone());
-            tokio::task::spawn_blocking(move || read_message(&md, &entry))
-                .await
-                .map_err(|_| StoreError::Temporary)??
-        };
-        if let (Some(p), Some(e)) = (moved, self.entries.get_mut(index)) {
-            e.path = p;
+        let (file, len, moved) = open_message(&self.md, entry)?;
+        if let (Some((sub, name)), Some(e)) = (moved, self.entries.get_mut(index)) {
+            e.sub = sub;
+            e.name = name;
         }
-        Ok(bytes)
+        if len <= INLINE_READ {
+            read_opened(file, len)
+        } else {
+            tokio::task::spawn_blocking(move || read_opened(file, len))
+                .await
+                .map_err(|_| StoreError::Temporary)?
+        }
     }
 
     async fn mark_seen(&mut self, index: usize) {
@@ -211,9 +216,10 @@ impl Mailbox for MaildirMailbox {
         };
         let md = self.md.clone();
         match tokio::task::spawn_blocking(move || scan::mark_seen(&md, &base)).await {
-            Ok(Ok(Some(p))) => {
+            Ok(Ok(Some((sub, name)))) => {
                 if let Some(e) = self.entries.get_mut(index) {
-                    e.path = p;
+                    e.sub = sub;
+                    e.name = name;
                 }
             }
             Ok(Ok(None)) => {}
@@ -253,8 +259,7 @@ mod tests {
 
     fn maildir() -> (tempfile::TempDir, Maildir) {
         let t = tempfile::tempdir().unwrap();
-        let md = Maildir::new(t.path().join("alice"));
-        ensure_maildir(&md).unwrap();
+        let md = Maildir::ensure(&t.path().join("alice")).unwrap();
         (t, md)
     }
 
@@ -267,7 +272,7 @@ mod tests {
         fs::write(md.new_dir().join(a), b"x\n.y\n").unwrap();
         fs::write(md.new_dir().join(b), b"b\n").unwrap();
         fs::write(md.cur().join(format!("{c}:2,S")), b"c").unwrap();
-        let mut mb = MaildirMailbox::open(md.clone(), "h".into(), STALE)
+        let mut mb = MaildirMailbox::open(md.path().to_path_buf(), "h".into(), STALE)
             .await
             .unwrap();
         assert_eq!(
@@ -319,7 +324,7 @@ mod tests {
         let (s, l) = ("1700000000.M1P1Q1R1.h", "1700000001.M1P1Q2R1.h");
         fs::write(md.new_dir().join(s), b"small\n").unwrap();
         fs::write(md.new_dir().join(l), &big).unwrap();
-        let mut mb = MaildirMailbox::open(md.clone(), "h".into(), STALE)
+        let mut mb = MaildirMailbox::open(md.path().to_path_buf(), "h".into(), STALE)
             .await
             .unwrap();
         assert!(mb.messages()[1].size > INLINE_READ);
@@ -333,18 +338,18 @@ mod tests {
     async fn one_session_per_mailbox_and_drop_changes_nothing() {
         let (_t, md) = maildir();
         fs::write(md.new_dir().join("1.M1P1.h"), b"a\n").unwrap();
-        let mb = MaildirMailbox::open(md.clone(), "h".into(), STALE)
+        let mb = MaildirMailbox::open(md.path().to_path_buf(), "h".into(), STALE)
             .await
             .unwrap();
         assert_eq!(
-            MaildirMailbox::open(md.clone(), "h".into(), STALE)
+            MaildirMailbox::open(md.path().to_path_buf(), "h".into(), STALE)
                 .await
                 .unwrap_err(),
             StoreError::InUse
         );
         drop(mb);
         assert!(md.new_dir().join("1.M1P1.h").exists());
-        let again = MaildirMailbox::open(md.clone(), "h".into(), STALE)
+        let again = MaildirMailbox::open(md.path().to_path_buf(), "h".into(), STALE)
             .await
             .unwrap();
         assert_eq!(again.messages().len(), 1);
@@ -354,12 +359,12 @@ mod tests {
     async fn missing_maildir_is_created_private() {
         use std::os::unix::fs::PermissionsExt;
         let t = tempfile::tempdir().unwrap();
-        let md = Maildir::new(t.path().join("bob"));
+        let md = t.path().join("bob");
         let mb = MaildirMailbox::open(md.clone(), "h".into(), STALE)
             .await
             .unwrap();
         assert!(mb.messages().is_empty());
-        for d in [md.path().to_path_buf(), md.tmp(), md.new_dir(), md.cur()] {
+        for d in [md.clone(), md.join("tmp"), md.join("new"), md.join("cur")] {
             let mode = fs::metadata(&d).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o700, "{}", d.display());
         }

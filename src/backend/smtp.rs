@@ -12,8 +12,8 @@ use jiff::tz::TimeZone;
 use super::Backend;
 use super::recipients::resolve;
 use crate::auth::{Role, validate_name};
-use crate::maildir::deliver::{Delivery, ensure_maildir};
-use crate::maildir::{Maildir, is_no_space};
+use crate::maildir::deliver::Delivery;
+use crate::maildir::{Maildir, fsat, is_no_space};
 use crate::smtp::backend::{
     Authenticated, Backend as SmtpBackend, BodySink, Envelope, SessionInfo,
 };
@@ -32,6 +32,11 @@ fn storage_failure(e: &io::Error, session: u64, what: &str) -> Reply {
     if is_no_space(e) {
         tracing::error!(session, error = %e, "{what}: no space left");
         Reply::new(452, "4.3.1", "Insufficient system storage")
+    } else if fsat::is_refused(e) {
+        // Its owner put a link or a special file where a Maildir directory
+        // belongs: deferred (the admin can repair it), never followed.
+        tracing::error!(session, error = %e, "{what}: refusing maildir");
+        temp_failure()
     } else {
         tracing::warn!(session, error = %e, "{what} failed");
         temp_failure()
@@ -86,9 +91,9 @@ impl SmtpBackend for Backend {
             tracing::error!(session = info.id, mailbox = ?bad, "refusing unsafe mailbox name");
             return Err(temp_failure());
         }
-        let targets: Vec<Maildir> = mailboxes
+        let paths: Vec<std::path::PathBuf> = mailboxes
             .iter()
-            .map(|m| Maildir::new(self.config.mail_root.join(m)))
+            .map(|m| self.config.mail_root.join(m))
             .collect();
         let delivered_to = (self.config.smtp.delivered_to && mailboxes.len() == 1)
             .then(|| env.rcpts.first().map(|(addr, _)| addr.as_str()))
@@ -101,21 +106,22 @@ impl SmtpBackend for Backend {
             Timestamp::now(),
         );
         let host = self.config.hostname.clone();
-        let dirs = targets.clone();
-        let started = tokio::task::spawn_blocking(move || -> io::Result<Delivery> {
-            for md in &dirs {
-                ensure_maildir(md)?;
-            }
-            let first = dirs
-                .first()
-                .ok_or_else(|| io::Error::other("no target maildir"))?;
-            let mut delivery = Delivery::begin(first, &host)?;
-            delivery.write(headers.as_bytes())?;
-            Ok(delivery)
-        })
-        .await;
+        let started =
+            tokio::task::spawn_blocking(move || -> io::Result<(Delivery, Vec<Maildir>)> {
+                let targets = paths
+                    .iter()
+                    .map(|p| Maildir::ensure(p))
+                    .collect::<io::Result<Vec<Maildir>>>()?;
+                let first = targets
+                    .first()
+                    .ok_or_else(|| io::Error::other("no target maildir"))?;
+                let mut delivery = Delivery::begin(first, &host)?;
+                delivery.write(headers.as_bytes())?;
+                Ok((delivery, targets))
+            })
+            .await;
         match started {
-            Ok(Ok(delivery)) => Ok(MaildirSink {
+            Ok(Ok((delivery, targets))) => Ok(MaildirSink {
                 delivery: Some(delivery),
                 buf: Vec::with_capacity(BATCH),
                 targets,

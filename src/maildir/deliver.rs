@@ -3,21 +3,24 @@
 //! `fsync` every `new/`, then unlink the tmp file. Only after `commit` returns Ok
 //! may SMTP answer 250; on any failure nothing is left in any `new/`.
 //!
-//! Blocking std::fs code: async callers use `spawn_blocking`.
+//! Every step is an `*at` call on the Maildirs' directory handles, and each link
+//! is checked to be the very file we wrote (its device and inode): the first
+//! recipient's owner may rename or replace her `tmp/` entries meanwhile.
+//!
+//! Blocking code: async callers use `spawn_blocking`.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use super::Maildir;
 use super::name::UniqueName;
+use super::{Maildir, Sub, fsat};
 
 /// Maildir files are private to the mailbox owner.
 const FILE_MODE: u32 = 0o600;
 const SHARED_FILE_MODE: u32 = 0o660;
-const DIR_MODE: u32 = 0o700;
 /// Tries at a fresh unique name when one is taken (only a clock step backwards,
 /// pid reuse or a foreign writer can collide).
 const NAME_ATTEMPTS: usize = 8;
@@ -27,7 +30,8 @@ const NAME_ATTEMPTS: usize = 8;
 pub struct Delivery {
     /// `None` once committed (or while the file is being torn down).
     file: Option<BufWriter<File>>,
-    tmp_path: PathBuf,
+    /// The Maildir whose `tmp/` holds the file.
+    first: Maildir,
     host: String,
     name: UniqueName,
     /// Bytes written (the `S=` field).
@@ -39,24 +43,17 @@ pub struct Delivery {
 
 impl Delivery {
     /// Create `tmp/<unique>` in `first` (O_CREAT|O_EXCL, mode 0600, or 0660 when
-    /// the Maildir is shared with a Unix group: see `shared_file_mode`).
+    /// the Maildir is shared with a Unix group: see `file_mode_for`).
     pub fn begin(first: &Maildir, host: &str) -> io::Result<Delivery> {
-        let tmp_dir = first.tmp();
-        let mode = file_mode_for(&tmp_dir);
+        let mode = file_mode_for(first, Sub::Tmp);
         let mut last_err = None;
         for _ in 0..NAME_ATTEMPTS {
             let name = UniqueName::generate(host);
-            let tmp_path = tmp_dir.join(name.as_str());
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(&tmp_path)
-            {
+            match fsat::create_excl(first.dir(Sub::Tmp), name.as_str(), mode) {
                 Ok(file) => {
                     return Ok(Delivery {
                         file: Some(BufWriter::with_capacity(64 * 1024, file)),
-                        tmp_path,
+                        first: first.clone(),
                         host: host.to_string(),
                         name,
                         bytes: 0,
@@ -71,9 +68,9 @@ impl Delivery {
         Err(last_err.unwrap_or_else(|| io::Error::other("no unique tmp name")))
     }
 
-    /// The tmp file being written.
-    pub fn tmp_path(&self) -> &Path {
-        &self.tmp_path
+    /// The tmp file being written (for logs and tests).
+    pub fn tmp_path(&self) -> PathBuf {
+        self.first.tmp().join(self.name.as_str())
     }
 
     /// Bytes written so far (`S=`).
@@ -113,35 +110,36 @@ impl Delivery {
         let result = file
             .flush()
             .and_then(|()| file.get_ref().sync_all())
-            .and_then(|()| self.link_all(targets));
+            .and_then(|()| self.link_all(file.get_ref(), targets));
         drop(file);
         // The tmp file goes in every case: on success the links hold the data;
         // on failure `link_all` already removed what it linked. A failed unlink
         // after success only leaves litter for `sweep_tmp`.
-        let _ = fs::remove_file(&self.tmp_path);
+        let _ = fsat::unlink_at(self.first.dir(Sub::Tmp), self.name.as_str());
         result
     }
 
-    fn link_all(&self, targets: &[Maildir]) -> io::Result<Vec<PathBuf>> {
+    fn link_all(&self, file: &File, targets: &[Maildir]) -> io::Result<Vec<PathBuf>> {
         let final_name = self.name.with_sizes(self.bytes, self.crlf_size());
-        let mut linked: Vec<PathBuf> = Vec::with_capacity(targets.len());
+        let ours = fsat::identity(file)?;
+        let mut linked: Vec<(&Maildir, String)> = Vec::with_capacity(targets.len());
         let result = (|| {
             for md in targets {
-                let path = self.link_one(md, &final_name)?;
-                linked.push(path);
+                let name = self.link_one(file, ours, md, &final_name)?;
+                linked.push((md, name));
             }
             // RFC 5321 §6.1 ("it MUST NOT lose the message"): the links are
             // durable only once each `new/` directory itself is on disk.
             for md in targets {
-                sync_dir(&md.new_dir())?;
+                md.sync(Sub::New)?;
             }
             Ok(())
         })();
         match result {
-            Ok(()) => Ok(linked),
+            Ok(()) => Ok(linked.iter().map(|(md, n)| md.new_dir().join(n)).collect()),
             Err(e) => {
-                for p in &linked {
-                    let _ = fs::remove_file(p);
+                for (md, n) in &linked {
+                    let _ = fsat::unlink_at(md.dir(Sub::New), n);
                 }
                 Err(e)
             }
@@ -149,19 +147,36 @@ impl Delivery {
     }
 
     /// Link (never clobbering) the tmp file into `md/new/`; on a name clash pick a
-    /// fresh unique name; across filesystems copy and fsync instead.
-    fn link_one(&self, md: &Maildir, final_name: &str) -> io::Result<PathBuf> {
-        let new_dir = md.new_dir();
+    /// fresh unique name; across filesystems copy and fsync instead. Returns the
+    /// name in `new/`.
+    fn link_one(
+        &self,
+        file: &File,
+        ours: (u64, u64),
+        md: &Maildir,
+        final_name: &str,
+    ) -> io::Result<String> {
+        let new = md.dir(Sub::New);
         let mut name = final_name.to_string();
         let mut last_err = None;
         for _ in 0..NAME_ATTEMPTS {
-            let dest = new_dir.join(&name);
-            match fs::hard_link(&self.tmp_path, &dest) {
-                Ok(()) => return Ok(dest),
+            match fsat::link_at(self.first.dir(Sub::Tmp), self.name.as_str(), new, &name) {
+                Ok(()) => {
+                    // What the name in tmp/ pointed at when linked must be the
+                    // file we wrote, not one the owner swapped in.
+                    if fsat::identity_at(new, &name)? != ours {
+                        let _ = fsat::unlink_at(new, &name);
+                        return Err(io::Error::other(format!(
+                            "{}: tmp file was replaced during delivery",
+                            self.tmp_path().display()
+                        )));
+                    }
+                    return Ok(name);
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
                 Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
-                    match copy_exclusive(&self.tmp_path, &dest) {
-                        Ok(()) => return Ok(dest),
+                    match copy_exclusive(file, md, &name) {
+                        Ok(()) => return Ok(name),
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
                         Err(e) => return Err(e),
                     }
@@ -180,7 +195,7 @@ impl Drop for Delivery {
             // Uncommitted: discard buffered bytes without writing them.
             let (f, _) = file.into_parts();
             drop(f);
-            let _ = fs::remove_file(&self.tmp_path);
+            let _ = fsat::unlink_at(self.first.dir(Sub::Tmp), self.name.as_str());
         }
     }
 }
@@ -188,116 +203,139 @@ impl Drop for Delivery {
 /// A Maildir whose directories grant their group read+write (set up by
 /// `maildird user add --unix-group`, mode 2770) is shared with a Unix account that
 /// runs mutt: its messages are created 0660 so the group can read them.
-pub fn file_mode_for(dir: &Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    match fs::metadata(dir) {
-        Ok(m) if m.permissions().mode() & 0o060 == 0o060 => SHARED_FILE_MODE,
+pub fn file_mode_for(md: &Maildir, sub: Sub) -> u32 {
+    match rustix::fs::fstat(md.dir(sub)) {
+        Ok(st) if st.st_mode & 0o060 == 0o060 => SHARED_FILE_MODE,
         _ => FILE_MODE,
     }
 }
 
-/// Copy `src` to a new file `dest` (O_EXCL, 0600) and fsync it (link across
-/// filesystems, EXDEV). A partial copy is removed.
-fn copy_exclusive(src: &Path, dest: &Path) -> io::Result<()> {
-    let mode = dest.parent().map(file_mode_for).unwrap_or(FILE_MODE);
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(dest)?;
-    let result = File::open(src)
-        .and_then(|mut input| io::copy(&mut input, &mut out))
-        .and_then(|_| out.sync_all());
+/// Copy our own tmp file (read back through its descriptor) to a new file
+/// `name` in `md/new/` (O_EXCL) and fsync it: the link across filesystems
+/// (EXDEV). A partial copy is removed.
+fn copy_exclusive(src: &File, md: &Maildir, name: &str) -> io::Result<()> {
+    let out = fsat::create_excl(md.dir(Sub::New), name, file_mode_for(md, Sub::New))?;
+    let result = (|| {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut off = 0u64;
+        loop {
+            let n = src.read_at(&mut buf, off)?;
+            if n == 0 {
+                break;
+            }
+            (&out).write_all(buf.get(..n).unwrap_or_default())?;
+            off += n as u64;
+        }
+        out.sync_all()
+    })();
     if result.is_err() {
-        let _ = fs::remove_file(dest);
+        let _ = fsat::unlink_at(md.dir(Sub::New), name);
     }
     result
 }
 
-/// fsync a directory so entries created or removed in it survive a crash.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Create the Maildir and its `tmp/`, `new/`, `cur/` (mode 0700) when missing,
-/// and fsync the directories whose entries changed.
-pub fn ensure_maildir(md: &Maildir) -> io::Result<()> {
-    let root = md.path();
-    let mut created_root = false;
-    if !root.is_dir() {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(DIR_MODE)
-            .create(root)?;
-        created_root = true;
-    }
-    let mut created_sub = false;
-    for sub in [md.tmp(), md.new_dir(), md.cur()] {
-        match DirBuilder::new().mode(DIR_MODE).create(&sub) {
-            Ok(()) => created_sub = true,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && sub.is_dir() => {}
-            Err(e) => return Err(e),
-        }
-    }
-    if created_sub {
-        sync_dir(root)?;
-    }
-    if created_root {
-        if let Some(parent) = root.parent() {
-            sync_dir(parent)?;
-        }
-    }
-    Ok(())
-}
-
 /// Remove regular files in `tmp/` not modified for `max_age` (the Maildir spec
 /// says 36 hours): leftovers of crashed deliveries. Returns how many went.
+/// `tmp/` is the handle opened without following links, so a `tmp` symlinked
+/// into another mailbox was refused before we got here.
 pub fn sweep_tmp(md: &Maildir, max_age: Duration) -> io::Result<usize> {
     let now = SystemTime::now();
+    let tmp = md.dir(Sub::Tmp);
     let mut removed = 0;
-    for entry in fs::read_dir(md.tmp())? {
-        let entry = entry?;
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_file() {
+    for (name, _) in fsat::list(tmp)? {
+        let Ok(st) = fsat::stat_at(tmp, &name) else {
+            continue;
+        };
+        if fsat::file_type(&st) != rustix::fs::FileType::RegularFile {
             continue;
         }
-        let old = meta
-            .modified()
-            .ok()
-            .and_then(|m| now.duration_since(m).ok())
-            .is_some_and(|age| age > max_age);
-        if old && fs::remove_file(entry.path()).is_ok() {
+        let mtime =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(st.st_mtime).unwrap_or(0));
+        let old = now.duration_since(mtime).is_ok_and(|age| age > max_age);
+        if old && fsat::unlink_at(tmp, &name).is_ok() {
             removed += 1;
         }
     }
     Ok(removed)
 }
 
-/// After a crash: remove tmp/ files that this host's processes were writing
-/// when they died (the pid in the unique name is gone), at once rather than
-/// after 36 hours. Files of live processes and of other hosts sharing the store
-/// are left alone.
+/// After a crash: remove regular tmp/ files that this host's processes were
+/// writing when they died (the pid in the unique name is gone), at once rather
+/// than after 36 hours. Files of live processes and of other hosts sharing the
+/// store are left alone.
 pub fn sweep_orphans(md: &Maildir, host: &str, alive: impl Fn(u32) -> bool) -> io::Result<usize> {
     let host = super::name::sanitize_host(host);
     let me = std::process::id();
+    let tmp = md.dir(Sub::Tmp);
     let mut removed = 0;
-    for entry in fs::read_dir(md.tmp())? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some((pid, h)) = name.to_str().and_then(super::name::writer) else {
+    for (name, t) in fsat::list(tmp)? {
+        let Some((pid, h)) = super::name::writer(&name) else {
             continue;
         };
-        if h == host && pid != me && !alive(pid) && fs::remove_file(entry.path()).is_ok() {
+        if h == host
+            && pid != me
+            && !alive(pid)
+            && fsat::is_regular(tmp, &name, t)
+            && fsat::unlink_at(tmp, &name).is_ok()
+        {
             removed += 1;
         }
     }
     Ok(removed)
+}
+
+/// What one sweep of `mail_root` did.
+#[derive(Debug, Default)]
+pub struct SweepReport {
+    pub removed: usize,
+    /// Maildirs not swept because a link or special file sits where one of
+    /// their directories belongs.
+    pub refused: Vec<io::Error>,
+}
+
+/// Sweep every Maildir under `mail_root`: tmp/ files older than `max_age`, and
+/// with `orphans` also those of this host's dead writers. Each Maildir is
+/// opened by handle without following links; one whose `tmp/` is not a real
+/// directory is refused (reported), never swept through.
+pub fn sweep_mail_root(
+    mail_root: &std::path::Path,
+    host: &str,
+    max_age: Duration,
+    orphans: bool,
+    alive: impl Fn(u32) -> bool,
+) -> io::Result<SweepReport> {
+    let root = fsat::open_dir_path(mail_root)?;
+    let mut report = SweepReport::default();
+    for (name, t) in fsat::list(std::os::fd::AsFd::as_fd(&root))? {
+        if name.starts_with('.') || t.is_some_and(|t| t != rustix::fs::FileType::Directory) {
+            continue;
+        }
+        let md = match Maildir::open_in(
+            std::os::fd::AsFd::as_fd(&root),
+            &mail_root.join(&name),
+            &name,
+        ) {
+            Ok(md) => md,
+            Err(e) if fsat::is_refused(&e) => {
+                report.refused.push(e);
+                continue;
+            }
+            Err(_) => continue, // not a Maildir (yet)
+        };
+        report.removed += sweep_tmp(&md, max_age).unwrap_or(0);
+        if orphans {
+            report.removed += sweep_orphans(&md, host, &alive).unwrap_or(0);
+        }
+    }
+    Ok(report)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::maildir::name::{base_name, parse_sizes};
+    use std::fs;
+    use std::path::Path;
 
     #[test]
     fn orphans_of_dead_local_writers_are_swept() {
@@ -321,9 +359,7 @@ mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn maildir(root: &Path, user: &str) -> Maildir {
-        let md = Maildir::new(root.join(user));
-        ensure_maildir(&md).unwrap();
-        md
+        Maildir::ensure(&root.join(user)).unwrap()
     }
 
     fn entries(dir: &Path) -> Vec<PathBuf> {
@@ -353,15 +389,13 @@ mod tests {
             0o040,
             "group must read a shared Maildir's mail: {mode:o}"
         );
-        assert_eq!(file_mode_for(&root.path().join("missing")), FILE_MODE);
     }
 
     #[test]
     fn ensure_creates_private_dirs_and_is_idempotent() {
         let t = tempfile::tempdir().unwrap();
-        let md = Maildir::new(t.path().join("a/b/alice"));
-        ensure_maildir(&md).unwrap();
-        ensure_maildir(&md).unwrap();
+        let md = Maildir::ensure(&t.path().join("a/b/alice")).unwrap();
+        let md = Maildir::ensure(md.path()).unwrap();
         for d in [md.path().to_path_buf(), md.tmp(), md.new_dir(), md.cur()] {
             let m = fs::metadata(&d).unwrap();
             assert!(m.is_dir(), "{d:?}");
@@ -369,12 +403,21 @@ mod tests {
         }
         // An existing Maildir missing cur/ gets it.
         fs::remove_dir(md.cur()).unwrap();
-        ensure_maildir(&md).unwrap();
+        Maildir::ensure(md.path()).unwrap();
         assert!(md.cur().is_dir());
-        // A regular file where a directory belongs is an error, not a pass.
+        // A regular file where a directory belongs is an error, not a pass;
+        // a symlink there is refused and not followed.
         fs::remove_dir(md.new_dir()).unwrap();
         fs::write(md.new_dir(), b"").unwrap();
-        assert!(ensure_maildir(&md).is_err());
+        assert!(Maildir::ensure(md.path()).is_err());
+        fs::remove_file(md.new_dir()).unwrap();
+        let elsewhere = t.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, md.new_dir()).unwrap();
+        let e = Maildir::ensure(md.path()).unwrap_err();
+        assert!(fsat::is_refused(&e), "{e}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 
     #[test]
@@ -511,8 +554,10 @@ mod tests {
     #[test]
     fn begin_fails_without_tmp_dir() {
         let t = tempfile::tempdir().unwrap();
-        let md = Maildir::new(t.path().join("missing"));
-        assert!(Delivery::begin(&md, "h").is_err());
+        fs::create_dir_all(t.path().join("half/new")).unwrap();
+        fs::create_dir_all(t.path().join("half/cur")).unwrap();
+        assert!(Maildir::open(&t.path().join("half")).is_err());
+        assert!(Maildir::open(&t.path().join("missing")).is_err());
     }
 
     #[test]
@@ -541,13 +586,62 @@ mod tests {
     #[test]
     fn copy_exclusive_copies_and_refuses_existing() {
         let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        let dest = t.path().join("dest");
-        fs::write(&src, b"payload").unwrap();
-        copy_exclusive(&src, &dest).unwrap();
-        assert_eq!(fs::read(&dest).unwrap(), b"payload");
-        let e = copy_exclusive(&src, &dest).unwrap_err();
+        let md = maildir(t.path(), "a");
+        let src = fsat::create_excl(md.dir(Sub::Tmp), "src", 0o600).unwrap();
+        (&src).write_all(b"payload").unwrap();
+        copy_exclusive(&src, &md, "dest").unwrap();
+        assert_eq!(fs::read(md.new_dir().join("dest")).unwrap(), b"payload");
+        let e = copy_exclusive(&src, &md, "dest").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
-        assert_eq!(fs::read(&dest).unwrap(), b"payload");
+        assert_eq!(fs::read(md.new_dir().join("dest")).unwrap(), b"payload");
+    }
+
+    #[test]
+    fn sweeps_touch_regular_files_only() {
+        let t = tempfile::tempdir().unwrap();
+        let a = maildir(t.path(), "a");
+        let victim = maildir(t.path(), "victim");
+        fs::write(victim.cur().join("mail"), b"x").unwrap();
+        let past = SystemTime::now() - Duration::from_secs(37 * 3600);
+        File::options()
+            .write(true)
+            .open(victim.cur().join("mail"))
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        // A symlink in tmp/ to an old file elsewhere, and a FIFO named like a
+        // dead writer's file: neither is removed, nor what the link points at.
+        std::os::unix::fs::symlink(victim.cur().join("mail"), a.tmp().join("link")).unwrap();
+        let n = UniqueName::from_parts(1, 2, 999_999, 3, 4, "mx");
+        nix::unistd::mkfifo(
+            &a.tmp().join(n.as_str()),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        assert_eq!(sweep_tmp(&a, Duration::from_secs(36 * 3600)).unwrap(), 0);
+        assert_eq!(sweep_orphans(&a, "mx", |_| false).unwrap(), 0);
+        assert!(victim.cur().join("mail").exists());
+        assert!(a.tmp().join("link").symlink_metadata().is_ok());
+        // A tmp/ replaced by a symlink to another mailbox: the Maildir is refused.
+        fs::remove_dir_all(a.tmp()).unwrap();
+        std::os::unix::fs::symlink(victim.cur(), a.tmp()).unwrap();
+        let e = Maildir::open(a.path()).unwrap_err();
+        assert!(fsat::is_refused(&e), "{e}");
+        assert!(victim.cur().join("mail").exists());
+    }
+
+    #[test]
+    fn a_swapped_tmp_file_is_not_delivered() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (maildir(t.path(), "a"), maildir(t.path(), "b"));
+        let mut d = Delivery::begin(&a, "h").unwrap();
+        d.write(b"real\n").unwrap();
+        // The owner of a/ replaces the tmp file with her own before the link.
+        let tmp = d.tmp_path();
+        fs::remove_file(&tmp).unwrap();
+        fs::write(&tmp, b"forged\n").unwrap();
+        assert!(d.commit(&[a.clone(), b.clone()]).is_err());
+        assert!(entries(&a.new_dir()).is_empty());
+        assert!(entries(&b.new_dir()).is_empty());
     }
 }

@@ -2,19 +2,26 @@
 //! every maildird process and host on the store: `{maildir}/maildird-pop3.lock`
 //! created with O_EXCL (atomic on local filesystems and NFSv3+), holding
 //! `hostname pid timestamp nonce`. No flock: it does not work across NFS clients.
+//!
+//! The Maildir's owner can replace the lock with anything: it is created,
+//! opened and removed through the Maildir's directory handle, opened with
+//! `O_NOFOLLOW|O_NONBLOCK` (a FIFO cannot park a thread), must be a regular
+//! file, and is read up to `MAX_LOCK_BYTES` (a link to `/dev/zero` cannot make
+//! a login read without bound).
 
-use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::io::{self, Write};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
-use super::Maildir;
+use super::{Maildir, fsat};
 
 pub const LOCK_NAME: &str = "maildird-pop3.lock";
+
+/// A lock file says `host pid secs nonce`: far less than this.
+const MAX_LOCK_BYTES: u64 = 512;
 
 /// Attempts to create the lock after breaking a stale one (others may race us).
 const ATTEMPTS: usize = 3;
@@ -24,14 +31,27 @@ pub enum LockError {
     /// Another live session holds the mailbox.
     #[error("mailbox is locked by another POP3 session")]
     InUse,
+    /// Something other than a lock file sits at the lock's name.
     #[error(transparent)]
-    Io(#[from] io::Error),
+    Refused(io::Error),
+    #[error(transparent)]
+    Io(io::Error),
+}
+
+impl From<io::Error> for LockError {
+    fn from(e: io::Error) -> LockError {
+        if fsat::is_refused(&e) {
+            LockError::Refused(e)
+        } else {
+            LockError::Io(e)
+        }
+    }
 }
 
 /// A held mailbox lock. Dropping it removes the lock file if it is still ours.
 #[derive(Debug)]
 pub struct MailboxLock {
-    path: PathBuf,
+    md: Maildir,
     /// What we wrote: identifies the file as ours (a broken-and-retaken lock is not).
     content: String,
 }
@@ -70,7 +90,6 @@ impl MailboxLock {
         host: &str,
         stale_after: Duration,
     ) -> Result<MailboxLock, LockError> {
-        let path = md.path().join(LOCK_NAME);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -81,24 +100,22 @@ impl MailboxLock {
             rand::random::<u64>()
         );
         for _ in 0..ATTEMPTS {
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-            {
+            match fsat::create_excl(md.root(), LOCK_NAME, 0o600) {
                 Ok(mut f) => {
                     if let Err(e) = f.write_all(content.as_bytes()).and_then(|()| f.sync_all()) {
                         // Half-written: ours to remove.
-                        let _ = fs::remove_file(&path);
+                        let _ = fsat::unlink_at(md.root(), LOCK_NAME);
                         return Err(e.into());
                     }
-                    return Ok(MailboxLock { path, content });
+                    return Ok(MailboxLock {
+                        md: md.clone(),
+                        content,
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e.into()),
             }
-            let (text, age) = match read_with_age(&path) {
+            let (text, age) = match read_with_age(md, LOCK_NAME) {
                 Ok(v) => v,
                 // Released between our create and read: try again.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -112,7 +129,7 @@ impl MailboxLock {
             if !stale {
                 return Err(LockError::InUse);
             }
-            break_lock(&path, &text)?;
+            break_lock(md, &text)?;
         }
         Err(LockError::InUse)
     }
@@ -120,63 +137,62 @@ impl MailboxLock {
     /// Touch the lock so other hosts do not consider it stale during a long
     /// session. Fails if the lock is no longer ours.
     pub fn refresh(&self) -> io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.path)?;
-        let mut text = String::new();
-        f.read_to_string(&mut text)?;
-        if text != self.content {
+        let mut f = fsat::open_regular_rw(self.md.root(), LOCK_NAME)?;
+        let text = fsat::read_bounded(&mut f, MAX_LOCK_BYTES)?;
+        if text != self.content.as_bytes() {
             return Err(io::Error::other("mailbox lock was taken over"));
         }
         f.set_modified(SystemTime::now())
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the lock is, for logs and tests.
+    pub fn path(&self) -> PathBuf {
+        self.md.path().join(LOCK_NAME)
     }
 }
 
 impl Drop for MailboxLock {
     fn drop(&mut self) {
-        if fs::read_to_string(&self.path).is_ok_and(|t| t == self.content) {
-            let _ = fs::remove_file(&self.path);
+        let ours = fsat::open_regular(self.md.root(), LOCK_NAME)
+            .and_then(|(mut f, _)| fsat::read_bounded(&mut f, MAX_LOCK_BYTES))
+            .is_ok_and(|t| t == self.content.as_bytes());
+        if ours {
+            let _ = fsat::unlink_at(self.md.root(), LOCK_NAME);
         }
     }
 }
 
-fn read_with_age(path: &Path) -> io::Result<(String, Duration)> {
-    let mut f = fs::File::open(path)?;
+/// The text (at most `MAX_LOCK_BYTES`) and age of the regular file `name` in
+/// the Maildir directory.
+fn read_with_age(md: &Maildir, name: &str) -> io::Result<(String, Duration)> {
+    let (mut f, _) = fsat::open_regular(md.root(), name)?;
     let mtime = f.metadata()?.modified()?;
-    let mut text = String::new();
     // A garbled (non-UTF-8) file is judged by its age like a foreign one.
-    let mut raw = Vec::new();
-    f.read_to_end(&mut raw)?;
-    text.push_str(&String::from_utf8_lossy(&raw));
+    let raw = fsat::read_bounded(&mut f, MAX_LOCK_BYTES)?;
     let age = SystemTime::now().duration_since(mtime).unwrap_or_default();
-    Ok((text, age))
+    Ok((String::from_utf8_lossy(&raw).into_owned(), age))
 }
 
 /// Remove a stale lock without removing a fresh one another breaker made in the
 /// meantime: move it aside under a unique name, and check that what was moved
 /// is the file judged stale; if not, put it back.
-fn break_lock(path: &Path, stale: &str) -> io::Result<()> {
-    let aside = path.with_extension(format!(
-        "lock.stale.{}.{:016x}",
+fn break_lock(md: &Maildir, stale: &str) -> io::Result<()> {
+    let aside = format!(
+        "{LOCK_NAME}.stale.{}.{:016x}",
         std::process::id(),
         rand::random::<u64>()
-    ));
-    match fs::rename(path, &aside) {
+    );
+    match fsat::rename_at(md.root(), LOCK_NAME, md.root(), &aside) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     }
-    let moved = fs::read(&aside).map(|b| String::from_utf8_lossy(&b).into_owned());
+    let moved = read_with_age(md, &aside).map(|(t, _)| t);
     if moved.as_deref().is_ok_and(|m| m != stale) {
         // We took someone's fresh lock: restore it unless a newer one exists.
-        let _ = fs::hard_link(&aside, path);
+        let _ = fsat::link_at(md.root(), &aside, md.root(), LOCK_NAME);
     }
-    let _ = fs::remove_file(&aside);
+    let _ = fsat::unlink_at(md.root(), &aside);
     Ok(())
 }
 
@@ -186,9 +202,11 @@ mod tests {
 
     const STALE: Duration = Duration::from_secs(1800);
 
+    use std::fs;
+
     fn md() -> (tempfile::TempDir, Maildir) {
         let t = tempfile::tempdir().unwrap();
-        let m = Maildir::new(t.path());
+        let m = Maildir::ensure(&t.path().join("md")).unwrap();
         (t, m)
     }
 
@@ -217,7 +235,7 @@ mod tests {
             MailboxLock::acquire(&md, "h2", STALE),
             Err(LockError::InUse)
         ));
-        let path = a.path().to_path_buf();
+        let path = a.path();
         drop(a);
         assert!(!path.exists());
         let _b = MailboxLock::acquire(&md, "h1", STALE).unwrap();
@@ -263,9 +281,9 @@ mod tests {
             .set_modified(SystemTime::now() - Duration::from_secs(3600))
             .unwrap();
         let l = MailboxLock::acquire(&md, "h1", STALE).unwrap();
-        // No leftovers from breaking it.
+        // No leftovers from breaking it (tmp, new, cur and the lock).
         let names: Vec<_> = fs::read_dir(md.path()).unwrap().collect();
-        assert_eq!(names.len(), 1);
+        assert_eq!(names.len(), 4);
         drop(l);
     }
 
@@ -286,8 +304,45 @@ mod tests {
         // Broken and retaken by another host: refresh fails, drop leaves it.
         fs::write(l.path(), "other 1 1 0\n").unwrap();
         assert!(l.refresh().is_err());
-        let path = l.path().to_path_buf();
+        let path = l.path();
         drop(l);
         assert_eq!(fs::read_to_string(&path).unwrap(), "other 1 1 0\n");
+    }
+
+    #[test]
+    fn a_lock_that_is_not_a_regular_file_is_refused_without_blocking() {
+        let (t, md) = md();
+        let path = md.path().join(LOCK_NAME);
+        // A FIFO: opening it for reading must not wait for a writer.
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = MailboxLock::acquire(&md, "h1", STALE).unwrap_err();
+        assert!(matches!(e, LockError::Refused(_)), "{e:?}");
+        assert!(e.to_string().contains("FIFO"), "{e}");
+        fs::remove_file(&path).unwrap();
+        // A symlink to /dev/zero, and one to another mailbox's lock.
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        let e = MailboxLock::acquire(&md, "h1", STALE).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        fs::remove_file(&path).unwrap();
+        let other = t.path().join("other.lock");
+        fs::write(&other, "h1 1 1 0\n").unwrap();
+        std::os::unix::fs::symlink(&other, &path).unwrap();
+        assert!(matches!(
+            MailboxLock::acquire(&md, "h1", Duration::ZERO),
+            Err(LockError::Refused(_))
+        ));
+        assert_eq!(fs::read_to_string(&other).unwrap(), "h1 1 1 0\n");
+        fs::remove_file(&path).unwrap();
+        // A huge regular file is read only up to the bound (and is stale garbage).
+        fs::write(&path, vec![b'x'; 1 << 20]).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+        let l = MailboxLock::acquire(&md, "h1", STALE).unwrap();
+        assert!(fs::metadata(&path).unwrap().len() < 100);
+        drop(l);
     }
 }

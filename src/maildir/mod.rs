@@ -1,36 +1,176 @@
 //! Maildir storage shared with mutt (DESIGN.md §2): durable delivery, login
-//! snapshots, and the per-mailbox POP3 lock. Blocking std::fs code; async callers
-//! use `spawn_blocking`. Knows nothing of tokio or protocols.
+//! snapshots, and the per-mailbox POP3 lock. Blocking code; async callers use
+//! `spawn_blocking`. Knows nothing of tokio or protocols.
+//!
+//! The owner's Unix account may plant symlinks, FIFOs and devices anywhere in
+//! her Maildir (DESIGN.md §2.2). So a `Maildir` is a set of *directory handles*,
+//! each opened with `O_DIRECTORY|O_NOFOLLOW` relative to its parent, and every
+//! later operation is an `*at` call on one of them (qmail's and Dovecot's habit):
+//! a `cur/` replaced by a symlink to another mailbox is refused at open, and a
+//! rename of the tree after open cannot redirect us. Paths are kept for logs only.
+//! rustix gives these calls over `OwnedFd`/`AsFd` with no `unsafe` here.
 
 pub mod deliver;
+pub mod fsat;
 pub mod lock;
 pub mod name;
 pub mod scan;
 
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// One Maildir: a directory with `tmp/`, `new/` and `cur/`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Mode of the directories we create: private to the service user.
+const DIR_MODE: u32 = 0o700;
+
+/// The three directories of a Maildir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Sub {
+    Tmp,
+    New,
+    Cur,
+}
+
+impl Sub {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sub::Tmp => "tmp",
+            Sub::New => "new",
+            Sub::Cur => "cur",
+        }
+    }
+}
+
+/// One opened Maildir: handles on its directory and its `tmp/ new/ cur/`.
+/// Cheap to clone (the handles are shared).
+#[derive(Debug, Clone)]
 pub struct Maildir {
+    inner: Arc<Handles>,
+}
+
+#[derive(Debug)]
+struct Handles {
     path: PathBuf,
+    root: OwnedFd,
+    tmp: OwnedFd,
+    new: OwnedFd,
+    cur: OwnedFd,
+}
+
+impl PartialEq for Maildir {
+    fn eq(&self, other: &Maildir) -> bool {
+        self.inner.path == other.inner.path
+    }
 }
 
 impl Maildir {
-    pub fn new(path: impl Into<PathBuf>) -> Maildir {
-        Maildir { path: path.into() }
+    /// Open the existing Maildir at `path`. The parent (the admin's `mail_root`)
+    /// is opened normally; the Maildir and its subdirectories never through a
+    /// symlink.
+    pub fn open(path: &Path) -> io::Result<Maildir> {
+        let (parent, name) = split(path)?;
+        let parent_fd = fsat::open_dir_path(parent)?;
+        Maildir::open_in(parent_fd.as_fd(), path, name)
     }
+
+    /// Open the Maildir `name` inside the already-open directory `parent`.
+    pub fn open_in(parent: BorrowedFd<'_>, path: &Path, name: &str) -> io::Result<Maildir> {
+        let root = fsat::open_dir_at(parent, name, path)?;
+        let sub = |s: Sub| fsat::open_dir_at(root.as_fd(), s.name(), &path.join(s.name()));
+        let (tmp, new, cur) = (sub(Sub::Tmp)?, sub(Sub::New)?, sub(Sub::Cur)?);
+        Ok(Maildir {
+            inner: Arc::new(Handles {
+                path: path.to_path_buf(),
+                root,
+                tmp,
+                new,
+                cur,
+            }),
+        })
+    }
+
+    /// Open the Maildir at `path`, first creating it and any missing `tmp/`,
+    /// `new/`, `cur/` (mode 0700), with the directories whose entries changed
+    /// fsynced. The parent is created when missing (it is the admin's tree).
+    /// A symlink or other non-directory where a directory belongs is an error
+    /// that names it; nothing is created or followed through it.
+    pub fn ensure(path: &Path) -> io::Result<Maildir> {
+        match Maildir::open(path) {
+            Ok(md) => return Ok(md),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let (parent, name) = split(path)?;
+        if !parent.is_dir() {
+            std::fs::DirBuilder::new().recursive(true).create(parent)?;
+        }
+        let parent_fd = fsat::open_dir_path(parent)?;
+        if fsat::mkdir_at(parent_fd.as_fd(), name, DIR_MODE)? {
+            rustix::fs::fsync(&parent_fd)?;
+        }
+        let root = fsat::open_dir_at(parent_fd.as_fd(), name, path)?;
+        let mut created = false;
+        for s in [Sub::Tmp, Sub::New, Sub::Cur] {
+            created |= fsat::mkdir_at(root.as_fd(), s.name(), DIR_MODE)?;
+        }
+        if created {
+            rustix::fs::fsync(&root)?;
+        }
+        drop(root);
+        Maildir::open_in(parent_fd.as_fd(), path, name)
+    }
+
+    /// Where the Maildir is, for logs and messages (never used to reach files).
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
     pub fn tmp(&self) -> PathBuf {
-        self.path.join("tmp")
+        self.inner.path.join("tmp")
     }
     pub fn new_dir(&self) -> PathBuf {
-        self.path.join("new")
+        self.inner.path.join("new")
     }
     pub fn cur(&self) -> PathBuf {
-        self.path.join("cur")
+        self.inner.path.join("cur")
+    }
+
+    /// The handle of the Maildir directory itself (the POP3 lock lives there).
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.inner.root.as_fd()
+    }
+
+    /// The handle of `tmp/`, `new/` or `cur/`.
+    pub fn dir(&self, sub: Sub) -> BorrowedFd<'_> {
+        match sub {
+            Sub::Tmp => self.inner.tmp.as_fd(),
+            Sub::New => self.inner.new.as_fd(),
+            Sub::Cur => self.inner.cur.as_fd(),
+        }
+    }
+
+    /// fsync one of the subdirectories (its entries survive a crash).
+    pub fn sync(&self, sub: Sub) -> io::Result<()> {
+        rustix::fs::fsync(self.dir(sub)).map_err(io::Error::from)
+    }
+}
+
+/// `path` as (parent, last component); the last component must be a plain name.
+fn split(path: &Path) -> io::Result<(&Path, &str)> {
+    let name = path.file_name().and_then(|n| n.to_str());
+    match (path.parent(), name) {
+        (Some(p), Some(n)) => Ok((
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            },
+            n,
+        )),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not a Maildir path", path.display()),
+        )),
     }
 }
 

@@ -1,27 +1,35 @@
 //! Reading a Maildir shared with mutt (DESIGN.md §2.2-2.3): the POP3 login
 //! snapshot of `new/` + `cur/` in delivery order, UIDLs from base names, finding a
 //! message by base name wherever mutt moved it, removal and the seen flag.
-//! Blocking std::fs; async callers use `spawn_blocking`.
+//! Only regular files are messages; everything goes through the Maildir's
+//! directory handles (see `fsat`). Blocking; async callers use `spawn_blocking`.
 
 use std::collections::HashMap;
-use std::fs;
+use std::fs::File;
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
-use super::Maildir;
+use super::{Maildir, Sub, fsat};
 
 /// One message of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// The unique name without the `:info` part: the message's identity.
     pub base: String,
-    /// Where the file was at snapshot time.
-    pub path: PathBuf,
+    /// Where the file was at snapshot time: `new/` or `cur/`, and its name there.
+    pub sub: Sub,
+    pub name: String,
     /// Octets with CRLF line endings, exactly what RETR sends (without stuffing).
     pub size: u64,
+}
+
+impl Entry {
+    /// Its path at snapshot time, for logs.
+    pub fn path(&self, md: &Maildir) -> PathBuf {
+        md.path().join(self.sub.name()).join(&self.name)
+    }
 }
 
 /// Passes over the directories before the last listing is used even if files
@@ -33,26 +41,19 @@ pub fn base_of(name: &str) -> &str {
     name.split_once(':').map_or(name, |(b, _)| b)
 }
 
-/// One listing: (base, path, file name) of regular non-dot files in new/ and cur/.
-fn list(md: &Maildir) -> io::Result<Vec<(String, PathBuf, String)>> {
+/// One listing: (sub, name) of regular non-dot files in new/ and cur/, sorted.
+fn list(md: &Maildir) -> io::Result<Vec<(Sub, String)>> {
     let mut out = Vec::new();
-    for dir in [md.new_dir(), md.cur()] {
-        for ent in fs::read_dir(&dir)? {
-            let ent = ent?;
-            let Ok(name) = ent.file_name().into_string() else {
-                continue; // not UTF-8: not a name any Maildir writer makes
-            };
-            if name.starts_with('.') {
+    for sub in [Sub::New, Sub::Cur] {
+        let dir = md.dir(sub);
+        for (name, t) in fsat::list(dir)? {
+            if name.starts_with('.') || !fsat::is_regular(dir, &name, t) {
                 continue;
             }
-            match ent.file_type() {
-                Ok(t) if t.is_file() => {}
-                _ => continue,
-            }
-            out.push((base_of(&name).to_string(), ent.path(), name));
+            out.push((sub, name));
         }
     }
-    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out.sort();
     Ok(out)
 }
 
@@ -70,27 +71,40 @@ pub fn snapshot(md: &Maildir) -> io::Result<Vec<Entry>> {
         }
     }
     let mut keyed = Vec::with_capacity(last.len());
-    for (base, path, name) in last {
+    for (sub, name) in last {
+        let base = base_of(&name).to_string();
         let size = match size_from_name(&base) {
             Some(s) => s,
-            None => match file_crlf_size(&path) {
+            None => match file_crlf_size(md, sub, &name) {
                 Ok(s) => s,
-                // Removed or moved since the listing: not part of this snapshot.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                // Removed, moved or swapped for a non-file since the listing:
+                // not part of this snapshot.
+                Err(e) if e.kind() == io::ErrorKind::NotFound || fsat::is_refused(&e) => {
+                    continue;
+                }
                 Err(e) => return Err(e),
             },
         };
         let key = match delivery_time(&base) {
             Some(t) => t,
-            None => match fs::metadata(&path).and_then(|m| m.modified()) {
-                Ok(t) => t
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| (d.as_secs(), u64::from(d.subsec_micros())))
-                    .unwrap_or((0, 0)),
+            None => match fsat::stat_at(md.dir(sub), &name) {
+                Ok(st) => (
+                    u64::try_from(st.st_mtime).unwrap_or(0),
+                    st.st_mtime_nsec / 1000,
+                ),
                 Err(_) => (0, 0),
             },
         };
-        keyed.push((key, name, Entry { base, path, size }));
+        keyed.push((
+            key,
+            name.clone(),
+            Entry {
+                base,
+                sub,
+                name,
+                size,
+            },
+        ));
     }
     keyed.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     // A base listed twice (moved new/ -> cur/ during the passes) is one message.
@@ -131,16 +145,27 @@ fn size_from_name(base: &str) -> Option<u64> {
         .last()
 }
 
-/// The CRLF size of a file, streamed: its length, plus one for every LF without a
+/// Open message `name` in `sub` for reading: a regular file only (see
+/// `fsat::open_regular`); the size is the descriptor's, not the name's.
+pub fn open_message(md: &Maildir, sub: Sub, name: &str) -> io::Result<(File, u64)> {
+    fsat::open_regular(md.dir(sub), name)
+}
+
+/// The CRLF size of a message file, streamed (see `crlf_size_of`).
+pub fn file_crlf_size(md: &Maildir, sub: Sub, name: &str) -> io::Result<u64> {
+    let (f, len) = open_message(md, sub, name)?;
+    crlf_size_of(f.take(len))
+}
+
+/// The CRLF size of a byte stream: its length, plus one for every LF without a
 /// CR before it, plus a CRLF when the last line is unterminated. Equals
 /// `pop3::reply::crlf_size` of the contents.
-pub fn file_crlf_size(path: &Path) -> io::Result<u64> {
-    let mut f = fs::File::open(path)?;
+pub fn crlf_size_of(mut r: impl Read) -> io::Result<u64> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut n = 0u64;
     let mut prev = 0u8;
     loop {
-        let got = match f.read(&mut buf) {
+        let got = match r.read(&mut buf) {
             Ok(0) => break,
             Ok(g) => g,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -172,41 +197,37 @@ pub fn uidl(base: &str) -> String {
         .collect()
 }
 
-/// The current path of the message `base`: `new/base`, or any file in `new/` or
-/// `cur/` whose base name is `base` (mutt moves to `cur/` and appends `:2,FLAGS`).
-pub fn find(md: &Maildir, base: &str) -> Option<PathBuf> {
-    if base.is_empty() || base.contains('/') {
+/// Where the message `base` is now: `new/base`, or any regular file in `new/`
+/// or `cur/` whose base name is `base` (mutt moves to `cur/` and appends
+/// `:2,FLAGS`).
+pub fn find(md: &Maildir, base: &str) -> Option<(Sub, String)> {
+    if base.is_empty() || base.contains('/') || base.starts_with('.') {
         return None;
     }
-    let direct = md.new_dir().join(base);
-    if direct.is_file() {
-        return Some(direct);
+    if fsat::is_regular(md.dir(Sub::New), base, None) {
+        return Some((Sub::New, base.to_string()));
     }
-    for dir in [md.new_dir(), md.cur()] {
-        let Ok(rd) = fs::read_dir(&dir) else { continue };
-        for ent in rd.flatten() {
-            let name = ent.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if base_of(name) == base && !name.starts_with('.') {
-                return Some(ent.path());
+    for sub in [Sub::New, Sub::Cur] {
+        let dir = md.dir(sub);
+        let Ok(names) = fsat::list(dir) else { continue };
+        for (name, t) in names {
+            if base_of(&name) == base && fsat::is_regular(dir, &name, t) {
+                return Some((sub, name));
             }
         }
     }
     None
 }
 
-/// All files per base name in `new/` and `cur/` (one directory read each).
-fn index(md: &Maildir) -> io::Result<HashMap<String, Vec<PathBuf>>> {
-    let mut map: HashMap<String, Vec<PathBuf>> = HashMap::new();
-    for dir in [md.new_dir(), md.cur()] {
-        for ent in fs::read_dir(&dir)? {
-            let ent = ent?;
-            let name = ent.file_name();
-            let Some(name) = name.to_str() else { continue };
+/// All names per base name in `new/` and `cur/` (one directory read each).
+fn index(md: &Maildir) -> io::Result<HashMap<String, Vec<(Sub, String)>>> {
+    let mut map: HashMap<String, Vec<(Sub, String)>> = HashMap::new();
+    for sub in [Sub::New, Sub::Cur] {
+        for (name, _) in fsat::list(md.dir(sub))? {
             if !name.starts_with('.') {
-                map.entry(base_of(name).to_string())
+                map.entry(base_of(&name).to_string())
                     .or_default()
-                    .push(ent.path());
+                    .push((sub, name));
             }
         }
     }
@@ -215,23 +236,25 @@ fn index(md: &Maildir) -> io::Result<HashMap<String, Vec<PathBuf>>> {
 
 /// POP3 UPDATE: unlink the messages `bases` wherever they are now, tolerating
 /// ones already gone; then fsync `new/` and `cur/` so the removal is durable.
+/// (An entry the owner swapped for a link is unlinked as a name in her own
+/// directory: the link goes, never what it points at.)
 pub fn remove_messages(md: &Maildir, bases: &[String]) -> io::Result<()> {
     if bases.is_empty() {
         return Ok(());
     }
     let map = index(md)?;
     for base in bases {
-        let mut paths = map.get(base).cloned().unwrap_or_default();
+        let mut found = map.get(base).cloned().unwrap_or_default();
         // Moved between the directory read and the unlink: look once more.
         let mut retried = false;
-        while let Some(p) = paths.pop() {
-            match fs::remove_file(&p) {
+        while let Some((sub, name)) = found.pop() {
+            match fsat::unlink_at(md.dir(sub), &name) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     if !retried {
                         retried = true;
                         if let Some(q) = find(md, base) {
-                            paths.push(q);
+                            found.push(q);
                         }
                     }
                 }
@@ -239,25 +262,20 @@ pub fn remove_messages(md: &Maildir, bases: &[String]) -> io::Result<()> {
             }
         }
     }
-    for dir in [md.new_dir(), md.cur()] {
-        fs::File::open(&dir)?.sync_all()?;
+    for sub in [Sub::New, Sub::Cur] {
+        md.sync(sub)?;
     }
     Ok(())
 }
 
 /// Mark `base` seen for mutt: move it to `cur/base:2,<flags>` with `S` added
-/// (flags kept sorted, unknown ones kept). Returns the new path, or None when the
-/// message is gone or carries info that is not `2,` (left alone).
-pub fn mark_seen(md: &Maildir, base: &str) -> io::Result<Option<PathBuf>> {
+/// (flags kept sorted, unknown ones kept). Returns where it is now, or None when
+/// the message is gone or carries info that is not `2,` (left alone).
+pub fn mark_seen(md: &Maildir, base: &str) -> io::Result<Option<(Sub, String)>> {
     for _ in 0..2 {
-        let Some(from) = find(md, base) else {
+        let Some((sub, name)) = find(md, base) else {
             return Ok(None);
         };
-        let name = from
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
         let flags = match name.split_once(':') {
             None => String::new(),
             Some((_, info)) => match info.strip_prefix("2,") {
@@ -271,14 +289,12 @@ pub fn mark_seen(md: &Maildir, base: &str) -> io::Result<Option<PathBuf>> {
         }
         chars.sort_unstable();
         chars.dedup();
-        let to = md
-            .cur()
-            .join(format!("{base}:2,{}", chars.iter().collect::<String>()));
-        if to == from {
-            return Ok(Some(to));
+        let to = format!("{base}:2,{}", chars.iter().collect::<String>());
+        if sub == Sub::Cur && to == name {
+            return Ok(Some((sub, name)));
         }
-        match fs::rename(&from, &to) {
-            Ok(()) => return Ok(Some(to)),
+        match fsat::rename_at(md.dir(sub), &name, md.dir(Sub::Cur), &to) {
+            Ok(()) => return Ok(Some((Sub::Cur, to))),
             // Mutt moved it meanwhile: look again.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
@@ -291,12 +307,12 @@ pub fn mark_seen(md: &Maildir, base: &str) -> io::Result<Option<PathBuf>> {
 mod tests {
     use super::*;
 
+    use std::fs;
+    use std::time::UNIX_EPOCH;
+
     fn maildir() -> (tempfile::TempDir, Maildir) {
         let t = tempfile::tempdir().unwrap();
-        for d in ["tmp", "new", "cur"] {
-            fs::create_dir(t.path().join(d)).unwrap();
-        }
-        let md = Maildir::new(t.path());
+        let md = Maildir::ensure(&t.path().join("md")).unwrap();
         (t, md)
     }
 
@@ -345,7 +361,7 @@ mod tests {
             let p = md.new_dir().join("m");
             fs::write(&p, body).unwrap();
             assert_eq!(
-                file_crlf_size(&p).unwrap(),
+                file_crlf_size(&md, Sub::New, "m").unwrap(),
                 crate::pop3::reply::crlf_size(body),
                 "{:?}",
                 String::from_utf8_lossy(body)
@@ -371,7 +387,10 @@ mod tests {
                 ("1700000002.M5P1.h", 3),
             ]
         );
-        assert_eq!(s[2].path, md.cur().join("1700000002.M5P1.h:2,S"));
+        assert_eq!(
+            (s[2].sub, s[2].name.as_str()),
+            (Sub::Cur, "1700000002.M5P1.h:2,S")
+        );
     }
 
     #[test]
@@ -408,7 +427,7 @@ mod tests {
         .unwrap();
         let again = snapshot(&md).unwrap();
         assert_eq!(uidl(&again[0].base), before);
-        assert_eq!(find(&md, base), Some(md.cur().join(format!("{base}:2,S"))));
+        assert_eq!(find(&md, base), Some((Sub::Cur, format!("{base}:2,S"))));
         remove_messages(&md, &[s[0].base.clone(), "gone.already".into()]).unwrap();
         assert_eq!(find(&md, base), None);
         assert!(md.new_dir().join(keep).exists());
@@ -420,7 +439,7 @@ mod tests {
         let (_t, md) = maildir();
         fs::write(md.new_dir().join("1.M1P1.h"), b"a\n").unwrap();
         let p = mark_seen(&md, "1.M1P1.h").unwrap();
-        assert_eq!(p, Some(md.cur().join("1.M1P1.h:2,S")));
+        assert_eq!(p, Some((Sub::Cur, "1.M1P1.h:2,S".to_string())));
         assert!(md.cur().join("1.M1P1.h:2,S").exists());
         assert!(!md.new_dir().join("1.M1P1.h").exists());
         fs::write(md.cur().join("2.M1P1.h:2,Tax"), b"b\n").unwrap();
@@ -434,5 +453,35 @@ mod tests {
         assert_eq!(mark_seen(&md, "3.M1P1.h").unwrap(), None);
         assert!(md.cur().join("3.M1P1.h:1,x").exists());
         assert_eq!(mark_seen(&md, "4.gone").unwrap(), None);
+    }
+
+    #[test]
+    fn only_regular_files_are_messages() {
+        let (t, md) = maildir();
+        let victim = t.path().join("victim");
+        fs::write(&victim, b"secret\n").unwrap();
+        fs::write(md.new_dir().join("1.M1P1.real"), b"mine\n").unwrap();
+        std::os::unix::fs::symlink(&victim, md.new_dir().join("2.M1P1.link")).unwrap();
+        std::os::unix::fs::symlink(&victim, md.cur().join("3.M1P1.link:2,S")).unwrap();
+        nix::unistd::mkfifo(
+            &md.cur().join("4.M1P1.fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let s = snapshot(&md).unwrap();
+        let bases: Vec<&str> = s.iter().map(|e| e.base.as_str()).collect();
+        assert_eq!(bases, ["1.M1P1.real"]);
+        assert_eq!(find(&md, "2.M1P1.link"), None);
+        assert_eq!(find(&md, "4.M1P1.fifo"), None);
+        // Swapped for a link after the snapshot: opening refuses it.
+        fs::remove_file(md.new_dir().join("1.M1P1.real")).unwrap();
+        std::os::unix::fs::symlink(&victim, md.new_dir().join("1.M1P1.real")).unwrap();
+        let e = open_message(&md, Sub::New, "1.M1P1.real").unwrap_err();
+        assert!(fsat::is_refused(&e), "{e}");
+        // The FIFO is refused without blocking, and removal unlinks links, not targets.
+        let e = open_message(&md, Sub::Cur, "4.M1P1.fifo").unwrap_err();
+        assert!(fsat::is_refused(&e), "{e}");
+        remove_messages(&md, &["1.M1P1.real".into()]).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"secret\n");
     }
 }
