@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use super::Maildir;
 use super::name::UniqueName;
+use super::scan::CrlfSize;
 
 /// Maildir files are private to the mailbox owner.
 const FILE_MODE: u32 = 0o600;
@@ -32,9 +33,8 @@ pub struct Delivery {
     name: UniqueName,
     /// Bytes written (the `S=` field).
     bytes: u64,
-    /// LFs not preceded by a CR: each becomes CRLF on the wire (`W=` = bytes + this).
-    bare_lfs: u64,
-    last_was_cr: bool,
+    /// The size on the POP3 wire (`W=`).
+    wire: CrlfSize,
 }
 
 impl Delivery {
@@ -60,8 +60,7 @@ impl Delivery {
                         host: host.to_string(),
                         name,
                         bytes: 0,
-                        bare_lfs: 0,
-                        last_was_cr: false,
+                        wire: CrlfSize::default(),
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
@@ -83,7 +82,7 @@ impl Delivery {
 
     /// Size with CRLF line endings, as POP3 will send it (`W=`).
     pub fn crlf_size(&self) -> u64 {
-        self.bytes + self.bare_lfs
+        self.wire.total()
     }
 
     /// Append message bytes (buffered).
@@ -93,12 +92,7 @@ impl Delivery {
             .as_mut()
             .ok_or_else(|| io::Error::other("delivery already finished"))?;
         file.write_all(bytes)?;
-        for &b in bytes {
-            if b == b'\n' && !self.last_was_cr {
-                self.bare_lfs += 1;
-            }
-            self.last_was_cr = b == b'\r';
-        }
+        self.wire.feed(bytes);
         self.bytes += bytes.len() as u64;
         Ok(())
     }
@@ -375,6 +369,37 @@ mod tests {
         fs::remove_dir(md.new_dir()).unwrap();
         fs::write(md.new_dir(), b"").unwrap();
         assert!(ensure_maildir(&md).is_err());
+    }
+
+    /// `W=` is what LIST reports and RETR sends, however the text is written
+    /// in pieces: an unterminated last line gets its CRLF, a lone CR is a
+    /// line end.
+    #[test]
+    fn crlf_size_in_name_matches_the_pop3_encoder() {
+        let t = tempfile::tempdir().unwrap();
+        let md = maildir(t.path(), "alice");
+        for pieces in [
+            &[&b"no newline"[..]][..],
+            &[b"a\r", b".\nb"],
+            &[b"x\r", b"\n.\r"],
+            &[b"\r", b"\r", b"\n"],
+            &[b""],
+        ] {
+            let mut d = Delivery::begin(&md, "h").unwrap();
+            for p in pieces {
+                d.write(p).unwrap();
+            }
+            let whole = pieces.concat();
+            assert_eq!(
+                d.crlf_size(),
+                crate::pop3::reply::crlf_size(&whole),
+                "{pieces:?}"
+            );
+            let paths = d.commit(std::slice::from_ref(&md)).unwrap();
+            let name = paths[0].file_name().unwrap().to_str().unwrap();
+            let (_, w) = parse_sizes(name);
+            assert_eq!(w, Some(crate::pop3::reply::crlf_size(&whole)), "{name}");
+        }
     }
 
     #[test]
