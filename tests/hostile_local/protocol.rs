@@ -303,6 +303,53 @@ for n, size in listing:
 s.sendall(b'QUIT\r\n'); lenient()
 "#;
 
+/// One message as `POP3_READERS` saw it.
+#[derive(Debug, Default)]
+struct Retr {
+    list: u64,
+    /// poplib's count of the octets RETR sent (dot-stuffing undone).
+    octets: u64,
+    /// poplib's lines.
+    strict: Vec<String>,
+    /// The lenient reader's lines (unstuffed).
+    lenient: Vec<String>,
+    /// The reply the lenient reader got to NOOP after the RETR.
+    noop: String,
+}
+
+fn parse_readers(out: &str) -> Vec<Retr> {
+    let hex = |h: &str| -> String {
+        let bytes: Vec<u8> = (0..h.len() / 2)
+            .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).expect("hex"))
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    let mut msgs: Vec<Retr> = Vec::new();
+    let mut lenient_at = 0;
+    for l in out.lines() {
+        let (tag, rest) = l.split_once(' ').unwrap_or((l, ""));
+        match tag {
+            "M" => {
+                let v: Vec<u64> = rest.split(' ').map(|x| x.parse().expect("n")).collect();
+                msgs.push(Retr {
+                    list: v[1],
+                    octets: v[2],
+                    ..Retr::default()
+                });
+            }
+            "P" => msgs.last_mut().expect("M first").strict.push(hex(rest)),
+            "L" => msgs[lenient_at].lenient.push(hex(rest)),
+            "N" => {
+                msgs[lenient_at].noop = rest.to_string();
+                lenient_at += 1;
+            }
+            _ => panic!("unexpected output {l:?}\n{out}"),
+        }
+    }
+    assert_eq!(lenient_at, msgs.len(), "{out}");
+    msgs
+}
+
 #[test]
 fn cr_dot_lines_reach_pop3_clients_as_stored_with_exact_sizes() {
     let env = TestEnv::new();
@@ -342,46 +389,28 @@ fn cr_dot_lines_reach_pop3_clients_as_stored_with_exact_sizes() {
     }
     let out = python_ok(POP3_READERS, &[&env.pop3_port.to_string(), PW]);
     // Per message: LIST size, poplib's octets and lines, the lenient lines, NOOP.
-    let mut msgs: Vec<(u64, u64, Vec<String>, Vec<String>, String)> = Vec::new();
-    let mut lenient_at = 0;
-    for l in out.lines() {
-        let (tag, rest) = l.split_once(' ').unwrap_or((l, ""));
-        let hex = |h: &str| -> String {
-            let bytes: Vec<u8> = (0..h.len() / 2)
-                .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).expect("hex"))
-                .collect();
-            String::from_utf8_lossy(&bytes).into_owned()
-        };
-        match tag {
-            "M" => {
-                let v: Vec<u64> = rest.split(' ').map(|x| x.parse().expect("n")).collect();
-                msgs.push((v[1], v[2], Vec::new(), Vec::new(), String::new()));
-            }
-            "P" => msgs.last_mut().expect("M first").2.push(hex(rest)),
-            "L" => msgs[lenient_at].3.push(hex(rest)),
-            "N" => {
-                msgs[lenient_at].4 = rest.to_string();
-                lenient_at += 1;
-            }
-            _ => panic!("unexpected output {l:?}\n{out}"),
-        }
-    }
+    let msgs = parse_readers(&out);
     assert_eq!(msgs.len(), 2, "{out}");
     w_sizes.sort_unstable();
-    let mut list_sizes: Vec<u64> = msgs.iter().map(|m| m.0).collect();
+    let mut list_sizes: Vec<u64> = msgs.iter().map(|m| m.list).collect();
     list_sizes.sort_unstable();
     assert_eq!(list_sizes, w_sizes, "LIST sizes are the W= of the names");
     let want = messages();
-    for (list, octets, strict, lenient, noop) in &msgs {
-        assert_eq!(list, octets, "LIST size == octets RETR sent (unstuffed)");
+    for m in &msgs {
         assert_eq!(
-            strict, lenient,
+            m.list, m.octets,
+            "LIST size == octets RETR sent (unstuffed)"
+        );
+        assert_eq!(
+            m.strict, m.lenient,
             "strict and lenient clients read the same lines"
         );
         assert!(
-            noop.starts_with("+OK"),
-            "RETR ended early: NOOP got {noop:?}"
+            m.noop.starts_with("+OK"),
+            "RETR ended early: NOOP got {:?}",
+            m.noop
         );
+        let strict = &m.strict;
         let from = strict
             .iter()
             .position(|l| l == "From: a@example.net")
@@ -389,7 +418,7 @@ fn cr_dot_lines_reach_pop3_clients_as_stored_with_exact_sizes() {
         let (_, _, lines) = want
             .iter()
             .find(|(_, _, lines)| {
-                strict.get(from + 2) == lines.first().map(|s| s.to_string()).as_ref()
+                strict.get(from + 2).map(String::as_str) == lines.first().copied()
             })
             .unwrap_or_else(|| panic!("unknown message {strict:?}"));
         assert_eq!(strict[from + 1], "To: alice@example.org");
