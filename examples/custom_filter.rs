@@ -96,6 +96,13 @@ impl Filter for SwapCase {
             }) as BoxedIo)
         })
     }
+
+    /// Every read is handed up at once (changed in place), nothing is kept
+    /// back: a listener with `starttls = true` may use this filter. Leave this
+    /// out (the default is `true`) when a filter buffers what it reads.
+    fn may_hold_input(&self) -> bool {
+        false
+    }
 }
 
 /// The factory: reads `[filter.swapcase]`, errors become config errors (exit 2).

@@ -268,6 +268,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Like `close`, then read and drop whatever the peer still sends until it
+    /// closes too or `linger` has passed (a lingering close, as HTTP servers
+    /// do): closing a socket with unread input makes the kernel answer with a
+    /// reset, which can destroy the last replies before the client reads them.
+    pub async fn close_lingering(self, linger: Duration) -> io::Result<()> {
+        let deadline = tokio::time::Instant::now() + linger;
+        let mut stream = match tokio::time::timeout_at(deadline, self.into_inner()).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "closing timed out")),
+        };
+        if tokio::time::timeout_at(deadline, stream.shutdown())
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        // On the heap: this future is part of every session's.
+        let mut sink = vec![0u8; 16 * 1024];
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Give back the stream (after flushing).
     async fn into_inner(mut self) -> io::Result<S> {
         self.flush().await?;

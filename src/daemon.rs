@@ -230,8 +230,9 @@ pub fn registry(tls: Option<&Arc<TlsServer>>) -> Registry {
     registry
 }
 
-/// Build every listener's filter chain (unknown names, bad settings and
-/// impossible orders are config errors).
+/// Build every listener's filter chain (unknown names, bad settings,
+/// impossible orders and STARTTLS over a filter that may hold input back are
+/// config errors). `check-config`, start-up and SIGHUP reload all come here.
 pub fn build_chains(
     config: &Config,
     registry: &Registry,
@@ -243,6 +244,9 @@ pub fn build_chains(
             let chain = registry
                 .build(config, &l.filters, crate::filter::Side::Server)
                 .map_err(|e| format!("listener {:?}: {e}", l.name))?;
+            if l.starttls {
+                chain.check_starttls(&l.name, &l.filters)?;
+            }
             Ok((l.name.clone(), chain))
         })
         .collect()
@@ -831,5 +835,51 @@ pub fn pop3_config(
         auth_failure_delay: c.limits.auth_failure_delay,
         retr_marks_seen: c.pop3.retr_marks_seen,
         client,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TLS: &str =
+        "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[filter.exec.rot]\ncommand = [\"cat\"]\n";
+
+    fn chains(listeners: &str) -> Result<HashMap<String, FilterChain>, String> {
+        let cfg = Config::parse(&format!("{TLS}{listeners}"), "t").map_err(|e| e.to_string())?;
+        build_chains(&cfg, &registry(None))
+    }
+
+    /// `check-config`, start-up and reload share this check: STARTTLS/STLS over
+    /// a filter that may hold input back is a config error naming both.
+    #[test]
+    fn starttls_over_a_buffering_filter_is_a_config_error() {
+        for (proto, filters, bad) in [
+            ("smtp", "[\"zlib\"]", Some("zlib")),
+            ("pop3", "[\"log\", \"exec.rot\"]", Some("exec.rot")),
+            ("submission", "[\"proxy\", \"zlib\"]", Some("zlib")),
+            ("smtp", "[\"proxy\", \"log\"]", None),
+            ("pop3", "[]", None),
+        ] {
+            let l = format!(
+                "[[listener]]\nname = \"l\"\nprotocol = \"{proto}\"\nfilters = {filters}\nstarttls = true\n"
+            );
+            match bad {
+                None => assert!(chains(&l).is_ok(), "{l}"),
+                Some(f) => {
+                    let e = chains(&l).err().unwrap_or_default();
+                    assert!(
+                        e.starts_with(&format!(
+                            "listener \"l\": starttls = true cannot be used with filter \"{f}\""
+                        )),
+                        "{e}"
+                    );
+                    assert!(e.contains("implicit TLS"), "{e}");
+                }
+            }
+            // The same filters without STARTTLS are fine.
+            let plain = l.replace("starttls = true\n", "");
+            assert!(chains(&plain).is_ok(), "{plain}");
+        }
     }
 }

@@ -55,6 +55,24 @@ fn decode_in_chunks(wire: &[u8], cuts: &[usize]) -> (Vec<u8>, usize, bool) {
     (out, pos, false)
 }
 
+/// The data of a multi-line POP3 response (without its `.` CRLF): only CRLF
+/// line ends (no lone CR, no bare LF, so clients that split lines differently
+/// still agree), and no line that is a lone `.`.
+fn retr_lines_are_unambiguous(framed: &[u8]) -> Result<(), TestCaseError> {
+    for (i, &b) in framed.iter().enumerate() {
+        match b {
+            b'\r' => prop_assert_eq!(framed.get(i + 1), Some(&b'\n'), "lone CR at {}", i),
+            b'\n' => prop_assert!(i > 0 && framed[i - 1] == b'\r', "bare LF at {}", i),
+            _ => {}
+        }
+    }
+    prop_assert!(framed.is_empty() || framed.ends_with(b"\r\n"));
+    for line in framed.split_inclusive(|&b| b == b'\n') {
+        prop_assert_ne!(line, &b".\r\n"[..]);
+    }
+    Ok(())
+}
+
 /// Text without CR or NUL, as stored in a Maildir (LF line ends).
 fn lf_text() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(
@@ -145,17 +163,47 @@ proptest! {
     }
 
     #[test]
-    fn pop3_size_is_what_retr_sends(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+    fn pop3_size_is_what_retr_sends(body in proptest::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), any::<u8>()], 0..400), cut in any::<usize>()) {
         let mut out = Vec::new();
         crate::pop3::reply::multiline(&mut out, &body);
         // Undo the framing: drop the terminator, unstuff, count.
         prop_assert!(out.ends_with(b".\r\n"));
         let framed = &out[..out.len() - 3];
+        retr_lines_are_unambiguous(framed)?;
         let mut octets = 0u64;
         for line in framed.split_inclusive(|&b| b == b'\n') {
             octets += line.len() as u64 - u64::from(line.first() == Some(&b'.'));
         }
         prop_assert_eq!(octets, crate::pop3::reply::crlf_size(&body));
+        // `W=` and a file's size, counted in pieces, agree.
+        let c = cut % (body.len() + 1);
+        let mut w = crate::maildir::scan::CrlfSize::default();
+        w.feed(&body[..c]);
+        w.feed(&body[c..]);
+        prop_assert_eq!(w.total(), octets);
+    }
+
+    /// What DATA stores, RETR sends so that every client reads the same lines:
+    /// a body line `\r.` (or any CR/dot mix) never ends the response early.
+    #[test]
+    fn data_then_retr_never_ends_early(wire in proptest::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(b'a')], 0..200), cuts in proptest::collection::vec(any::<usize>(), 0..6)) {
+        let mut wire = wire;
+        wire.extend_from_slice(b"\r\n.\r\n");
+        let (stored, _, done) = decode_in_chunks(&wire, &cuts);
+        prop_assert!(done);
+        prop_assert!(!stored.contains(&b'\r'), "{:?}", stored);
+        let mut out = Vec::new();
+        crate::pop3::reply::multiline(&mut out, &stored);
+        retr_lines_are_unambiguous(&out[..out.len() - 3])?;
+        // A strict client gets the stored lines back, with CRLF.
+        let unstuffed: Vec<u8> = out[..out.len() - 3]
+            .split_inclusive(|&b| b == b'\n')
+            .flat_map(|l| {
+                let l = l.strip_prefix(b".").unwrap_or(l);
+                l[..l.len() - 2].iter().copied().chain(*b"\n")
+            })
+            .collect();
+        prop_assert_eq!(unstuffed, stored);
     }
 
     #[test]

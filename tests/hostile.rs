@@ -179,11 +179,13 @@ fn malformed_smtp_input_gets_clear_replies() {
     }
     assert!(c.cmd(b"RSET\r\n").starts_with("250"));
     // A huge BDAT chunk is refused before it is read, and the connection closed
-    // (its bytes are not worth skipping).
+    // after a 421 (its bytes are not worth skipping).
     assert!(c.cmd(b"MAIL FROM:<a@example.net>\r\n").starts_with("250"));
     assert!(c.cmd(b"RCPT TO:<alice@example.org>\r\n").starts_with("250"));
     let r = c.cmd(b"BDAT 99999999999999 LAST\r\n");
     assert!(r.starts_with("552 5.3.4"), "{r}");
+    let r = c.reply();
+    assert!(r.starts_with("421 4.7.0"), "{r}");
     let mut rest = String::new();
     assert_eq!(
         c.r.read_line(&mut rest).expect("read"),

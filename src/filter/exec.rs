@@ -151,6 +151,11 @@ impl Filter for ExecFilter {
         &self.name
     }
 
+    /// An external program: whatever it buffers can never be inspected.
+    fn may_hold_input(&self) -> bool {
+        true
+    }
+
     fn wrap<'a>(
         &'a self,
         io: BoxedIo,

@@ -60,6 +60,11 @@ impl Filter for LogFilter {
         "log"
     }
 
+    /// Every read is passed up as it comes; only a copy is kept for the log.
+    fn may_hold_input(&self) -> bool {
+        false
+    }
+
     fn wrap<'a>(
         &'a self,
         io: BoxedIo,

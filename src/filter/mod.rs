@@ -55,6 +55,17 @@ pub trait Filter: Send + Sync + 'static {
         io: BoxedIo,
         meta: &'a mut ConnMeta,
     ) -> BoxFuture<'a, io::Result<BoxedIo>>;
+    /// May the stream `wrap` returns hold input back: bytes already read from
+    /// the wire side but not yet handed to the protocol (a decompressor's
+    /// window, a decrypted record, a pipe to another process)? STARTTLS/STLS
+    /// can only check the session's own buffer, so plaintext held in such a
+    /// filter would be read after the handshake as if it came over TLS
+    /// (CVE-2011-0411 class): a listener with `starttls = true` refuses these
+    /// filters. Only a filter that passes every read through as it comes may
+    /// answer `false`; the default is the safe side.
+    fn may_hold_input(&self) -> bool {
+        true
+    }
 }
 
 /// Which end of the connection a chain is built for: the daemon accepting
@@ -196,6 +207,34 @@ impl FilterChain {
 
     pub fn names(&self) -> Vec<&str> {
         self.filters.iter().map(|f| f.name()).collect()
+    }
+
+    /// The first filter that may hold input back (`Filter::may_hold_input`).
+    pub fn holding_input(&self) -> Option<&str> {
+        self.filters
+            .iter()
+            .find(|f| f.may_hold_input())
+            .map(|f| f.name())
+    }
+
+    /// A listener offering STARTTLS/STLS may only carry filters that never hold
+    /// input back: the upgrade inserts TLS below them and refuses plaintext
+    /// pipelined after the command only if it can see it. `listener` and
+    /// `names` (the configured list) make the error say what to write instead.
+    pub fn check_starttls(&self, listener: &str, names: &[String]) -> Result<(), String> {
+        let Some(holder) = self.holding_input() else {
+            return Ok(());
+        };
+        // Implicit TLS: `tls` first on the wire, after a PROXY header if any.
+        let mut implicit: Vec<&str> = names.iter().map(String::as_str).collect();
+        let at = usize::from(implicit.first() == Some(&"proxy"));
+        implicit.insert(at, "tls");
+        Err(format!(
+            "listener {listener:?}: starttls = true cannot be used with filter {holder:?}: \
+             it may hold back input that STARTTLS/STLS cannot see, so plaintext sent after \
+             the command could be read as if it came over TLS; use implicit TLS instead \
+             (filters = {implicit:?} without starttls, on its own port)"
+        ))
     }
 
     /// Wrap a connection's stream in every filter, wire end first.
@@ -344,6 +383,58 @@ mod tests {
                 Some(w) => {
                     let e = got.unwrap_err();
                     assert!(e.contains(w), "{names:?}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Which filters may sit under STARTTLS: only those that never hold input
+    /// back. Custom filters are assumed to hold it (they do not say otherwise).
+    #[test]
+    fn starttls_refuses_filters_that_may_hold_input() {
+        let cfg = Config::parse("[filter.exec.rot]\ncommand = [\"cat\"]\n", "t").unwrap();
+        let mut r = Registry::builtin();
+        r.register(
+            "upper",
+            Arc::new(|_ctx: &FilterContext<'_>| Ok(Arc::new(Upper) as Arc<dyn Filter>)),
+        );
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // (filters, the one refused, the implicit-TLS list suggested)
+        let cases: [(&[&str], Option<&str>, &str); 8] = [
+            (&[], None, ""),
+            (&["log"], None, ""),
+            (&["proxy"], None, ""),
+            (&["proxy", "log"], None, ""),
+            (&["zlib"], Some("zlib"), r#"["tls", "zlib"]"#),
+            (&["log", "zlib"], Some("zlib"), r#"["tls", "log", "zlib"]"#),
+            (
+                &["proxy", "log", "exec.rot"],
+                Some("exec.rot"),
+                r#"["proxy", "tls", "log", "exec.rot"]"#,
+            ),
+            (
+                &["upper", "log"],
+                Some("upper"),
+                r#"["tls", "upper", "log"]"#,
+            ),
+        ];
+        for (names, refused, suggestion) in cases {
+            let chain = r.build(&cfg, &v(names), Side::Server).unwrap();
+            assert_eq!(chain.holding_input(), refused, "{names:?}");
+            match refused {
+                None => assert_eq!(chain.check_starttls("smtp", &v(names)), Ok(())),
+                Some(f) => {
+                    let e = chain.check_starttls("smtp", &v(names)).unwrap_err();
+                    assert!(
+                        e.starts_with(&format!(
+                            "listener \"smtp\": starttls = true cannot be used with filter \"{f}\""
+                        )),
+                        "{e}"
+                    );
+                    assert!(
+                        e.contains(&format!("filters = {suggestion} without starttls")),
+                        "{e}"
+                    );
                 }
             }
         }

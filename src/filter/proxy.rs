@@ -145,6 +145,11 @@ impl Filter for ProxyFilter {
         "proxy"
     }
 
+    /// It reads exactly the header and returns the stream itself, unwrapped.
+    fn may_hold_input(&self) -> bool {
+        false
+    }
+
     fn wrap<'a>(
         &'a self,
         mut io: BoxedIo,

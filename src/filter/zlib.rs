@@ -65,6 +65,12 @@ impl Filter for ZlibFilter {
         "zlib"
     }
 
+    /// One DEFLATE block can carry STARTTLS and the commands after it; what is
+    /// not yet inflated into the caller's buffer stays here.
+    fn may_hold_input(&self) -> bool {
+        true
+    }
+
     fn wrap<'a>(
         &'a self,
         io: BoxedIo,

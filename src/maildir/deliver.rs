@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use super::name::UniqueName;
+use super::scan::CrlfSize;
 use super::{Maildir, Sub, fsat};
 
 /// Maildir files are private to the mailbox owner.
@@ -36,9 +37,8 @@ pub struct Delivery {
     name: UniqueName,
     /// Bytes written (the `S=` field).
     bytes: u64,
-    /// LFs not preceded by a CR: each becomes CRLF on the wire (`W=` = bytes + this).
-    bare_lfs: u64,
-    last_was_cr: bool,
+    /// The size on the POP3 wire (`W=`).
+    wire: CrlfSize,
 }
 
 impl Delivery {
@@ -57,8 +57,7 @@ impl Delivery {
                         host: host.to_string(),
                         name,
                         bytes: 0,
-                        bare_lfs: 0,
-                        last_was_cr: false,
+                        wire: CrlfSize::default(),
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
@@ -80,7 +79,7 @@ impl Delivery {
 
     /// Size with CRLF line endings, as POP3 will send it (`W=`).
     pub fn crlf_size(&self) -> u64 {
-        self.bytes + self.bare_lfs
+        self.wire.total()
     }
 
     /// Append message bytes (buffered).
@@ -90,12 +89,7 @@ impl Delivery {
             .as_mut()
             .ok_or_else(|| io::Error::other("delivery already finished"))?;
         file.write_all(bytes)?;
-        for &b in bytes {
-            if b == b'\n' && !self.last_was_cr {
-                self.bare_lfs += 1;
-            }
-            self.last_was_cr = b == b'\r';
-        }
+        self.wire.feed(bytes);
         self.bytes += bytes.len() as u64;
         Ok(())
     }
@@ -418,6 +412,37 @@ mod tests {
         assert!(fsat::is_refused(&e), "{e}");
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    /// `W=` is what LIST reports and RETR sends, however the text is written
+    /// in pieces: an unterminated last line gets its CRLF, a lone CR is a
+    /// line end.
+    #[test]
+    fn crlf_size_in_name_matches_the_pop3_encoder() {
+        let t = tempfile::tempdir().unwrap();
+        let md = maildir(t.path(), "alice");
+        for pieces in [
+            &[&b"no newline"[..]][..],
+            &[b"a\r", b".\nb"],
+            &[b"x\r", b"\n.\r"],
+            &[b"\r", b"\r", b"\n"],
+            &[b""],
+        ] {
+            let mut d = Delivery::begin(&md, "h").unwrap();
+            for p in pieces {
+                d.write(p).unwrap();
+            }
+            let whole = pieces.concat();
+            assert_eq!(
+                d.crlf_size(),
+                crate::pop3::reply::crlf_size(&whole),
+                "{pieces:?}"
+            );
+            let paths = d.commit(std::slice::from_ref(&md)).unwrap();
+            let name = paths[0].file_name().unwrap().to_str().unwrap();
+            let (_, w) = parse_sizes(name);
+            assert_eq!(w, Some(crate::pop3::reply::crlf_size(&whole)), "{name}");
+        }
     }
 
     #[test]

@@ -151,38 +151,57 @@ pub fn open_message(md: &Maildir, sub: Sub, name: &str) -> io::Result<(File, u64
     fsat::open_regular(md.dir(sub), name)
 }
 
+/// The size of a message on the POP3 wire (`W=`, LIST, RFC 1939 §11): its
+/// bytes, plus one for every LF without a CR before it and every CR without
+/// an LF after it (both go out as CRLF), plus a CRLF when the last line is
+/// unterminated. Fed in pieces; equals `pop3::reply::crlf_size` of the whole.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CrlfSize {
+    n: u64,
+    prev: u8,
+}
+
+impl CrlfSize {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.n += 1;
+            if (b == b'\n' && self.prev != b'\r') || (self.prev == b'\r' && b != b'\n') {
+                self.n += 1;
+            }
+            self.prev = b;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        match self.prev {
+            _ if self.n == 0 => 0,
+            b'\n' => self.n,
+            // A final lone CR goes out as CRLF and ends the last line.
+            b'\r' => self.n + 1,
+            _ => self.n + 2,
+        }
+    }
+}
+
 /// The CRLF size of a message file, streamed (see `crlf_size_of`).
 pub fn file_crlf_size(md: &Maildir, sub: Sub, name: &str) -> io::Result<u64> {
     let (f, len) = open_message(md, sub, name)?;
     crlf_size_of(f.take(len))
 }
 
-/// The CRLF size of a byte stream: its length, plus one for every LF without a
-/// CR before it, plus a CRLF when the last line is unterminated. Equals
-/// `pop3::reply::crlf_size` of the contents.
+/// The CRLF size (`CrlfSize`) of a byte stream.
 pub fn crlf_size_of(mut r: impl Read) -> io::Result<u64> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut n = 0u64;
-    let mut prev = 0u8;
+    let mut size = CrlfSize::default();
     loop {
-        let got = match r.read(&mut buf) {
+        match r.read(&mut buf) {
             Ok(0) => break,
-            Ok(g) => g,
+            Ok(got) => size.feed(buf.get(..got).unwrap_or_default()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
-        };
-        for &b in buf.get(..got).unwrap_or_default() {
-            n += 1;
-            if b == b'\n' && prev != b'\r' {
-                n += 1;
-            }
-            prev = b;
         }
     }
-    if n > 0 && prev != b'\n' {
-        n += 2;
-    }
-    Ok(n)
+    Ok(size.total())
 }
 
 /// RFC 1939 §7 unique-id: the base name when it is 1-70 characters in 0x21-0x7E,
@@ -357,6 +376,11 @@ mod tests {
             b".\n..\n",
             b"\r",
             b"x\r\n",
+            b"a\r.\nb",
+            b"\r.\r\n",
+            b"cr\r\r\n",
+            b"x\r",
+            b"\n\r",
         ] {
             let p = md.new_dir().join("m");
             fs::write(&p, body).unwrap();

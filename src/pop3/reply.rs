@@ -55,24 +55,35 @@ fn push_text(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The lines of a stored message as POP3 sends them: each `(line, rest)` is a
+/// line without its terminator and what follows it. A line ends at LF, at
+/// CRLF, or at a CR that no LF follows: RFC 5322 §2.3 allows CR only in CRLF,
+/// and a lone CR is a line break to some clients and not to others, so a
+/// `.` after it must be stuffed for all of them alike (a client that splits
+/// there must never read `.` CRLF as the end of the response).
+fn next_line(rest: &[u8]) -> (&[u8], &[u8]) {
+    match memchr::memchr2(b'\n', b'\r', rest) {
+        Some(i) => {
+            let end = match rest.get(i..i + 2) {
+                Some(b"\r\n") => i + 2,
+                _ => i + 1,
+            };
+            (&rest[..i], &rest[end..])
+        }
+        None => (rest, &[][..]),
+    }
+}
+
 /// RFC 1939 §3: encode `body` as the data of a multi-line response: every line
-/// ends in CRLF (a bare LF becomes CRLF, an existing CRLF stays), lines starting
-/// with `.` get one more `.`, a last line without LF is terminated, and the
-/// response ends with `.\r\n`.
+/// ends in CRLF (a bare LF and a lone CR become CRLF, an existing CRLF stays),
+/// lines starting with `.` get one more `.`, a last line without a line end is
+/// terminated, and the response ends with `.\r\n`.
 pub fn multiline(out: &mut Vec<u8>, body: &[u8]) {
     // Line by line with memchr and bulk copies: RETR's hot path.
     out.reserve(body.len() + body.len() / 32 + 5);
     let mut rest = body;
     while !rest.is_empty() {
-        // A terminated line loses its LF or CRLF; a last line without LF keeps
-        // everything (even a final CR) and is terminated, as `crlf_size` counts.
-        let (line, next) = match memchr::memchr(b'\n', rest) {
-            Some(i) => (
-                rest[..i].strip_suffix(b"\r").unwrap_or(&rest[..i]),
-                &rest[i + 1..],
-            ),
-            None => (rest, &[][..]),
-        };
+        let (line, next) = next_line(rest);
         if line.first() == Some(&b'.') {
             out.push(b'.');
         }
@@ -84,50 +95,46 @@ pub fn multiline(out: &mut Vec<u8>, body: &[u8]) {
 }
 
 /// RFC 1939 §11: the size LIST/STAT report: exactly the octets `multiline` sends
-/// for `body`, without the dot-stuffing and without the final `.\r\n`.
+/// for `body`, without the dot-stuffing and without the final `.\r\n`: every
+/// LF without a CR before it and every CR without an LF after it count one
+/// more, an unterminated last line two more.
 pub fn crlf_size(body: &[u8]) -> u64 {
     let mut n = body.len() as u64;
     let mut prev = 0u8;
     for &b in body {
-        if b == b'\n' && prev != b'\r' {
+        if (b == b'\n' && prev != b'\r') || (prev == b'\r' && b != b'\n') {
             n += 1;
         }
         prev = b;
     }
-    if body.last().is_some_and(|&b| b != b'\n') {
-        n += 2;
+    match body.last() {
+        // A final lone CR is a line end like the others.
+        Some(b'\r') => n + 1,
+        Some(b'\n') | None => n,
+        Some(_) => n + 2,
     }
-    n
 }
 
 /// RFC 1939 §7 TOP: the header, the blank line after it, and the first `lines`
-/// lines of the body. A message without a blank line is all header.
+/// lines of the body (lines as `multiline` sends them). A message without a
+/// blank line is all header.
 pub fn top(body: &[u8], lines: u64) -> &[u8] {
-    let mut pos = 0usize;
+    let mut rest = body;
     let mut in_header = true;
     let mut left = lines;
-    while pos < body.len() {
+    while !rest.is_empty() {
         if !in_header && left == 0 {
             break;
         }
-        let end = match body
-            .get(pos..)
-            .and_then(|r| r.iter().position(|&b| b == b'\n'))
-        {
-            Some(i) => pos + i + 1,
-            None => body.len(),
-        };
-        let line = body.get(pos..end).unwrap_or_default();
+        let (line, next) = next_line(rest);
         if in_header {
-            if line == b"\n" || line == b"\r\n" {
-                in_header = false;
-            }
+            in_header = !line.is_empty();
         } else {
             left -= 1;
         }
-        pos = end;
+        rest = next;
     }
-    body.get(..pos).unwrap_or(body)
+    body.get(..body.len() - rest.len()).unwrap_or(body)
 }
 
 #[cfg(test)]
@@ -198,10 +205,21 @@ mod tests {
             (b".", b"..\r\n.\r\n", 1),
             (b"\n", b"\r\n.\r\n", 0),
             (b"\n\n", b"\r\n\r\n.\r\n", 0),
-            (b"bare\rcr\n", b"bare\rcr\r\n.\r\n", 0),
-            (b"last\r", b"last\r\r\n.\r\n", 0),
-            (b"cr\r\r\n", b"cr\r\r\n.\r\n", 0),
             (b"a\r\n.\r\n", b"a\r\n..\r\n.\r\n", 1),
+            // A lone CR is a line end (RFC 5322 §2.3 allows CR only in CRLF):
+            // a dot after it is stuffed, so no client, however it splits
+            // lines, reads `.` CRLF before the end.
+            (b"bare\rcr\n", b"bare\r\ncr\r\n.\r\n", 0),
+            (b"last\r", b"last\r\n.\r\n", 0),
+            (b"cr\r\r\n", b"cr\r\n\r\n.\r\n", 0),
+            (b"\r", b"\r\n.\r\n", 0),
+            (b"\r\r", b"\r\n\r\n.\r\n", 0),
+            (b"a\r.\nb\n", b"a\r\n..\r\nb\r\n.\r\n", 1),
+            (b"a\r.\r\nb\n", b"a\r\n..\r\nb\r\n.\r\n", 1),
+            (b"a\r.", b"a\r\n..\r\n.\r\n", 1),
+            (b"a\r..\r\r\n", b"a\r\n...\r\n\r\n.\r\n", 1),
+            (b"\r.\r\n.\n", b"\r\n..\r\n..\r\n.\r\n", 2),
+            (b"\n.\r.\n", b"\r\n..\r\n..\r\n.\r\n", 2),
         ];
         for &(body, wire, stuffed) in cases {
             let mut out = Vec::new();
@@ -229,6 +247,9 @@ mod tests {
             (b"\nbody\n", 0, b"\n"),
             (b"H: v\n\nlast", 5, b"H: v\n\nlast"),
             (b"", 3, b""),
+            // Lines end where `multiline` ends them: at a lone CR too.
+            (b"H: v\r\rb1\rb2\n", 1, b"H: v\r\rb1\r"),
+            (b"H: v\n\r.\rx\n", 1, b"H: v\n\r.\r"),
         ];
         for &(body, n, want) in cases {
             assert_eq!(

@@ -2,6 +2,13 @@
 //! §4.5.2 dot-unstuffing; only `CRLF.CRLF` ends the message, against SMTP
 //! smuggling) and `BdatDecoder` for BDAT chunks (RFC 3030). Both turn CRLF into
 //! LF, the line ending of Maildir files, and measure the longest line.
+//!
+//! A bare CR (one no LF follows) is stored as a line end, LF, like a bare LF:
+//! RFC 5322 §2.3 allows CR only in CRLF, and a lone CR kept in the file would
+//! be a line break to some POP3 clients and not to others, so a `.` after it
+//! could end a RETR early for some of them. It never ends DATA, and a dot
+//! after it is text (the client did not stuff it: it was not at a CRLF line
+//! start), so the stored line keeps it and POP3 stuffs it on the way out.
 
 use super::reply::Reply;
 use crate::config::BareLf;
@@ -20,8 +27,8 @@ pub struct Feed {
 enum Pos {
     /// At the start of a line that followed CRLF (or the start of the body).
     LineStart,
-    /// At the start of a line that followed a bare LF: a `.` here is plain text
-    /// and never ends the message (SMTP smuggling).
+    /// At the start of a line that followed a bare LF or a bare CR: a `.` here
+    /// is plain text and never ends the message (SMTP smuggling).
     BareLineStart,
     /// Inside a line.
     Text,
@@ -41,6 +48,7 @@ struct Lines {
     current: usize,
     longest: usize,
     bare_lf: bool,
+    bare_cr: bool,
 }
 
 impl Lines {
@@ -50,12 +58,21 @@ impl Lines {
             current: 0,
             longest: 0,
             bare_lf: false,
+            bare_cr: false,
         }
     }
 
     fn end_line(&mut self) {
         self.longest = self.longest.max(self.current);
         self.current = 0;
+    }
+
+    /// The line ended at a bare CR; the byte after it (already counted) starts
+    /// the next one.
+    fn end_line_before_last(&mut self) {
+        self.current = self.current.saturating_sub(1);
+        self.end_line();
+        self.current = 1;
     }
 
     /// RFC 5321 §4.5.3.1.6: longer lines are refused, never chopped (chopping
@@ -125,7 +142,8 @@ impl DotDecoder {
                 self.state = Pos::Text;
                 self.text(b, out);
             }
-            // `.` CR then not LF: the dot is deleted, the CR is ordinary text.
+            // `.` CR then not LF: the dot is deleted (it was a stuffed line
+            // start), the CR is a bare CR.
             (Pos::DotCr, _) => {
                 self.state = Pos::Cr;
                 return self.step(b, out);
@@ -135,11 +153,13 @@ impl DotDecoder {
                 self.lines.end_line();
                 self.state = Pos::LineStart;
             }
+            // A bare CR: stored as a line end; `b` starts the next line.
             (Pos::Cr, _) => {
-                // A bare CR is kept as is.
-                out.push(b'\r');
-                self.state = Pos::Text;
-                self.text(b, out);
+                self.lines.bare_cr = true;
+                out.push(b'\n');
+                self.lines.end_line_before_last();
+                self.state = Pos::BareLineStart;
+                return self.step(b, out);
             }
             (Pos::LineStart | Pos::BareLineStart | Pos::Text, _) => {
                 self.state = Pos::Text;
@@ -165,15 +185,24 @@ impl DotDecoder {
         self.state = Pos::BareLineStart;
     }
 
-    /// After `done`: was the message acceptable? Bare LF under `BareLf::Reject`
-    /// gives `554 5.6.0`, an over-long line `552 5.6.0`.
+    /// After `done`: was the message acceptable? A bare LF or bare CR under
+    /// `BareLf::Reject` gives `554 5.6.0`, an over-long line `552 5.6.0`.
     pub fn finish(&self) -> Result<(), Reply> {
-        if self.lines.bare_lf && self.policy == BareLf::Reject {
-            return Err(Reply::new(
-                554,
-                "5.6.0",
-                "Message contains bare LF line endings",
-            ));
+        if self.policy == BareLf::Reject {
+            if self.lines.bare_lf {
+                return Err(Reply::new(
+                    554,
+                    "5.6.0",
+                    "Message contains bare LF line endings",
+                ));
+            }
+            if self.lines.bare_cr {
+                return Err(Reply::new(
+                    554,
+                    "5.6.0",
+                    "Message contains bare CR characters",
+                ));
+            }
         }
         self.lines.check_length()
     }
@@ -186,7 +215,8 @@ impl DotDecoder {
 
 /// The BDAT decoder: chunk contents are taken verbatim (RFC 3030 §2: no
 /// dot-stuffing, no terminator) except that CRLF becomes LF, also when a chunk
-/// ends between the CR and the LF.
+/// ends between the CR and the LF, and a bare CR becomes LF too (see the
+/// module doc).
 #[derive(Debug, Clone)]
 pub struct BdatDecoder {
     pending_cr: bool,
@@ -208,12 +238,12 @@ impl BdatDecoder {
             self.lines.current += 1;
             if self.pending_cr {
                 self.pending_cr = false;
+                out.push(b'\n');
                 if b == b'\n' {
-                    out.push(b'\n');
                     self.lines.end_line();
                     continue;
                 }
-                out.push(b'\r');
+                self.lines.end_line_before_last();
             }
             match b {
                 b'\r' => self.pending_cr = true,
@@ -226,10 +256,12 @@ impl BdatDecoder {
         }
     }
 
-    /// At the LAST chunk: release a held CR and check line lengths.
+    /// At the LAST chunk: a held CR is a bare CR (a line end); check line
+    /// lengths.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), Reply> {
         if std::mem::take(&mut self.pending_cr) {
-            out.push(b'\r');
+            out.push(b'\n');
+            self.lines.end_line();
         }
         self.lines.check_length()
     }
@@ -299,11 +331,11 @@ mod tests {
         (b"a\r\n.\r\nMAIL FROM:<>\r\n", b"a\n", Some(6)),
         // Smuggling: none of these end the message.
         (b"a\n.\r\nb\r\n.\r\n", b"a\n.\nb\n", Some(11)),
-        (b"a\r.\r\nb\r\n.\r\n", b"a\r.\nb\n", Some(11)),
+        (b"a\r.\r\nb\r\n.\r\n", b"a\n.\nb\n", Some(11)),
         (b"a\n.\nb\r\n.\r\n", b"a\n.\nb\n", Some(10)),
         (b"a\r\n.\nb\r\n.\r\n", b"a\n.\nb\n", Some(11)),
-        (b"a\r\n.\r\r\n.\r\n", b"a\n\r\n", Some(10)),
-        (b"a\r\n.\rb\r\n.\r\n", b"a\n\rb\n", Some(11)),
+        (b"a\r\n.\r\r\n.\r\n", b"a\n\n\n", Some(10)),
+        (b"a\r\n.\rb\r\n.\r\n", b"a\n\nb\n", Some(11)),
         // The classic smuggling payload: one message, with the second "message"
         // as body text.
         (
@@ -311,8 +343,16 @@ mod tests {
             b"x\n\n.\nMAIL FROM:<e@v>\nRCPT TO:<u@d>\nDATA\ny\n",
             Some(51),
         ),
-        // Bare CR kept, CR CR LF: one CR kept.
-        (b"a\rb\r\r\n.\r\n", b"a\rb\r\n", Some(9)),
+        // A bare CR is stored as a line end (LF); CR CR LF is two line ends.
+        (b"a\rb\r\r\n.\r\n", b"a\nb\n\n", Some(9)),
+        // A line `\r.` (CR, dot): the dot after the bare CR is text, never
+        // unstuffed (the client did not stuff it) and never an end.
+        (b"x\r\n\r.\r\n.\r\n", b"x\n\n.\n", Some(10)),
+        (b"\r.\r\n.\r\n", b"\n.\n", Some(7)),
+        (b"a\r..\r\n.\r\n", b"a\n..\n", Some(9)),
+        (b"a\r\r.\r\n.\r\n", b"a\n\n.\n", Some(9)),
+        (b"a\r.\rb\r\n.\r\n", b"a\n.\nb\n", Some(10)),
+        (b"a\r\n\r\r\n.\r\n", b"a\n\n\n", Some(9)),
         // Not finished.
         (b"a\r\n.", b"a\n", None),
         (b"a\r\n.\r", b"a\n", None),
@@ -407,6 +447,49 @@ mod tests {
         assert_eq!(r.result, Err(554));
         let clean = decode_split(b"a\r\n.\r\n", &[], BareLf::Reject, 1000);
         assert_eq!(clean.result, Ok(()));
+        // A bare CR follows the same policy.
+        let input = b"a\r.\r\n.\r\n";
+        let n = decode_split(input, &[], BareLf::Normalize, 1000);
+        assert_eq!((n.body.as_slice(), n.result), (&b"a\n.\n"[..], Ok(())));
+        let mut d = DotDecoder::new(BareLf::Reject, 1000);
+        assert!(d.feed(input, &mut Vec::new()).done);
+        let r = d.finish().unwrap_err();
+        assert_eq!((r.code, r.status), (554, "5.6.0"));
+    }
+
+    /// No stored body from DATA holds a CR (CRLF and bare CR both became LF),
+    /// whatever the chunking: POP3 then sends every line as its own CRLF line.
+    #[test]
+    fn stored_bodies_hold_no_cr() {
+        for &(input, _, _) in CASES {
+            let got = byte_at_a_time(input, BareLf::Normalize, 1000);
+            if got.consumed.is_some() {
+                assert!(
+                    !got.body.contains(&b'\r'),
+                    "{:?}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
+    }
+
+    /// Bare CR line lengths: the line ends at the CR, the next byte starts the
+    /// next line.
+    #[test]
+    fn bare_cr_ends_a_line_for_the_length_limit() {
+        // "abcd\r" is 5 octets, then "efgh\r\n" 6: both fit in 6.
+        let ok = decode_split(b"abcd\refgh\r\n.\r\n", &[], BareLf::Normalize, 6);
+        assert_eq!(
+            (ok.body.as_slice(), ok.result),
+            (&b"abcd\nefgh\n"[..], Ok(()))
+        );
+        let long = decode_split(b"abcd\refghi\r\n.\r\n", &[], BareLf::Normalize, 6);
+        assert_eq!(long.result, Err(552));
+        assert_eq!(
+            bdat(&[b"abcd\r", b"efgh\r\n"], 6),
+            (b"abcd\nefgh\n".to_vec(), Ok(()))
+        );
+        assert_eq!(bdat(&[b"abcd\refghi\r\n"], 6).1, Err(552));
     }
 
     #[test]
@@ -442,9 +525,12 @@ mod tests {
             (&[b"a\r\nb\r\n"], b"a\nb\n"),
             (&[b"a\r", b"\nb"], b"a\nb"),
             (&[b"a\r", b"", b"\nb"], b"a\nb"),
-            (&[b"a\r", b"b"], b"a\rb"),
-            (&[b"a\r", b"\r\n"], b"a\r\n"),
-            (&[b"a\r"], b"a\r"),
+            // A bare CR is a line end, also across chunks and at the end.
+            (&[b"a\r", b"b"], b"a\nb"),
+            (&[b"a\r", b"\r\n"], b"a\n\n"),
+            (&[b"a\r"], b"a\n"),
+            (&[b"a\r.\r\n"], b"a\n.\n"),
+            (&[b"\r", b".", b"\r", b"\n"], b"\n.\n"),
             // No dot-stuffing and no terminator in BDAT.
             (&[b".\r\n..x\r\n"], b".\n..x\n"),
             (&[b"a\nb"], b"a\nb"),

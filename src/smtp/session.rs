@@ -50,6 +50,10 @@ pub struct SessionConfig {
     pub auth_failure_delay: Duration,
 }
 
+/// How long a connection closed with input still arriving (a refused BDAT
+/// chunk) is read and drained after the last reply.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// RFC 4954 §4: a client response line may be up to 12288 octets.
 const MAX_AUTH_LINE: usize = 12288;
 
@@ -97,6 +101,9 @@ pub struct Session<S, B: Backend> {
     observer: Arc<dyn Observer>,
     /// Turns true when the daemon stops: an idle session then gets `421 4.3.2`.
     shutdown: Option<watch::Receiver<bool>>,
+    /// Closing with input left unread (a refused chunk): drain it for a while
+    /// so the kernel does not reset the connection under the last replies.
+    linger: bool,
 }
 
 /// How an AUTH exchange ended before the password check.
@@ -125,6 +132,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             errors: 0,
             observer: Arc::new(NoObserver),
             shutdown: None,
+            linger: false,
         }
     }
 
@@ -169,7 +177,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             bytes_out = self.conn.bytes_out,
             "smtp session ended"
         );
-        result.and(self.conn.close().await)
+        let closed = if self.linger {
+            // Boxed: rare, and it must not grow every idle session's future.
+            Box::pin(self.conn.close_lingering(LINGER)).await
+        } else {
+            self.conn.close().await
+        };
+        result.and(closed)
     }
 
     async fn serve(&mut self) -> io::Result<()> {
@@ -281,11 +295,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         };
         if let Err(r) = state::check(&self.state, &cmd) {
             // RFC 3030 §2: the chunk follows the command whatever the answer, so
-            // it must be read and thrown away, never taken as commands.
-            if let Command::Bdat { size, .. } = cmd
-                && let Err(stop) = self.discard(size).await
-            {
-                return self.stopped(stop);
+            // it must be read and thrown away, never taken as commands (or, when
+            // it is too large to skip, the connection closed after the reply).
+            if let Command::Bdat { size, .. } = cmd {
+                return self.refuse_chunk(size, r).await;
             }
             return Ok(self.reply(r));
         }
@@ -596,17 +609,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
     }
 
     /// A chunk that will not be stored: read it away, answer, and (RFC 3030 §2)
-    /// leave the transaction failed; the state is already back to Idle.
+    /// leave the transaction failed (the state is already back to Idle, or was
+    /// never past it when the sequence check refused the BDAT).
     async fn refuse_chunk(&mut self, remaining: u64, r: Reply) -> io::Result<Flow> {
         // A chunk larger than any message we accept is not worth reading just to
-        // skip it (`BDAT 99999999999999`): answer, then close the connection.
+        // skip it (`BDAT 99999999999999`), and until it is skipped nothing the
+        // client sends can be told from chunk data: answer, then say we close
+        // (RFC 5321 §3.8: a server closes only after a 421) and close.
         if remaining > self.cfg.max_message_size {
             info!(
                 session = self.info.id,
                 size = remaining,
+                code = r.code,
                 "BDAT chunk too large to skip; closing"
             );
             self.queue(&r);
+            let text = format!(
+                "{} Error: BDAT chunk too large to skip; closing",
+                self.cfg.hostname
+            );
+            self.queue(&Reply::new(421, "4.7.0", text));
+            // The client may have pipelined chunk data we will not read.
+            self.linger = true;
             return Ok(Flow::Close);
         }
         if let Err(stop) = self.discard(remaining).await {
@@ -1696,6 +1720,104 @@ mod tests {
         assert!(log.delivered.is_empty());
         // Oversize, RSET, and QUIT in the middle of the third transaction.
         assert_eq!(log.aborted, 3);
+    }
+
+    const TOO_LARGE: &str = "421 4.7.0 mx.test Error: BDAT chunk too large to skip; closing\r\n";
+
+    /// RFC 3030 §2: a refused chunk is still read away, whatever refused it;
+    /// one larger than any message (max_message_size is 10000 here) cannot be,
+    /// so it gets its refusal, a 421, and the connection is closed.
+    #[tokio::test]
+    async fn refused_bdat_chunks_are_skipped_or_the_session_closed() {
+        // (state before, BDAT line and what follows, replies, still open)
+        let need_mail = "503 5.5.1 Error: need MAIL command\r\n";
+        let cases: &[(&str, String, String, bool)] = &[
+            (
+                "",
+                "BDAT 4 LAST\r\nNOOPNOOP\r\n".into(),
+                format!("503 5.5.1 Error: send HELO/EHLO first\r\n{OK}"),
+                true,
+            ),
+            (
+                "EHLO",
+                "BDAT 6 LAST\r\nQUIT\r\nNOOP\r\n".into(),
+                format!("{need_mail}{OK}"),
+                true,
+            ),
+            // Exactly the largest message: read away.
+            (
+                "EHLO",
+                format!("BDAT 10000\r\n{}NOOP\r\n", "Q".repeat(10_000)),
+                format!("{need_mail}{OK}"),
+                true,
+            ),
+            (
+                "EHLO",
+                "BDAT 10001 LAST\r\n".into(),
+                format!("{need_mail}{TOO_LARGE}"),
+                false,
+            ),
+            (
+                "EHLO",
+                "BDAT 99999999999999 LAST\r\n".into(),
+                format!("{need_mail}{TOO_LARGE}"),
+                false,
+            ),
+            // Pipelined chunk data we will not read does not hide the replies.
+            (
+                "EHLO",
+                format!("BDAT 99999999999999 LAST\r\n{}", "x".repeat(50_000)),
+                format!("{need_mail}{TOO_LARGE}"),
+                false,
+            ),
+            (
+                "MAIL",
+                "BDAT 99999999999999 LAST\r\n".into(),
+                format!("552 5.3.4 Message too big\r\n{TOO_LARGE}"),
+                false,
+            ),
+            // MAIL without RCPT: refused by the sequence check, still read away.
+            (
+                "MAIL-NO-RCPT",
+                "BDAT 3\r\nabcNOOP\r\n".into(),
+                format!("503 5.5.1 Error: need RCPT command\r\n{OK}"),
+                true,
+            ),
+        ];
+        for (before, bdat, want, open) in cases {
+            let mut c = start(config());
+            match *before {
+                "" => c.expect(GREETING).await,
+                "EHLO" => c.ehlo().await,
+                "MAIL" => {
+                    c.ehlo().await;
+                    c.say(
+                        "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@d>\r\n",
+                        &format!("{MAIL_OK}{RCPT_OK}"),
+                    )
+                    .await;
+                }
+                _ => {
+                    c.ehlo().await;
+                    c.say("MAIL FROM:<s@x.test>\r\n", MAIL_OK).await;
+                }
+            }
+            c.say(bdat, want).await;
+            let log = if *open {
+                c.quit().await
+            } else {
+                // Nothing more: the session closes without waiting for us.
+                let mut rest = Vec::new();
+                c.io.read_to_end(&mut rest).await.unwrap();
+                assert_eq!(String::from_utf8_lossy(&rest), "", "{bdat:.40}");
+                c.io.shutdown().await.unwrap();
+                c.session.await.unwrap().unwrap();
+                c.log
+            };
+            let log = log.lock().unwrap();
+            assert!(log.delivered.is_empty(), "{bdat:.40}");
+            assert_eq!(log.aborted, usize::from(*before == "MAIL"), "{bdat:.40}");
+        }
     }
 
     #[tokio::test]
