@@ -64,6 +64,11 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     /// New connections per IP per minute (Postfix's anvil rate); 0: unlimited.
     pub max_connection_rate_per_ip: u32,
+    /// The per-IP limits and the login back-off count IPv4 clients by this many
+    /// leading bits (1..=32; 32: each address on its own).
+    pub ipv4_prefix: u32,
+    /// The same for IPv6 clients (1..=128; 64: one subnet, what a site gets).
+    pub ipv6_prefix: u32,
     #[serde(deserialize_with = "de_size")]
     pub max_message_size: u64,
     pub max_recipients: usize,
@@ -104,6 +109,8 @@ impl Default for Limits {
             max_connections: 500,
             max_connections_per_ip: 20,
             max_connection_rate_per_ip: 0,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 1000,
             max_command_line: 2048,
@@ -362,6 +369,18 @@ impl Config {
         if l.max_connections == 0 || l.max_connections_per_ip == 0 || l.hash_concurrency == 0 {
             return Err("limits: connection caps and hash_concurrency must be at least 1".into());
         }
+        if !(1..=32).contains(&l.ipv4_prefix) {
+            return Err(format!(
+                "limits.ipv4_prefix must be 1 to 32, not {}",
+                l.ipv4_prefix
+            ));
+        }
+        if !(1..=128).contains(&l.ipv6_prefix) {
+            return Err(format!(
+                "limits.ipv6_prefix must be 1 to 128, not {}",
+                l.ipv6_prefix
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for li in &self.listeners {
             if !names.insert(li.name.as_str()) {
@@ -426,10 +445,12 @@ mod effective {
         let l = &c.limits;
         let _ = writeln!(
             s,
-            "\n[limits]\nmax_connections = {}\nmax_connections_per_ip = {}\nmax_connection_rate_per_ip = {}\nmax_message_size = {}\nmax_recipients = {}\nmax_command_line = {}\nmax_text_line = {}\nmax_errors = {}\ncommand_timeout = {}\ngreeting_timeout = {}\ndata_timeout = {}\npop3_idle_timeout = {}\nauth_failures = {}\nauth_failure_delay = {}\nhash_concurrency = {}",
+            "\n[limits]\nmax_connections = {}\nmax_connections_per_ip = {}\nmax_connection_rate_per_ip = {}\nipv4_prefix = {}\nipv6_prefix = {}\nmax_message_size = {}\nmax_recipients = {}\nmax_command_line = {}\nmax_text_line = {}\nmax_errors = {}\ncommand_timeout = {}\ngreeting_timeout = {}\ndata_timeout = {}\npop3_idle_timeout = {}\nauth_failures = {}\nauth_failure_delay = {}\nhash_concurrency = {}",
             l.max_connections,
             l.max_connections_per_ip,
             l.max_connection_rate_per_ip,
+            l.ipv4_prefix,
+            l.ipv6_prefix,
             l.max_message_size,
             l.max_recipients,
             l.max_command_line,
@@ -710,6 +731,48 @@ mod tests {
         assert!(Config::parse("[limits]\npop3_idle_timeout = \"5m\"\n", "t").is_err());
         assert!(Config::parse("[limits]\nmax_command_line = 100\n", "t").is_err());
         assert!(Config::parse("hostname = \"bad host\"\n", "t").is_err());
+    }
+
+    #[test]
+    fn client_network_prefixes() {
+        let c = Config::parse("", "t").unwrap();
+        assert_eq!((c.limits.ipv4_prefix, c.limits.ipv6_prefix), (32, 64));
+        let c = Config::parse("[limits]\nipv4_prefix = 24\nipv6_prefix = 48\n", "t").unwrap();
+        assert_eq!((c.limits.ipv4_prefix, c.limits.ipv6_prefix), (24, 48));
+        for ok in [
+            "ipv4_prefix = 1",
+            "ipv4_prefix = 32",
+            "ipv6_prefix = 1",
+            "ipv6_prefix = 128",
+        ] {
+            assert!(
+                Config::parse(&format!("[limits]\n{ok}\n"), "t").is_ok(),
+                "{ok}"
+            );
+        }
+        for (bad, says) in [
+            ("ipv4_prefix = 0", "limits.ipv4_prefix must be 1 to 32"),
+            ("ipv4_prefix = 33", "limits.ipv4_prefix must be 1 to 32"),
+            ("ipv6_prefix = 0", "limits.ipv6_prefix must be 1 to 128"),
+            ("ipv6_prefix = 129", "limits.ipv6_prefix must be 1 to 128"),
+            // Type errors name the line.
+            ("ipv6_prefix = -1", "t:2"),
+            ("ipv4_prefix = \"24\"", "t:2"),
+        ] {
+            let e = Config::parse(&format!("[limits]\n{bad}\n"), "t")
+                .err()
+                .unwrap_or_else(|| panic!("{bad} was accepted"))
+                .to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // check-config shows them.
+        let shown = Config::parse("[limits]\nipv6_prefix = 56\n", "t")
+            .unwrap()
+            .to_toml();
+        assert!(
+            shown.contains("ipv4_prefix = 32\nipv6_prefix = 56\n"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -175,11 +175,7 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonEr
         })),
         config_path: config_path.to_path_buf(),
         tls,
-        caps: Caps::with_rate(
-            config.limits.max_connections,
-            config.limits.max_connections_per_ip,
-            config.limits.max_connection_rate_per_ip,
-        ),
+        caps: Caps::from_limits(&config.limits),
         sessions: Arc::new(control::Registry::new()),
         stop: watch::channel(false).0,
         next_id: AtomicU64::new(1),
@@ -563,7 +559,8 @@ async fn accept_loop(
         let mut admission = match shared.caps.admit((!proxied).then(|| peer.ip())) {
             Ok(a) => a,
             Err(why) => {
-                tracing::warn!(session = id, peer = %peer, listener = %listener_cfg.name, reason = ?why, "connection refused by limits");
+                let network = shared.caps.client_net().cidr(peer.ip());
+                tracing::warn!(session = id, peer = %peer, network = %network, listener = %listener_cfg.name, reason = ?why, "connection refused by limits");
                 tokio::spawn(refuse(
                     stream,
                     listener_cfg.protocol,
@@ -690,7 +687,8 @@ async fn run_session(
         let mut stream = stream;
         if let (Some(adm), Some(real)) = (admission, meta.peer) {
             if let Err(why) = shared.caps.admit_ip(adm, real.ip()) {
-                tracing::warn!(real_peer = %real, reason = ?why, "connection refused by limits");
+                let network = shared.caps.client_net().cidr(real.ip());
+                tracing::warn!(real_peer = %real, network = %network, reason = ?why, "connection refused by limits");
                 Box::pin(refuse(
                     &mut stream,
                     listener.protocol,
@@ -785,8 +783,9 @@ impl Observer for SessionObserver {
             // PROXY too), the user as given (quoted, so it cannot forge a line).
             let ip = self.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
             tracing::warn!(
-                "authentication failure: protocol={} ip={ip} user={user:?}",
-                self.protocol
+                "authentication failure: protocol={} ip={ip} user={:?}",
+                self.protocol,
+                crate::logging::LogName(user)
             );
         }
     }

@@ -48,3 +48,40 @@ pub fn init() {
     };
     let _ = result;
 }
+
+/// Characters of a user name that logs show; longer names are cut.
+const LOGGED_NAME_CHARS: usize = 64;
+
+/// A user name as it appears in logs: Debug-quoted (a hostile name cannot
+/// forge a line) and cut after 64 characters with its full length noted, so a
+/// flood of failed logins with 4 KB names cannot fill the journal.
+pub struct LogName<'a>(pub &'a str);
+
+impl std::fmt::Debug for LogName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.char_indices().nth(LOGGED_NAME_CHARS) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => write!(
+                f,
+                "{:?}...({} bytes)",
+                self.0.get(..cut).unwrap_or_default(),
+                self.0.len()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod log_name_tests {
+    use super::LogName;
+
+    #[test]
+    fn log_names_are_quoted_and_bounded() {
+        assert_eq!(format!("{:?}", LogName("alice")), "\"alice\"");
+        assert_eq!(format!("{:?}", LogName("a\nb")), "\"a\\nb\"");
+        let long = "é".repeat(3000);
+        let shown = format!("{:?}", LogName(&long));
+        assert!(shown.ends_with("...(6000 bytes)"), "{shown}");
+        assert_eq!(shown.chars().filter(|&c| c == 'é').count(), 64);
+    }
+}

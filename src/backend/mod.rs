@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::{UserDb, UserEntry};
 use crate::config::Config;
+use crate::listen::accept::ClientNet;
 
 /// A file-backed table (users, aliases) re-read when the file changes, as
 /// Dovecot does with passwd-files: `maildird user add` takes effect at once,
@@ -98,12 +99,13 @@ impl Backend {
             recipients::Aliases::load(p).map_err(|e| format!("{}: {e}", p.display()))
         })?;
         let permits = config.limits.hash_concurrency;
+        let net = ClientNet::from_limits(&config.limits);
         Ok(Backend {
             config,
             users,
             aliases,
             hash_permits: Semaphore::new(permits),
-            throttle: Arc::default(),
+            throttle: Arc::new(throttle::AuthThrottle::new(net)),
         })
     }
 
@@ -115,7 +117,8 @@ impl Backend {
         self.aliases.get()
     }
 
-    /// A backend for a reloaded config (SIGHUP), keeping the auth back-off state.
+    /// A backend for a reloaded config (SIGHUP), keeping the auth back-off state
+    /// (and so its client grouping: limit changes take effect after a restart).
     pub fn reloaded(&self, config: Arc<Config>) -> Result<Backend, String> {
         let mut fresh = Backend::load(config)?;
         fresh.throttle = self.throttle.clone();

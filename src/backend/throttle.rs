@@ -1,14 +1,29 @@
-//! Authentication back-off per client IP and per user, across connections (a
-//! password-guessing run slows down; a session's own failure delay is separate).
-//! Like Dovecot's auth penalty, retrying the *same* wrong password (a phone with
-//! a stale password) does not escalate it.
+//! Authentication back-off per client network and per user, across connections
+//! (a password-guessing run slows down; a session's own failure delay is
+//! separate). Like Dovecot's auth penalty, retrying the *same* wrong password
+//! (a phone with a stale password) does not escalate it.
+//!
+//! Memory is bounded whatever clients send: at most `MAX_KEYS` records, the
+//! least recently failed one evicted to make room (amortized O(1), no scan of
+//! the map per failure); user names are kept as 16-byte digests, so a 4 KB
+//! name costs what `alice` costs; client addresses are grouped by network
+//! (`[limits] ipv4_prefix`, `ipv6_prefix`), so one IPv6 /64 is one key.
+//!
+//! Worst case, with every record live: `MAX_KEYS` = 65,536 records of about
+//! 120 bytes in a hash table of 131,072 buckets (its load factor is 7/8), about
+//! 15 MiB, plus the recency queue of at most 2 * 65,536 entries of 32 bytes,
+//! 4 MiB: under 20 MiB in all (half as much again for a moment while the table
+//! grows), reached only by 65,536 distinct failing users or networks within
+//! `FORGET_AFTER`.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+
+use crate::bounded::LruMap;
+use crate::listen::accept::ClientNet;
 
 /// Failures are forgotten after this much quiet.
 const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
@@ -18,59 +33,123 @@ const BASE: Duration = Duration::from_millis(500);
 const MAX: Duration = Duration::from_secs(15);
 /// Distinct wrong passwords remembered per key (fingerprints only).
 const REMEMBERED: usize = 8;
-/// Bounded memory under a flood of keys.
+/// Hard cap on records (users and client networks together).
 const MAX_KEYS: usize = 65_536;
+/// Expired records forgotten per failure, oldest first (bounded work per call;
+/// the cap holds regardless).
+const EXPIRE_PER_CALL: usize = 8;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Key {
+    /// A client network (see `ClientNet`).
     Ip(IpAddr),
-    User(String),
+    /// A digest of the lower-cased user name: fixed size whatever its length.
+    User([u8; 16]),
 }
 
 #[derive(Debug)]
 struct Record {
     failures: u32,
     last: Instant,
-    seen: VecDeque<[u8; 16]>,
+    /// Fingerprints of the last wrong passwords, oldest first; `seen_len` used.
+    seen: [u64; REMEMBERED],
+    seen_len: u8,
 }
 
-#[derive(Debug, Default)]
+impl Record {
+    fn new(now: Instant) -> Record {
+        Record {
+            failures: 0,
+            last: now,
+            seen: [0; REMEMBERED],
+            seen_len: 0,
+        }
+    }
+
+    fn seen(&self) -> &[u64] {
+        &self.seen[..usize::from(self.seen_len)]
+    }
+
+    fn remember(&mut self, fp: u64) {
+        let n = usize::from(self.seen_len);
+        if n == REMEMBERED {
+            self.seen.copy_within(1.., 0);
+            self.seen[REMEMBERED - 1] = fp;
+        } else {
+            self.seen[n] = fp;
+            self.seen_len += 1;
+        }
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last) >= FORGET_AFTER
+    }
+}
+
+#[derive(Debug)]
 pub struct AuthThrottle {
-    records: Mutex<HashMap<Key, Record>>,
+    records: Mutex<LruMap<Key, Record>>,
+    net: ClientNet,
 }
 
-fn fingerprint(user: &str, password: &[u8]) -> [u8; 16] {
+impl Default for AuthThrottle {
+    fn default() -> AuthThrottle {
+        AuthThrottle::new(ClientNet::default())
+    }
+}
+
+fn fingerprint(user: &str, password: &[u8]) -> u64 {
     let mut h = Sha256::new();
     h.update(user.as_bytes());
     h.update([0]);
     h.update(password);
     let d = h.finalize();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&d[..16]);
-    out
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(out)
 }
 
-fn keys(ip: Option<IpAddr>, user: &str) -> Vec<Key> {
-    let mut k = vec![Key::User(user.to_ascii_lowercase())];
-    // Loopback is the admin's own tools and the tests' clients: per user only.
-    if let Some(ip) = ip.filter(|i| !i.is_loopback()) {
-        k.push(Key::Ip(ip));
-    }
-    k
+fn user_key(user: &str) -> Key {
+    let mut h = Sha256::new();
+    h.update(b"user\0");
+    h.update(user.to_ascii_lowercase().as_bytes());
+    let d = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    Key::User(out)
 }
 
 impl AuthThrottle {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Record>> {
+    /// Back-off state that groups client addresses as `net` says.
+    pub fn new(net: ClientNet) -> AuthThrottle {
+        AuthThrottle {
+            records: Mutex::new(LruMap::new(MAX_KEYS)),
+            net,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruMap<Key, Record>> {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn keys(&self, ip: Option<IpAddr>, user: &str) -> ([Key; 2], usize) {
+        let user = user_key(user);
+        let ip = ip.map(|i| self.net.of(i));
+        // Loopback is the admin's own tools and the tests' clients: per user only.
+        match ip.filter(|i| !i.is_loopback()) {
+            Some(ip) => ([user, Key::Ip(ip)], 2),
+            None => ([user, user], 1),
+        }
     }
 
     /// How long to wait before checking this attempt.
     pub fn delay(&self, ip: Option<IpAddr>, user: &str, now: Instant) -> Duration {
+        let (keys, n) = self.keys(ip, user);
         let map = self.lock();
-        let n = keys(ip, user)
+        let n = keys[..n]
             .iter()
             .filter_map(|k| map.get(k))
-            .filter(|r| now.duration_since(r.last) < FORGET_AFTER)
+            .filter(|r| !r.expired(now))
             .map(|r| r.failures)
             .max()
             .unwrap_or(0);
@@ -83,37 +162,38 @@ impl AuthThrottle {
 
     pub fn failed(&self, ip: Option<IpAddr>, user: &str, password: &[u8], now: Instant) {
         let fp = fingerprint(user, password);
+        let (keys, n) = self.keys(ip, user);
         let mut map = self.lock();
-        if map.len() >= MAX_KEYS {
-            map.retain(|_, r| now.duration_since(r.last) < FORGET_AFTER);
+        for _ in 0..EXPIRE_PER_CALL {
+            if map.pop_oldest_if(|r| r.expired(now)).is_none() {
+                break;
+            }
         }
-        for k in keys(ip, user) {
-            let r = map.entry(k).or_insert(Record {
-                failures: 0,
-                last: now,
-                seen: VecDeque::new(),
-            });
-            if now.duration_since(r.last) >= FORGET_AFTER {
-                r.failures = 0;
-                r.seen.clear();
+        for k in &keys[..n] {
+            let r = map.touch_or_insert_with(*k, || Record::new(now));
+            if r.expired(now) {
+                *r = Record::new(now);
             }
             r.last = now;
-            if r.seen.contains(&fp) {
+            if r.seen().contains(&fp) {
                 continue; // the same stale password again: no escalation
             }
             r.failures = r.failures.saturating_add(1);
-            if r.seen.len() == REMEMBERED {
-                r.seen.pop_front();
-            }
-            r.seen.push_back(fp);
+            r.remember(fp);
         }
     }
 
     pub fn succeeded(&self, ip: Option<IpAddr>, user: &str) {
+        let (keys, n) = self.keys(ip, user);
         let mut map = self.lock();
-        for k in keys(ip, user) {
-            map.remove(&k);
+        for k in &keys[..n] {
+            map.remove(k);
         }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
     }
 }
 
@@ -165,5 +245,104 @@ mod tests {
         }
         assert!(t.delay(lo, "alice", now) > Duration::ZERO);
         assert_eq!(t.delay(lo, "bob", now), Duration::ZERO);
+        // Also as IPv4-mapped IPv6 (a dual-stack socket): still loopback.
+        let mapped: Option<IpAddr> = Some("::ffff:127.0.0.1".parse().unwrap());
+        assert!(t.delay(mapped, "alice", now) > Duration::ZERO);
+        assert_eq!(t.delay(mapped, "bob", now), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_client_network_is_one_key() {
+        let t = AuthThrottle::new(ClientNet {
+            ipv4_prefix: 24,
+            ipv6_prefix: 64,
+        });
+        let now = Instant::now();
+        // Guesses spread over a /64 and a /24 add up per network.
+        for i in 0..4u32 {
+            let v6: IpAddr = format!("2001:db8:0:7::{:x}", i + 1).parse().unwrap();
+            t.failed(Some(v6), &format!("u{i}"), b"pw", now);
+            let v4: IpAddr = format!("198.51.100.{}", i + 1).parse().unwrap();
+            t.failed(Some(v4), &format!("v{i}"), b"pw", now);
+        }
+        let other_host: IpAddr = "2001:db8:0:7:ffff::1".parse().unwrap();
+        assert_eq!(t.delay(Some(other_host), "nobody", now), BASE * 2);
+        let mapped: IpAddr = "::ffff:198.51.100.200".parse().unwrap();
+        assert_eq!(t.delay(Some(mapped), "nobody", now), BASE * 2);
+        let next_net: IpAddr = "2001:db8:0:8::1".parse().unwrap();
+        assert_eq!(t.delay(Some(next_net), "nobody", now), Duration::ZERO);
+        // The default counts IPv4 addresses one by one.
+        let d = AuthThrottle::default();
+        for i in 0..4u32 {
+            let v4: IpAddr = format!("198.51.100.{}", i + 1).parse().unwrap();
+            d.failed(Some(v4), &format!("v{i}"), b"pw", now);
+        }
+        let v4: IpAddr = "198.51.100.9".parse().unwrap();
+        assert_eq!(d.delay(Some(v4), "nobody", now), Duration::ZERO);
+    }
+
+    #[test]
+    fn long_user_names_are_fixed_size_keys_and_case_blind() {
+        let t = AuthThrottle::default();
+        let now = Instant::now();
+        let long = "A".repeat(4096);
+        for i in 0..3 {
+            t.failed(None, &long, format!("p{i}").as_bytes(), now);
+        }
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.delay(None, &long.to_lowercase(), now), BASE);
+        // A different long name is another user.
+        assert_eq!(t.delay(None, &format!("{long}B"), now), Duration::ZERO);
+        assert!(std::mem::size_of::<Key>() <= 24);
+    }
+
+    #[test]
+    fn the_record_count_has_a_hard_cap_and_evicts_the_oldest() {
+        let t = AuthThrottle::default();
+        let now = Instant::now();
+        let guesser: Option<IpAddr> = Some("192.0.2.7".parse().unwrap());
+        // A victim's record first, then a flood of unique names from one network,
+        // all within FORGET_AFTER, so nothing has expired.
+        for i in 0..3 {
+            t.failed(None, "victim", format!("v{i}").as_bytes(), now);
+        }
+        assert_eq!(t.delay(None, "victim", now), BASE);
+        for i in 0..(MAX_KEYS + 1000) {
+            t.failed(guesser, &format!("{i:0>200}"), b"x", now);
+            assert!(t.len() <= MAX_KEYS);
+        }
+        assert_eq!(t.len(), MAX_KEYS);
+        // The guessing network failed last and most: it is kept (and slowed);
+        // the victim's old record went first.
+        assert_eq!(t.delay(guesser, "anyone", now), MAX);
+        assert_eq!(t.delay(None, "victim", now), Duration::ZERO);
+        // The newest names are still there: two more failures make three.
+        t.failed(None, &format!("{:0>200}", MAX_KEYS + 999), b"y", now);
+        t.failed(None, &format!("{:0>200}", MAX_KEYS + 999), b"z", now);
+        assert_eq!(
+            t.delay(None, &format!("{:0>200}", MAX_KEYS + 999), now),
+            BASE
+        );
+    }
+
+    #[test]
+    fn expired_records_are_forgotten_as_new_failures_come() {
+        let t = AuthThrottle::default();
+        let now = Instant::now();
+        for i in 0..100 {
+            t.failed(None, &format!("u{i}"), b"x", now);
+        }
+        let later = now + FORGET_AFTER;
+        for i in 0..5 {
+            t.failed(None, &format!("w{i}"), b"x", later);
+        }
+        // Each failure forgets up to EXPIRE_PER_CALL expired records.
+        assert_eq!(t.len(), 100 - 5 * EXPIRE_PER_CALL + 5);
+        // An expired record that fails again starts over.
+        for i in 0..3 {
+            t.failed(None, "u99", format!("p{i}").as_bytes(), now);
+        }
+        t.failed(None, "u99", b"new", later + FORGET_AFTER);
+        assert_eq!(t.delay(None, "u99", later + FORGET_AFTER), Duration::ZERO);
     }
 }

@@ -402,7 +402,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             _ => 0,
         };
         // Debug-formatted so a hostile name cannot forge log lines.
-        warn!(user = ?user, failures, "pop3 authentication failed");
+        warn!(user = ?crate::logging::LogName(user), failures, "pop3 authentication failed");
         self.observer.auth(user, "", false);
         // Flush what is queued before sleeping so earlier replies are not held.
         self.conn.flush().await?;

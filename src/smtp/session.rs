@@ -774,7 +774,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         tracing::warn!(
             session = self.info.id,
             peer = ?self.info.peer,
-            user = ?user,
+            user = ?crate::logging::LogName(user),
             failures = self.auth_failures,
             "smtp authentication failed"
         );
