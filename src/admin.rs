@@ -89,6 +89,7 @@ pub fn user(path: &Path, cmd: UserCommand) -> Result<(), DaemonError> {
                     runtime_err(format!("creating {}: {e}", path.display()))
                 }
             })?;
+            check_owners(&config, &md)?;
             hand_to_service_user(&config, &md);
             if let Some(group) = unix_group {
                 share_with_group(&config.mail_root, &md, &group)?;
@@ -159,6 +160,36 @@ fn maildir_handles(md: &Maildir) -> [(std::os::fd::BorrowedFd<'_>, std::path::Pa
         (md.dir(Sub::New), md.new_dir()),
         (md.dir(Sub::Cur), md.cur()),
     ]
+}
+
+/// Before root changes anything: each directory of the Maildir must belong to
+/// root (just created) or to the service user. A former owner could have
+/// moved a directory of someone else's into her Maildir; that is refused.
+fn check_owners(config: &Config, md: &Maildir) -> Result<(), DaemonError> {
+    let me = nix::unistd::geteuid().as_raw();
+    let service = nix::unistd::User::from_name(&config.user)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw());
+    for (fd, p) in maildir_handles(md) {
+        let uid = rustix::fs::fstat(fd)
+            .map_err(|e| runtime_err(format!("{}: {e}", p.display())))?
+            .st_uid;
+        if uid != me && uid != 0 && Some(uid) != service {
+            return Err(runtime_err(format!(
+                "{} belongs to uid {uid}, not to {} or {}; refusing to change it \
+                 (inspect the Maildir and repair it by hand)",
+                p.display(),
+                config.user,
+                if me == 0 {
+                    "root".to_string()
+                } else {
+                    format!("uid {me}")
+                }
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Run as root, `user add` makes the new Maildir (and mail_root) belong to the

@@ -27,6 +27,15 @@ pub struct MaildirMailbox {
     lock: Arc<MailboxLock>,
     entries: Vec<Entry>,
     messages: Vec<MessageInfo>,
+    /// Largest file RETR/TOP will read (see `max_read`).
+    max_read: u64,
+}
+
+/// RETR and TOP hold a message in memory while sending it, so a file larger
+/// than this is refused (logged): four times `max_message_size`, at least
+/// 64 MiB. A Maildir's owner can make a sparse file of a terabyte.
+pub fn max_read(max_message_size: u64) -> u64 {
+    max_message_size.saturating_mul(4).max(64 << 20)
 }
 
 impl Store for Backend {
@@ -57,6 +66,7 @@ impl Store for Backend {
             self.config.pop3.lock_stale_after,
         )
         .await
+        .map(|mb| mb.with_max_read(max_read(self.config.limits.max_message_size)))
     }
 }
 
@@ -86,7 +96,13 @@ impl MaildirMailbox {
             lock,
             entries,
             messages,
+            max_read: max_read(0),
         })
+    }
+
+    pub fn with_max_read(mut self, max: u64) -> MaildirMailbox {
+        self.max_read = max;
+        self
     }
 }
 
@@ -181,7 +197,14 @@ fn open_message(md: &Maildir, entry: &Entry) -> Result<Opened, StoreError> {
 /// Read an opened message: exactly the `len` bytes `fstat` reported at open
 /// (a file the owner keeps appending to cannot make us read without end).
 fn read_opened(f: File, len: u64) -> Result<Vec<u8>, StoreError> {
-    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    let mut buf = Vec::new();
+    if buf
+        .try_reserve_exact(usize::try_from(len).unwrap_or(usize::MAX))
+        .is_err()
+    {
+        warn!(size = len, "no memory to read a message");
+        return Err(StoreError::Temporary);
+    }
     f.take(len).read_to_end(&mut buf).map_err(|e| {
         warn!(error = %e, "cannot read message");
         StoreError::Temporary
@@ -196,10 +219,29 @@ impl Mailbox for MaildirMailbox {
 
     async fn read(&mut self, index: usize) -> Result<Vec<u8>, StoreError> {
         let entry = self.entries.get(index).ok_or(StoreError::Gone)?;
-        let (file, len, moved) = open_message(&self.md, entry)?;
+        let (file, len, moved) = match scan::open_message(&self.md, entry.sub, &entry.name) {
+            Ok((f, len)) => (f, len, None),
+            // Moved by mutt (or worse): finding it reads directories, which is
+            // work for the blocking pool, not the session's thread.
+            Err(_) => {
+                let (md, entry) = (self.md.clone(), entry.clone());
+                tokio::task::spawn_blocking(move || open_message(&md, &entry))
+                    .await
+                    .map_err(|_| StoreError::Temporary)??
+            }
+        };
         if let (Some((sub, name)), Some(e)) = (moved, self.entries.get_mut(index)) {
             e.sub = sub;
             e.name = name;
+        }
+        if len > self.max_read {
+            warn!(
+                size = len,
+                limit = self.max_read,
+                path = %self.md.path().display(),
+                "refusing to read a message larger than the limit"
+            );
+            return Err(StoreError::Temporary);
         }
         if len <= INLINE_READ {
             read_opened(file, len)

@@ -112,10 +112,7 @@ impl SmtpBackend for Backend {
                     .iter()
                     .map(|p| Maildir::ensure(p))
                     .collect::<io::Result<Vec<Maildir>>>()?;
-                let first = targets
-                    .first()
-                    .ok_or_else(|| io::Error::other("no target maildir"))?;
-                let mut delivery = Delivery::begin(first, &host)?;
+                let mut delivery = Delivery::begin(&targets, &host)?;
                 delivery.write(headers.as_bytes())?;
                 Ok((delivery, targets))
             })

@@ -134,9 +134,12 @@ impl AuthThrottle {
 
     fn keys(&self, ip: Option<IpAddr>, user: &str) -> ([Key; 2], usize) {
         let user = user_key(user);
-        let ip = ip.map(|i| self.net.of(i));
-        // Loopback is the admin's own tools and the tests' clients: per user only.
-        match ip.filter(|i| !i.is_loopback()) {
+        // Loopback is the admin's own tools and the tests' clients: per user
+        // only. Judged before masking: `::1` in its /64 is `::`, not loopback.
+        let ip = ip
+            .filter(|i| !crate::listen::accept::is_loopback(*i))
+            .map(|i| self.net.of(i));
+        match ip {
             Some(ip) => ([user, Key::Ip(ip)], 2),
             None => ([user, user], 1),
         }
@@ -249,6 +252,12 @@ mod tests {
         let mapped: Option<IpAddr> = Some("::ffff:127.0.0.1".parse().unwrap());
         assert!(t.delay(mapped, "alice", now) > Duration::ZERO);
         assert_eq!(t.delay(mapped, "bob", now), Duration::ZERO);
+        // IPv6 loopback with the default /64 prefix (masked it would be `::`).
+        let v6lo: Option<IpAddr> = Some("::1".parse().unwrap());
+        for i in 0..5 {
+            t.failed(v6lo, "carol", format!("g{i}").as_bytes(), now);
+        }
+        assert_eq!(t.delay(v6lo, "dave", now), Duration::ZERO);
     }
 
     #[test]

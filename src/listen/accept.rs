@@ -244,6 +244,11 @@ impl Caps {
 }
 
 /// IPv4-mapped IPv6 addresses count as their IPv4 address.
+/// Loopback, also as an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    normalize(ip).is_loopback()
+}
+
 fn normalize(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),

@@ -42,18 +42,26 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Create `tmp/<unique>` in `first` (O_CREAT|O_EXCL, mode 0600, or 0660 when
-    /// the Maildir is shared with a Unix group: see `file_mode_for`).
-    pub fn begin(first: &Maildir, host: &str) -> io::Result<Delivery> {
-        let mode = file_mode_for(first, Sub::Tmp);
+    /// Create `tmp/<unique>` (O_CREAT|O_EXCL) for a message to `targets`. It is
+    /// staged in the first *private* target (mode 0600; no Unix account can
+    /// touch it), so the one inode may be linked into every private Maildir.
+    /// Only when all targets are shared with a Unix group is it staged in the
+    /// first of them (mode 0660, see `file_mode_for`).
+    pub fn begin(targets: &[Maildir], host: &str) -> io::Result<Delivery> {
+        let stage = targets
+            .iter()
+            .find(|md| !is_shared(md))
+            .or(targets.first())
+            .ok_or_else(|| io::Error::other("no target maildir"))?;
+        let mode = file_mode_for(stage, Sub::Tmp);
         let mut last_err = None;
         for _ in 0..NAME_ATTEMPTS {
             let name = UniqueName::generate(host);
-            match fsat::create_excl(first.dir(Sub::Tmp), name.as_str(), mode) {
+            match fsat::create_excl(stage.dir(Sub::Tmp), name.as_str(), mode) {
                 Ok(file) => {
                     return Ok(Delivery {
                         file: Some(BufWriter::with_capacity(64 * 1024, file)),
-                        first: first.clone(),
+                        first: stage.clone(),
                         host: host.to_string(),
                         name,
                         bytes: 0,
@@ -116,10 +124,16 @@ impl Delivery {
     fn link_all(&self, file: &File, targets: &[Maildir]) -> io::Result<Vec<PathBuf>> {
         let final_name = self.name.with_sizes(self.bytes, self.crlf_size());
         let ours = fsat::identity(file)?;
+        let staged_private = !is_shared(&self.first);
         let mut linked: Vec<(&Maildir, String)> = Vec::with_capacity(targets.len());
         let result = (|| {
             for md in targets {
-                let name = self.link_one(file, ours, md, &final_name)?;
+                // One inode may be shared only where no Unix account can write
+                // it: among private Maildirs, or the staging Maildir itself. A
+                // Maildir shared with a group gets its own copy (its group, its
+                // mode), so its owner can never write another recipient's mail.
+                let link = *md == self.first || (staged_private && !is_shared(md));
+                let name = self.place_one(file, ours, md, &final_name, link)?;
                 linked.push((md, name));
             }
             // RFC 5321 §6.1 ("it MUST NOT lose the message"): the links are
@@ -135,37 +149,55 @@ impl Delivery {
                 for (md, n) in &linked {
                     let _ = fsat::unlink_at(md.dir(Sub::New), n);
                 }
+                // Best effort: the removals too should survive a crash, or a
+                // retry after the 451 could deliver twice.
+                for (md, _) in &linked {
+                    let _ = md.sync(Sub::New);
+                }
                 Err(e)
             }
         }
     }
 
-    /// Link (never clobbering) the tmp file into `md/new/`; on a name clash pick a
-    /// fresh unique name; across filesystems copy and fsync instead. Returns the
-    /// name in `new/`.
-    fn link_one(
+    /// Put the message into `md/new/` under a name never clobbering another:
+    /// a hard link of the staged file (`link`), else (or across filesystems)
+    /// a copy read back from our own descriptor. On a name clash pick a fresh
+    /// unique name. Returns the name in `new/`.
+    fn place_one(
         &self,
         file: &File,
         ours: (u64, u64),
         md: &Maildir,
         final_name: &str,
+        link: bool,
     ) -> io::Result<String> {
         let new = md.dir(Sub::New);
         let mut name = final_name.to_string();
         let mut last_err = None;
         for _ in 0..NAME_ATTEMPTS {
-            match fsat::link_at(self.first.dir(Sub::Tmp), self.name.as_str(), new, &name) {
+            let linked_now = if link {
+                fsat::link_at(self.first.dir(Sub::Tmp), self.name.as_str(), new, &name)
+            } else {
+                Err(io::Error::from(io::ErrorKind::CrossesDevices))
+            };
+            match linked_now {
                 Ok(()) => {
                     // What the name in tmp/ pointed at when linked must be the
                     // file we wrote, not one the owner swapped in.
-                    if fsat::identity_at(new, &name)? != ours {
-                        let _ = fsat::unlink_at(new, &name);
-                        return Err(io::Error::other(format!(
-                            "{}: tmp file was replaced during delivery",
-                            self.tmp_path().display()
-                        )));
+                    match fsat::identity_at(new, &name) {
+                        Ok(id) if id == ours => return Ok(name),
+                        Ok(_) => {
+                            let _ = fsat::unlink_at(new, &name);
+                            return Err(io::Error::other(format!(
+                                "{}: tmp file was replaced during delivery",
+                                self.tmp_path().display()
+                            )));
+                        }
+                        Err(e) => {
+                            let _ = fsat::unlink_at(new, &name);
+                            return Err(e);
+                        }
                     }
-                    return Ok(name);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
                 Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
@@ -192,6 +224,12 @@ impl Drop for Delivery {
             let _ = fsat::unlink_at(self.first.dir(Sub::Tmp), self.name.as_str());
         }
     }
+}
+
+/// Is this Maildir shared with a Unix group (its `new/` grants the group
+/// read+write, as `maildird user add --unix-group` sets up)?
+pub fn is_shared(md: &Maildir) -> bool {
+    file_mode_for(md, Sub::New) == SHARED_FILE_MODE
 }
 
 /// A Maildir whose directories grant their group read+write (set up by
@@ -372,7 +410,7 @@ mod tests {
         for d in [md.tmp(), md.new_dir()] {
             fs::set_permissions(&d, fs::Permissions::from_mode(0o2770)).unwrap();
         }
-        let mut d = Delivery::begin(&md, "h").unwrap();
+        let mut d = Delivery::begin(std::slice::from_ref(&md), "h").unwrap();
         d.write(b"Subject: x\n\nbody\n").unwrap();
         let paths = d.commit(std::slice::from_ref(&md)).unwrap();
         // 0660 less the process umask (the daemon sets 007; tests may run with 022).
@@ -428,7 +466,7 @@ mod tests {
             &[b"\r", b"\r", b"\n"],
             &[b""],
         ] {
-            let mut d = Delivery::begin(&md, "h").unwrap();
+            let mut d = Delivery::begin(std::slice::from_ref(&md), "h").unwrap();
             for p in pieces {
                 d.write(p).unwrap();
             }
@@ -449,7 +487,7 @@ mod tests {
     fn delivers_exact_bytes_with_sizes_in_name() {
         let t = tempfile::tempdir().unwrap();
         let md = maildir(t.path(), "alice");
-        let mut d = Delivery::begin(&md, "mail.example.org").unwrap();
+        let mut d = Delivery::begin(std::slice::from_ref(&md), "mail.example.org").unwrap();
         let tmp = d.tmp_path().to_path_buf();
         assert_eq!(
             fs::metadata(&tmp).unwrap().permissions().mode() & 0o777,
@@ -480,7 +518,7 @@ mod tests {
     fn independent_reader_sees_the_message() {
         let t = tempfile::tempdir().unwrap();
         let md = maildir(t.path(), "bob");
-        let mut d = Delivery::begin(&md, "h").unwrap();
+        let mut d = Delivery::begin(std::slice::from_ref(&md), "h").unwrap();
         d.write(b"From: a@example.org\nSubject: Test 1\n\nHello\n")
             .unwrap();
         let paths = d.commit(std::slice::from_ref(&md)).unwrap();
@@ -510,7 +548,7 @@ mod tests {
             maildir(t.path(), "b"),
             maildir(t.path(), "c"),
         );
-        let mut d = Delivery::begin(&a, "h").unwrap();
+        let mut d = Delivery::begin(std::slice::from_ref(&a), "h").unwrap();
         d.write(b"x\n").unwrap();
         let paths = d.commit(&[a.clone(), b.clone(), c.clone()]).unwrap();
         assert_eq!(paths.len(), 3);
@@ -533,7 +571,7 @@ mod tests {
     fn name_clash_picks_another_name_and_never_clobbers() {
         let t = tempfile::tempdir().unwrap();
         let a = maildir(t.path(), "a");
-        let mut d = Delivery::begin(&a, "h").unwrap();
+        let mut d = Delivery::begin(std::slice::from_ref(&a), "h").unwrap();
         d.write(b"new\n").unwrap();
         // Plant a file under exactly the name the commit would use.
         let planned = d.name.with_sizes(4, 5);
@@ -553,7 +591,7 @@ mod tests {
         // Force the second link to fail even as root: `new` is a regular file.
         fs::remove_dir(b.new_dir()).unwrap();
         fs::write(b.new_dir(), b"").unwrap();
-        let mut d = Delivery::begin(&a, "h").unwrap();
+        let mut d = Delivery::begin(std::slice::from_ref(&a), "h").unwrap();
         d.write(b"data\n").unwrap();
         let tmp = d.tmp_path().to_path_buf();
         assert!(d.commit(&[a.clone(), b.clone()]).is_err());
@@ -566,7 +604,7 @@ mod tests {
     fn drop_without_commit_removes_tmp() {
         let t = tempfile::tempdir().unwrap();
         let a = maildir(t.path(), "a");
-        let mut d = Delivery::begin(&a, "h").unwrap();
+        let mut d = Delivery::begin(std::slice::from_ref(&a), "h").unwrap();
         d.write(b"partial").unwrap();
         let tmp = d.tmp_path().to_path_buf();
         assert!(tmp.exists());
@@ -659,7 +697,7 @@ mod tests {
     fn a_swapped_tmp_file_is_not_delivered() {
         let t = tempfile::tempdir().unwrap();
         let (a, b) = (maildir(t.path(), "a"), maildir(t.path(), "b"));
-        let mut d = Delivery::begin(&a, "h").unwrap();
+        let mut d = Delivery::begin(std::slice::from_ref(&a), "h").unwrap();
         d.write(b"real\n").unwrap();
         // The owner of a/ replaces the tmp file with her own before the link.
         let tmp = d.tmp_path();
@@ -668,5 +706,58 @@ mod tests {
         assert!(d.commit(&[a.clone(), b.clone()]).is_err());
         assert!(entries(&a.new_dir()).is_empty());
         assert!(entries(&b.new_dir()).is_empty());
+    }
+
+    #[test]
+    fn a_shared_maildir_gets_its_own_copy_never_the_private_inode() {
+        let t = tempfile::tempdir().unwrap();
+        let (shared, private, other) = (
+            maildir(t.path(), "shared"),
+            maildir(t.path(), "private"),
+            maildir(t.path(), "other"),
+        );
+        for d in [shared.tmp(), shared.new_dir(), shared.cur()] {
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o2770)).unwrap();
+        }
+        assert!(is_shared(&shared) && !is_shared(&private));
+        // The shared Maildir first: staging still goes to a private one.
+        let targets = [shared.clone(), private.clone(), other.clone()];
+        let mut d = Delivery::begin(&targets, "h").unwrap();
+        assert!(d.tmp_path().starts_with(private.path()));
+        d.write(b"Subject: x\n\nbody\n").unwrap();
+        let paths = d.commit(&targets).unwrap();
+        let meta: Vec<fs::Metadata> = paths.iter().map(|p| fs::metadata(p).unwrap()).collect();
+        // The private ones share an inode (two links); the shared one is apart.
+        assert_eq!(meta[1].ino(), meta[2].ino());
+        assert_eq!(meta[1].nlink(), 2);
+        assert_ne!(meta[0].ino(), meta[1].ino());
+        assert_eq!(meta[0].nlink(), 1);
+        assert_eq!(
+            meta[1].permissions().mode() & 0o077,
+            0,
+            "private copy stays 0600"
+        );
+        assert_eq!(
+            meta[0].permissions().mode() & 0o040,
+            0o040,
+            "group reads its copy"
+        );
+        for p in &paths {
+            assert_eq!(fs::read(p).unwrap(), b"Subject: x\n\nbody\n");
+        }
+        assert!(entries(&private.tmp()).is_empty() && entries(&shared.tmp()).is_empty());
+        // Two shared Maildirs only: staged in the first, a copy for the second.
+        let shared2 = maildir(t.path(), "shared2");
+        for d in [shared2.tmp(), shared2.new_dir(), shared2.cur()] {
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o2770)).unwrap();
+        }
+        let targets = [shared.clone(), shared2.clone()];
+        let mut d = Delivery::begin(&targets, "h").unwrap();
+        d.write(b"y\n").unwrap();
+        let paths = d.commit(&targets).unwrap();
+        assert_ne!(
+            fs::metadata(&paths[0]).unwrap().ino(),
+            fs::metadata(&paths[1]).unwrap().ino()
+        );
     }
 }

@@ -38,7 +38,7 @@ pub fn is_refused(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|i| i.is::<Refused>())
 }
 
-fn refused(what: impl std::fmt::Display, found: &'static str) -> io::Error {
+pub fn refused(what: impl std::fmt::Display, found: &'static str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         Refused {

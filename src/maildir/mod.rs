@@ -79,6 +79,17 @@ impl Maildir {
         let root = fsat::open_dir_at(parent, name, path)?;
         let sub = |s: Sub| fsat::open_dir_at(root.as_fd(), s.name(), &path.join(s.name()));
         let (tmp, new, cur) = (sub(Sub::Tmp)?, sub(Sub::New)?, sub(Sub::Cur)?);
+        // A subdirectory on another filesystem is a mount its owner made there
+        // (FUSE with user_allow_other): it could stall every call; refused.
+        let dev = rustix::fs::fstat(&root)?.st_dev;
+        for (fd, s) in [(&tmp, Sub::Tmp), (&new, Sub::New), (&cur, Sub::Cur)] {
+            if rustix::fs::fstat(fd)?.st_dev != dev {
+                return Err(fsat::refused(
+                    path.join(s.name()).display(),
+                    "a mount point (another filesystem)",
+                ));
+            }
+        }
         Ok(Maildir {
             inner: Arc::new(Handles {
                 path: path.to_path_buf(),

@@ -242,8 +242,11 @@ pub fn find(md: &Maildir, base: &str) -> Option<(Sub, String)> {
 fn index(md: &Maildir) -> io::Result<HashMap<String, Vec<(Sub, String)>>> {
     let mut map: HashMap<String, Vec<(Sub, String)>> = HashMap::new();
     for sub in [Sub::New, Sub::Cur] {
-        for (name, _) in fsat::list(md.dir(sub))? {
-            if !name.starts_with('.') {
+        let dir = md.dir(sub);
+        for (name, t) in fsat::list(dir)? {
+            // Messages are regular files; a directory under a message's name
+            // must not make UPDATE stop halfway.
+            if !name.starts_with('.') && fsat::is_regular(dir, &name, t) {
                 map.entry(base_of(&name).to_string())
                     .or_default()
                     .push((sub, name));

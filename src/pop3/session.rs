@@ -555,7 +555,8 @@ fn totals(msgs: &[MessageInfo], deleted: Option<&Marks>) -> (usize, u64) {
     msgs.iter()
         .enumerate()
         .filter(|(i, _)| !deleted.is_some_and(|d| d.is_deleted(*i)))
-        .fold((0, 0), |(c, s), (_, m)| (c + 1, s + m.size))
+        // Sizes may come from `W=` in names the owner chose: never overflow.
+        .fold((0, 0), |(c, s), (_, m)| (c + 1, s.saturating_add(m.size)))
 }
 
 fn message<'a>(

@@ -340,3 +340,70 @@ fn lock_file_as_fifo_or_dev_zero_is_refused_quickly() {
         t.elapsed()
     );
 }
+
+#[test]
+fn a_message_to_a_shared_and_a_private_mailbox_is_two_files() {
+    let attacker = Attacker::new();
+    let env = TestEnv::new();
+    let _ = setup(&env, &attacker);
+    let _d = Daemon::start(&env);
+    // alice (shared with the attacker's group) first, so the old code staged
+    // the one inode 0660 in her tmp/ and hard-linked it into bob's new/.
+    deliver(
+        env.smtp_port,
+        &["alice@example.org", "bob@example.org"],
+        &message("to both", "alice@example.org"),
+    );
+    let newest = |user: &str| -> PathBuf {
+        let dir = env.maildir(user).join("new");
+        std::fs::read_dir(&dir)
+            .expect("new/")
+            .map(|e| e.expect("entry").path())
+            .find(|p| {
+                std::fs::read(p).is_ok_and(|b| String::from_utf8_lossy(&b).contains("to both"))
+            })
+            .unwrap_or_else(|| panic!("no message in {}", dir.display()))
+    };
+    let (a, b) = (newest("alice"), newest("bob"));
+    let bob_before = std::fs::read(&b).expect("bob's copy");
+    assert_ne!(
+        std::fs::metadata(&a).expect("a").ino(),
+        std::fs::metadata(&b).expect("b").ino(),
+        "a shared Maildir must not hold a link to another mailbox's file"
+    );
+    // The attacker rewrites her own copy: bob's stays as delivered.
+    attacker.sh(&format!("echo forged > '{}'", a.display()));
+    assert_eq!(std::fs::read(&b).expect("bob's copy"), bob_before);
+    assert_eq!(std::fs::metadata(&b).expect("b").mode() & 0o077, 0);
+    let dump = pop3_dump(env.pop3_port, "bob", PW, &["quit"]);
+    assert!(
+        dump.retr
+            .iter()
+            .all(|m| !String::from_utf8_lossy(m).contains("forged"))
+    );
+}
+
+#[test]
+fn a_huge_sparse_file_is_refused_by_retr_and_the_daemon_serves_on() {
+    let attacker = Attacker::new();
+    let env = TestEnv::new();
+    let bob_msg = setup(&env, &attacker);
+    let mut d = Daemon::start(&env);
+    // 1 TiB of holes, named like a message with a small W=.
+    attacker.sh(&format!(
+        "truncate -s 1T '{}'",
+        env.maildir("alice")
+            .join("cur")
+            .join("1700000000.M1P1Q1R1.evil,S=10,W=10:2,S")
+            .display()
+    ));
+    let (mut c, r) = pop3_login(env.pop3_port, "alice");
+    assert!(r.starts_with("+OK"), "{r:?}");
+    let (status, _) = multi(&mut c, "RETR 1\r\n");
+    assert!(status.starts_with("-ERR"), "{status:?}");
+    let (status, _) = multi(&mut c, "TOP 1 0\r\n");
+    assert!(status.starts_with("-ERR"), "{status:?}");
+    assert!(c.cmd_pop("QUIT\r\n").starts_with("+OK"));
+    d.wait_stderr("larger than the limit");
+    assert_bob_untouched(&env, &bob_msg);
+}
