@@ -201,7 +201,7 @@ impl Delivery {
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
                 Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
-                    match copy_exclusive(file, md, &name) {
+                    match copy_exclusive(file, md, &name, &self.host) {
                         Ok(()) => return Ok(name),
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
                         Err(e) => return Err(e),
@@ -242,11 +242,26 @@ pub fn file_mode_for(md: &Maildir, sub: Sub) -> u32 {
     }
 }
 
-/// Copy our own tmp file (read back through its descriptor) to a new file
-/// `name` in `md/new/` (O_EXCL) and fsync it: the link across filesystems
-/// (EXDEV). A partial copy is removed.
-fn copy_exclusive(src: &File, md: &Maildir, name: &str) -> io::Result<()> {
-    let out = fsat::create_excl(md.dir(Sub::New), name, file_mode_for(md, Sub::New))?;
+/// Copy our own tmp file (read back through its descriptor) into `md` the
+/// Maildir way: a new file in `md/tmp/` (O_EXCL), written and fsynced, then
+/// hard-linked into `md/new/` as `name` (never clobbering: EEXIST is the
+/// caller's cue to pick another name) and its tmp name removed. So `new/`
+/// never shows a partial copy (a shared Maildir's copy, or a Maildir on
+/// another filesystem, EXDEV).
+fn copy_exclusive(src: &File, md: &Maildir, name: &str, host: &str) -> io::Result<()> {
+    let mode = file_mode_for(md, Sub::New);
+    let tmp = md.dir(Sub::Tmp);
+    let mut attempt = 0;
+    let (out, tmp_name) = loop {
+        let n = UniqueName::generate(host);
+        match fsat::create_excl(tmp, n.as_str(), mode) {
+            Ok(f) => break (f, n),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < NAME_ATTEMPTS => {
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let result = (|| {
         let mut buf = vec![0u8; 64 * 1024];
         let mut off = 0u64;
@@ -258,11 +273,18 @@ fn copy_exclusive(src: &File, md: &Maildir, name: &str) -> io::Result<()> {
             (&out).write_all(buf.get(..n).unwrap_or_default())?;
             off += n as u64;
         }
-        out.sync_all()
+        out.sync_all()?;
+        fsat::link_at(tmp, tmp_name.as_str(), md.dir(Sub::New), name)?;
+        if fsat::identity_at(md.dir(Sub::New), name)? != fsat::identity(&out)? {
+            let _ = fsat::unlink_at(md.dir(Sub::New), name);
+            return Err(io::Error::other(format!(
+                "{}: tmp file was replaced during delivery",
+                md.tmp().join(tmp_name.as_str()).display()
+            )));
+        }
+        Ok(())
     })();
-    if result.is_err() {
-        let _ = fsat::unlink_at(md.dir(Sub::New), name);
-    }
+    let _ = fsat::unlink_at(tmp, tmp_name.as_str());
     result
 }
 
@@ -652,9 +674,11 @@ mod tests {
         let md = maildir(t.path(), "a");
         let src = fsat::create_excl(md.dir(Sub::Tmp), "src", 0o600).unwrap();
         (&src).write_all(b"payload").unwrap();
-        copy_exclusive(&src, &md, "dest").unwrap();
+        copy_exclusive(&src, &md, "dest", "h").unwrap();
         assert_eq!(fs::read(md.new_dir().join("dest")).unwrap(), b"payload");
-        let e = copy_exclusive(&src, &md, "dest").unwrap_err();
+        // Only the source is left in tmp/: the copy's tmp name is gone.
+        assert_eq!(entries(&md.tmp()).len(), 1);
+        let e = copy_exclusive(&src, &md, "dest", "h").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(md.new_dir().join("dest")).unwrap(), b"payload");
     }
