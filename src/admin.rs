@@ -220,6 +220,20 @@ fn hand_to_service_user(config: &Config, md: &Maildir) {
             eprintln!("warning: chown {}: {e}", p.display());
         }
     }
+    // The POP3 lock file made with the Maildir: the daemon opens it to lock.
+    let lock = md.path().join(crate::maildir::lock::LOCK_NAME);
+    match fsat::open_regular_rw(md.root(), crate::maildir::lock::LOCK_NAME) {
+        Ok(f) => {
+            use std::os::fd::AsFd;
+            if let Err(e) =
+                fsat::chown_chmod(f.as_fd(), Some(u.uid.as_raw()), Some(g.gid.as_raw()), None)
+            {
+                eprintln!("warning: chown {}: {e}", lock.display());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => eprintln!("warning: {}: {e}", lock.display()),
+    }
 }
 
 /// The ownership model for sharing with mutt: the Maildir stays owned by the

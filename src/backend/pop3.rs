@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use tracing::{info, warn};
 
 use super::Backend;
 use crate::auth::{Role, validate_name};
-use crate::maildir::lock::{LockError, MailboxLock};
+use crate::maildir::lock::{LockCheck, LockError, MailboxLock};
 use crate::maildir::scan::{self, Entry};
 use crate::maildir::{Maildir, Sub, fsat};
 use crate::pop3::store::{Mailbox, MessageInfo, Store, StoreError};
@@ -23,12 +24,19 @@ use crate::pop3::store::{Mailbox, MessageInfo, Store, StoreError};
 #[derive(Debug)]
 pub struct MaildirMailbox {
     md: Maildir,
-    /// Shared only with the refresher task, which holds a `Weak`.
-    lock: Arc<MailboxLock>,
+    /// Shared only with the watcher task, which holds a `Weak`.
+    lock: Arc<HeldLock>,
     entries: Vec<Entry>,
     messages: Vec<MessageInfo>,
     /// Largest file RETR/TOP will read (see `max_read`).
     max_read: u64,
+}
+
+/// The session's lock, and whether the watcher found it lost.
+#[derive(Debug)]
+struct HeldLock {
+    lock: MailboxLock,
+    lost: AtomicBool,
 }
 
 /// RETR and TOP hold a message in memory while sending it, so a file larger
@@ -62,7 +70,6 @@ impl Store for Backend {
         }
         MaildirMailbox::open(
             self.config.mail_root.join(&entry.name),
-            self.config.hostname.clone(),
             self.config.pop3.lock_stale_after,
         )
         .await
@@ -73,17 +80,15 @@ impl Store for Backend {
 impl MaildirMailbox {
     /// Create the Maildir at `path` if missing, lock it and take the snapshot;
     /// keep the lock fresh while the mailbox lives.
-    pub async fn open(
-        path: PathBuf,
-        host: String,
-        stale_after: Duration,
-    ) -> Result<MaildirMailbox, StoreError> {
-        let (md, lock, entries) =
-            tokio::task::spawn_blocking(move || open_blocking(&path, &host, stale_after))
-                .await
-                .map_err(|_| StoreError::Temporary)??;
-        let lock = Arc::new(lock);
-        spawn_refresher(Arc::downgrade(&lock), stale_after);
+    pub async fn open(path: PathBuf, check_every: Duration) -> Result<MaildirMailbox, StoreError> {
+        let (md, lock, entries) = tokio::task::spawn_blocking(move || open_blocking(&path))
+            .await
+            .map_err(|_| StoreError::Temporary)??;
+        let lock = Arc::new(HeldLock {
+            lock,
+            lost: AtomicBool::new(false),
+        });
+        spawn_watcher(Arc::downgrade(&lock), check_every);
         let messages = entries
             .iter()
             .map(|e| MessageInfo {
@@ -106,11 +111,7 @@ impl MaildirMailbox {
     }
 }
 
-fn open_blocking(
-    path: &std::path::Path,
-    host: &str,
-    stale_after: Duration,
-) -> Result<(Maildir, MailboxLock, Vec<Entry>), StoreError> {
+fn open_blocking(path: &std::path::Path) -> Result<(Maildir, MailboxLock, Vec<Entry>), StoreError> {
     // A user without mail yet has no Maildir: create it private (0700).
     let md = Maildir::ensure(path).map_err(|e| {
         if fsat::is_refused(&e) {
@@ -120,7 +121,7 @@ fn open_blocking(
         }
         StoreError::Temporary
     })?;
-    let lock = MailboxLock::acquire(&md, host, stale_after).map_err(|e| match e {
+    let lock = MailboxLock::acquire(&md).map_err(|e| match e {
         LockError::InUse => StoreError::InUse,
         LockError::Refused(e) => {
             warn!(error = %e, path = %md.path().display(), "refusing mailbox lock");
@@ -138,18 +139,35 @@ fn open_blocking(
     Ok((md, lock, entries))
 }
 
-/// Touch the lock every third of `stale_after` so that other hosts never judge a
-/// long session (a slow RETR) stale. Ends when the mailbox is dropped.
-fn spawn_refresher(lock: Weak<MailboxLock>, stale_after: Duration) {
+/// Check the lock every third of `pop3.lock_stale_after` (see
+/// `MailboxLock::verify`). An I/O error is retried at the next tick; a lost
+/// lock is final: the session may not commit its deletions. Ends when the
+/// mailbox is dropped.
+fn spawn_watcher(lock: Weak<HeldLock>, stale_after: Duration) {
     let every = (stale_after / 3).max(Duration::from_secs(1));
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
-            let Some(l) = lock.upgrade() else { return };
-            let r = tokio::task::spawn_blocking(move || l.refresh()).await;
-            if let Ok(Err(e)) = r {
-                warn!(error = %e, "cannot refresh the mailbox lock");
-                return;
+            let Some(held) = lock.upgrade() else { return };
+            let path = held.lock.path();
+            let r = tokio::task::spawn_blocking(move || {
+                let r = held.lock.verify();
+                if matches!(r, Err(LockCheck::Lost(_))) {
+                    held.lost.store(true, Ordering::SeqCst);
+                }
+                r
+            })
+            .await;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(LockCheck::Lost(why))) => {
+                    warn!(path = %path.display(), why, "mailbox lock lost: this session will not delete anything");
+                    return;
+                }
+                Ok(Err(LockCheck::Io(e))) => {
+                    warn!(error = %e, path = %path.display(), "cannot check the mailbox lock; trying again");
+                }
+                Err(e) => warn!(error = %e, "mailbox lock check failed; trying again"),
             }
         }
     });
@@ -279,6 +297,16 @@ impl Mailbox for MaildirMailbox {
             .filter_map(|&i| entries.get(i).map(|e| e.base.clone()))
             .collect();
         tokio::task::spawn_blocking(move || {
+            // RFC 1939 §8: only the holder of the maildrop may change it. A lost
+            // (or uncheckable) lock deletes nothing.
+            if lock.lost.load(Ordering::SeqCst) {
+                warn!(path = %md.path().display(), "pop3 update refused: the mailbox lock was lost");
+                return Err(StoreError::Temporary);
+            }
+            if let Err(e) = lock.lock.verify() {
+                warn!(path = %md.path().display(), error = ?e, "pop3 update refused: the mailbox lock is not ours");
+                return Err(StoreError::Temporary);
+            }
             let r = scan::remove_messages(&md, &bases);
             // Release only after the removal is durable.
             drop(lock);
@@ -314,7 +342,7 @@ mod tests {
         fs::write(md.new_dir().join(a), b"x\n.y\n").unwrap();
         fs::write(md.new_dir().join(b), b"b\n").unwrap();
         fs::write(md.cur().join(format!("{c}:2,S")), b"c").unwrap();
-        let mut mb = MaildirMailbox::open(md.path().to_path_buf(), "h".into(), STALE)
+        let mut mb = MaildirMailbox::open(md.path().to_path_buf(), STALE)
             .await
             .unwrap();
         assert_eq!(
@@ -346,7 +374,9 @@ mod tests {
         mb.commit_deletes(vec![0, 1]).await.unwrap();
         assert_eq!(scan::find(&md, a), None);
         assert!(md.cur().join(format!("{c}:2,S")).exists());
-        assert!(!md.path().join(crate::maildir::lock::LOCK_NAME).exists());
+        // Released (the file itself stays, for the next login on a full disk).
+        assert!(md.path().join(crate::maildir::lock::LOCK_NAME).is_file());
+        drop(crate::maildir::lock::MailboxLock::acquire(&md).unwrap());
     }
 
     /// Both read paths: small messages on the session's thread, large ones in
@@ -366,7 +396,7 @@ mod tests {
         let (s, l) = ("1700000000.M1P1Q1R1.h", "1700000001.M1P1Q2R1.h");
         fs::write(md.new_dir().join(s), b"small\n").unwrap();
         fs::write(md.new_dir().join(l), &big).unwrap();
-        let mut mb = MaildirMailbox::open(md.path().to_path_buf(), "h".into(), STALE)
+        let mut mb = MaildirMailbox::open(md.path().to_path_buf(), STALE)
             .await
             .unwrap();
         assert!(mb.messages()[1].size > INLINE_READ);
@@ -380,18 +410,18 @@ mod tests {
     async fn one_session_per_mailbox_and_drop_changes_nothing() {
         let (_t, md) = maildir();
         fs::write(md.new_dir().join("1.M1P1.h"), b"a\n").unwrap();
-        let mb = MaildirMailbox::open(md.path().to_path_buf(), "h".into(), STALE)
+        let mb = MaildirMailbox::open(md.path().to_path_buf(), STALE)
             .await
             .unwrap();
         assert_eq!(
-            MaildirMailbox::open(md.path().to_path_buf(), "h".into(), STALE)
+            MaildirMailbox::open(md.path().to_path_buf(), STALE)
                 .await
                 .unwrap_err(),
             StoreError::InUse
         );
         drop(mb);
         assert!(md.new_dir().join("1.M1P1.h").exists());
-        let again = MaildirMailbox::open(md.path().to_path_buf(), "h".into(), STALE)
+        let again = MaildirMailbox::open(md.path().to_path_buf(), STALE)
             .await
             .unwrap();
         assert_eq!(again.messages().len(), 1);
@@ -402,9 +432,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let t = tempfile::tempdir().unwrap();
         let md = t.path().join("bob");
-        let mb = MaildirMailbox::open(md.clone(), "h".into(), STALE)
-            .await
-            .unwrap();
+        let mb = MaildirMailbox::open(md.clone(), STALE).await.unwrap();
         assert!(mb.messages().is_empty());
         for d in [md.clone(), md.join("tmp"), md.join("new"), md.join("cur")] {
             let mode = fs::metadata(&d).unwrap().permissions().mode();

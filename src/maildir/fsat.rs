@@ -143,6 +143,11 @@ pub fn open_regular(dir: BorrowedFd<'_>, name: &str) -> io::Result<(File, u64)> 
 
 /// Open `name` in `dir` for reading and writing, regular files only (the lock).
 pub fn open_regular_rw(dir: BorrowedFd<'_>, name: &str) -> io::Result<File> {
+    // Looked at first so a device node is never opened.
+    let t = file_type(&stat_at(dir, name)?);
+    if t != FileType::RegularFile {
+        return Err(refused(name, kind_name(t)));
+    }
     let fd = match rustix::fs::openat(
         dir,
         name,

@@ -117,7 +117,8 @@ impl Maildir {
             std::fs::DirBuilder::new().recursive(true).create(parent)?;
         }
         let parent_fd = fsat::open_dir_path(parent)?;
-        if fsat::mkdir_at(parent_fd.as_fd(), name, DIR_MODE)? {
+        let created_root = fsat::mkdir_at(parent_fd.as_fd(), name, DIR_MODE)?;
+        if created_root {
             rustix::fs::fsync(&parent_fd)?;
         }
         let root = fsat::open_dir_at(parent_fd.as_fd(), name, path)?;
@@ -129,7 +130,12 @@ impl Maildir {
             rustix::fs::fsync(&root)?;
         }
         drop(root);
-        Maildir::open_in(parent_fd.as_fd(), path, name)
+        let md = Maildir::open_in(parent_fd.as_fd(), path, name)?;
+        if created_root {
+            // The POP3 lock file, once, while there is space for it.
+            lock::create_lock_file(&md)?;
+        }
+        Ok(md)
     }
 
     /// Where the Maildir is, for logs and messages (never used to reach files).

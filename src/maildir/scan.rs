@@ -257,14 +257,17 @@ fn index(md: &Maildir) -> io::Result<HashMap<String, Vec<(Sub, String)>>> {
 }
 
 /// POP3 UPDATE: unlink the messages `bases` wherever they are now, tolerating
-/// ones already gone; then fsync `new/` and `cur/` so the removal is durable.
-/// (An entry the owner swapped for a link is unlinked as a name in her own
-/// directory: the link goes, never what it points at.)
+/// ones already gone; every message is tried even after a failure, then `new/`
+/// and `cur/` are fsynced so the removals that happened are durable. An error
+/// says how many messages could not be removed.
+/// (An entry the owner swapped for a link is left alone: not a message.)
 pub fn remove_messages(md: &Maildir, bases: &[String]) -> io::Result<()> {
     if bases.is_empty() {
         return Ok(());
     }
     let map = index(md)?;
+    let mut failed = 0usize;
+    let mut first: Option<io::Error> = None;
     for base in bases {
         let mut found = map.get(base).cloned().unwrap_or_default();
         // Moved between the directory read and the unlink: look once more.
@@ -280,14 +283,26 @@ pub fn remove_messages(md: &Maildir, bases: &[String]) -> io::Result<()> {
                         }
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    failed += 1;
+                    first.get_or_insert(e);
+                }
             }
         }
     }
+    let mut synced = Ok(());
     for sub in [Sub::New, Sub::Cur] {
-        md.sync(sub)?;
+        if let Err(e) = md.sync(sub) {
+            synced = Err(e);
+        }
     }
-    Ok(())
+    match first {
+        Some(e) => Err(io::Error::new(
+            e.kind(),
+            format!("{failed} of {} messages not removed: {e}", bases.len()),
+        )),
+        None => synced,
+    }
 }
 
 /// Mark `base` seen for mutt: move it to `cur/base:2,<flags>` with `S` added

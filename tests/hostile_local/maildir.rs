@@ -304,7 +304,7 @@ fn lock_file_as_fifo_or_dev_zero_is_refused_quickly() {
     let bob_msg = setup(&env, &attacker);
     let mut d = Daemon::start(&env);
     let lock = env.maildir("alice").join("maildird-pop3.lock");
-    attacker.sh(&format!("mkfifo '{}'", lock.display()));
+    attacker.sh(&format!("rm -f '{0}' && mkfifo '{0}'", lock.display()));
     let base = threads(d.pid());
     let start = Instant::now();
     for _ in 0..40 {
