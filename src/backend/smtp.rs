@@ -260,7 +260,23 @@ impl BodySink for MaildirSink {
                 tracing::info!(session, size, copies = paths.len(), "message delivered");
                 Ok(())
             }
-            Ok(Err(e)) => Err(storage_failure(&e, session, "maildir commit")),
+            Ok(Err(e)) => match crate::maildir::deliver::RollbackFailed::of(&e) {
+                // Some copies stayed in new/ after a failure: say which, in the
+                // log and (by id) in the reply, so a duplicate after the
+                // client's retry can be explained.
+                Some(r) => {
+                    tracing::error!(session, id = %r.id, remaining = ?r.remaining, error = %r.error, "maildir commit failed and its rollback too");
+                    Err(Reply::new(
+                        451,
+                        "4.3.0",
+                        format!(
+                            "Temporary failure; copies of {} may have been delivered",
+                            r.id
+                        ),
+                    ))
+                }
+                None => Err(storage_failure(&e, session, "maildir commit")),
+            },
             Err(e) => {
                 tracing::error!(session, error = %e, "delivery task failed");
                 Err(temp_failure())

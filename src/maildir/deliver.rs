@@ -22,6 +22,32 @@ use super::{Maildir, Sub, fsat};
 /// Maildir files are private to the mailbox owner.
 const FILE_MODE: u32 = 0o600;
 const SHARED_FILE_MODE: u32 = 0o660;
+/// Tries at removing a link (or fsyncing its directory) when rolling back.
+const ROLLBACK_TRIES: usize = 3;
+
+/// A failed delivery whose rollback failed too: these copies may still be in
+/// `new/` (the client's retry may then deliver a duplicate, explained by `id`).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}; rollback failed, copies of {id} may remain: {remaining:?}")]
+pub struct RollbackFailed {
+    /// The message's unique base name.
+    pub id: String,
+    pub remaining: Vec<PathBuf>,
+    pub error: io::Error,
+}
+
+impl RollbackFailed {
+    /// The `RollbackFailed` inside an error from `Delivery::commit`, if any.
+    pub fn of(e: &io::Error) -> Option<&RollbackFailed> {
+        e.get_ref().and_then(|i| i.downcast_ref::<RollbackFailed>())
+    }
+}
+
+/// The base name of a unique name (before any `:info`).
+fn base_name_of(name: &str) -> &str {
+    name.split_once(':').map_or(name, |(b, _)| b)
+}
+
 /// Tries at a fresh unique name when one is taken (only a clock step backwards,
 /// pid reuse or a foreign writer can collide).
 const NAME_ATTEMPTS: usize = 8;
@@ -115,9 +141,16 @@ impl Delivery {
             .and_then(|()| self.link_all(file.get_ref(), targets));
         drop(file);
         // The tmp file goes in every case: on success the links hold the data;
-        // on failure `link_all` already removed what it linked. A failed unlink
-        // after success only leaves litter for `sweep_tmp`.
-        let _ = fsat::unlink_at(self.first.dir(Sub::Tmp), self.name.as_str());
+        // on failure `link_all` already removed what it linked. Retried; what
+        // still stays is litter for `sweep_tmp` (and said in the log).
+        let tmp = self.first.dir(Sub::Tmp);
+        let removed = (0..ROLLBACK_TRIES).any(|_| match fsat::unlink_at(tmp, self.name.as_str()) {
+            Ok(()) => true,
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        });
+        if !removed {
+            tracing::warn!(path = %self.tmp_path().display(), "cannot remove a delivery's tmp file; the tmp sweep will");
+        }
         result
     }
 
@@ -146,15 +179,34 @@ impl Delivery {
         match result {
             Ok(()) => Ok(linked.iter().map(|(md, n)| md.new_dir().join(n)).collect()),
             Err(e) => {
+                // Roll back: each link removed (retried), each `new/` fsynced
+                // so the removal survives a crash (or the client's retry after
+                // the 451 would find a duplicate). What could not be rolled
+                // back is named in the error, for the log and the reply.
+                let mut remaining = Vec::new();
                 for (md, n) in &linked {
-                    let _ = fsat::unlink_at(md.dir(Sub::New), n);
+                    let gone = (0..ROLLBACK_TRIES).any(|_| {
+                        matches!(fsat::unlink_at(md.dir(Sub::New), n), Ok(()))
+                            || fsat::stat_at(md.dir(Sub::New), n)
+                                .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+                    });
+                    let synced = (0..ROLLBACK_TRIES).any(|_| md.sync(Sub::New).is_ok());
+                    if !gone || !synced {
+                        remaining.push(md.new_dir().join(n));
+                    }
                 }
-                // Best effort: the removals too should survive a crash, or a
-                // retry after the 451 could deliver twice.
-                for (md, _) in &linked {
-                    let _ = md.sync(Sub::New);
+                if remaining.is_empty() {
+                    Err(e)
+                } else {
+                    Err(io::Error::new(
+                        e.kind(),
+                        RollbackFailed {
+                            id: base_name_of(&final_name).to_string(),
+                            remaining,
+                            error: e,
+                        },
+                    ))
                 }
-                Err(e)
             }
         }
     }
