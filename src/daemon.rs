@@ -491,6 +491,13 @@ async fn sweep_loop(mail_root: std::path::PathBuf, host: String) {
                 for e in &r.refused {
                     tracing::warn!(error = %e, "tmp sweep: refusing maildir");
                 }
+                if startup {
+                    tracing::info!(
+                        tmp_files = r.removed,
+                        lock_files = r.lock_files,
+                        "start-up sweep done"
+                    );
+                }
                 r.removed
             }
             Ok(Err(e)) => {

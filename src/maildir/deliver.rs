@@ -394,13 +394,16 @@ pub fn sweep_orphans(md: &Maildir, host: &str, alive: impl Fn(u32) -> bool) -> i
 #[derive(Debug, Default)]
 pub struct SweepReport {
     pub removed: usize,
+    /// POP3 lock files created (Maildirs of earlier versions).
+    pub lock_files: usize,
     /// Maildirs not swept because a link or special file sits where one of
     /// their directories belongs.
     pub refused: Vec<io::Error>,
 }
 
 /// Sweep every Maildir under `mail_root`: tmp/ files older than `max_age`, and
-/// with `orphans` also those of this host's dead writers. Each Maildir is
+/// with `orphans` (at start-up) also those of this host's dead writers, and
+/// create missing POP3 lock files. Each Maildir is
 /// opened by handle without following links; one whose `tmp/` is not a real
 /// directory is refused (reported), never swept through.
 pub fn sweep_mail_root(
@@ -431,6 +434,11 @@ pub fn sweep_mail_root(
         report.removed += sweep_tmp(&md, max_age).unwrap_or(0);
         if orphans {
             report.removed += sweep_orphans(&md, host, &alive).unwrap_or(0);
+            // Maildirs made by earlier versions get their POP3 lock file now,
+            // while there is disk space, so a login never needs any.
+            if super::lock::create_lock_file(&md).unwrap_or(false) {
+                report.lock_files += 1;
+            }
         }
     }
     Ok(report)
