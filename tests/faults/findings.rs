@@ -57,3 +57,111 @@ fn a_maildir_without_a_lock_file_gets_one_at_start_up() {
     assert!(line.contains("lock_files=1"), "{line}");
     assert!(lock.is_file());
 }
+
+/// strace attached to every thread of a running daemon with fault injection;
+/// detached (SIGINT) on drop.
+struct Strace {
+    child: std::process::Child,
+}
+
+impl Strace {
+    /// Attach to `pid` with `-f` and the given `-e` expressions; returns once
+    /// strace says it attached (`Process N attached with M threads`).
+    fn attach(pid: u32, exprs: &[&str]) -> Strace {
+        use std::io::BufRead;
+        let strace = require_tool("strace", "strace");
+        let mut cmd = std::process::Command::new(strace);
+        cmd.args(["-f", "-o", "/dev/null", "-p", &pid.to_string()]);
+        for e in exprs {
+            cmd.args(["-e", e]);
+        }
+        let mut child = cmd
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("strace");
+        let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+        let mut seen = String::new();
+        loop {
+            let mut l = String::new();
+            let n = err.read_line(&mut l).expect("strace stderr");
+            assert!(n > 0, "strace ended before attaching: {seen}");
+            seen.push_str(&l);
+            if l.contains("attached") {
+                break;
+            }
+        }
+        // Keep draining strace's stderr so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while err.read_line(&mut sink).is_ok_and(|n| n > 0) {
+                sink.clear();
+            }
+        });
+        Strace { child }
+    }
+}
+
+impl Drop for Strace {
+    fn drop(&mut self) {
+        signal(self.child.id(), "INT");
+        let _ = self.child.wait();
+    }
+}
+
+/// The second recipient's link fails, then every unlink fails too (the
+/// rollback of the first link and the tmp file): the client gets a 451 that
+/// names the message id, and the copy that stayed in alice's new/ carries that
+/// id, so the duplicate after the client's retry is explained.
+#[test]
+fn a_rollback_that_fails_is_named_in_the_reply_and_the_log() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "strace -p needs root here"
+    );
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    add_user(&env, "bob", PW);
+    let mut d = Daemon::start(&env);
+    let reply = {
+        let _s = Strace::attach(
+            d.pid(),
+            &[
+                "trace=linkat,unlinkat",
+                "inject=linkat:error=EIO:when=2",
+                "inject=unlinkat:error=EIO",
+            ],
+        );
+        let mut c = Line::smtp_ready(env.smtp_port);
+        assert!(c.cmd("MAIL FROM:<x@example.net>\r\n").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<alice@example.org>\r\n").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<bob@example.org>\r\n").starts_with("250"));
+        assert!(c.cmd("DATA\r\n").starts_with("354"));
+        c.cmd("Subject: twice?\r\n\r\nbody\r\n.\r\n")
+    };
+    assert!(reply.starts_with("451 4.3.0"), "{reply:?}");
+    let id = reply
+        .split_whitespace()
+        .skip_while(|w| *w != "of")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no id in {reply:?}"))
+        .to_string();
+    // In the order logged: the tmp file that stayed, then the copies.
+    let tmp_line = d.wait_stderr("cannot remove a delivery's tmp file");
+    let line = d.wait_stderr("rollback too");
+    assert!(line.contains(&id), "{line}");
+    assert!(line.contains("alice/new/"), "{line}");
+    let alice = read_new(&env, "alice");
+    assert_eq!(alice.len(), 1, "the copy that could not be removed");
+    assert!(alice[0].0.starts_with(&id), "{} vs {id}", alice[0].0);
+    assert!(read_new(&env, "bob").is_empty());
+    let tmp = read_files(&env.maildir("alice").join("tmp"));
+    assert_eq!(tmp.len(), 1);
+    assert!(tmp_line.contains(&tmp[0].0), "{tmp_line}");
+    // Without faults the daemon delivers normally again.
+    deliver(
+        env.smtp_port,
+        &["bob@example.org"],
+        &message("after", "bob@example.org"),
+    );
+    assert_eq!(read_new(&env, "bob").len(), 1);
+}
