@@ -165,3 +165,121 @@ fn a_rollback_that_fails_is_named_in_the_reply_and_the_log() {
     );
     assert_eq!(read_new(&env, "bob").len(), 1);
 }
+
+/// Unmounts on drop, also when the test fails.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// bob's Maildir on its own tmpfs (EXDEV from alice's): his copy is written
+/// in his own tmp/ and linked into new/; when its fsync fails, the client
+/// gets a 451 and neither new/ nor tmp/ holds anything of it.
+#[test]
+fn a_maildir_on_another_filesystem_never_shows_a_partial_copy() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root: mount, strace"
+    );
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    add_user(&env, "bob", PW);
+    let bob = env.maildir("bob");
+    let mount = require_tool("mount", "mount");
+    let o = run(
+        std::process::Command::new(mount)
+            .args(["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs"])
+            .arg(&bob),
+        b"",
+    );
+    assert_ok(&o, "mount tmpfs");
+    let _m = Mount(bob.clone());
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir(bob.join(sub)).expect("mkdir");
+    }
+    give_to_daemon_user(&bob);
+    let mut d = Daemon::start(&env);
+    // Without faults: a separate, complete copy.
+    deliver(
+        env.smtp_port,
+        &["alice@example.org", "bob@example.org"],
+        &message("across", "alice@example.org"),
+    );
+    let (a, b) = (read_new(&env, "alice"), read_new(&env, "bob"));
+    assert_eq!((a.len(), b.len()), (1, 1));
+    assert_eq!(a[0].1, b[0].1, "byte-exact copy");
+    assert!(read_files(&bob.join("tmp")).is_empty());
+    // The copy's fsync fails (the second fsync of the commit: the staged file
+    // first, then bob's copy).
+    let reply = {
+        let _s = Strace::attach(d.pid(), &["trace=fsync", "inject=fsync:error=EIO:when=2"]);
+        let mut c = Line::smtp_ready(env.smtp_port);
+        assert!(c.cmd("MAIL FROM:<x@example.net>\r\n").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<alice@example.org>\r\n").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<bob@example.org>\r\n").starts_with("250"));
+        assert!(c.cmd("DATA\r\n").starts_with("354"));
+        c.cmd("Subject: failing copy\r\n\r\nbody\r\n.\r\n")
+    };
+    assert!(reply.starts_with("451"), "{reply:?}");
+    d.wait_stderr("maildir commit failed");
+    assert_eq!(read_new(&env, "alice").len(), 1, "only the first message");
+    assert_eq!(read_new(&env, "bob").len(), 1, "only the first message");
+    assert!(
+        read_files(&bob.join("tmp")).is_empty(),
+        "no partial copy left"
+    );
+    assert!(read_files(&env.maildir("alice").join("tmp")).is_empty());
+}
+
+/// UPDATE under a failing unlink: every other marked message is still
+/// removed, the client is told (-ERR), and nothing unmarked goes.
+#[test]
+fn update_tries_every_message_and_reports_a_failed_unlink() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "strace -p needs root here"
+    );
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let mut d = Daemon::start(&env);
+    for s in ["m1", "m2", "m3", "m4"] {
+        deliver(
+            env.smtp_port,
+            &["alice@example.org"],
+            &message(s, "alice@example.org"),
+        );
+    }
+    let mut c = Line::connect(env.pop3_port);
+    assert!(c.line().starts_with("+OK"));
+    assert!(c.cmd_pop("USER alice\r\n").starts_with("+OK"));
+    assert!(c.cmd_pop(format!("PASS {PW}\r\n")).starts_with("+OK"));
+    for n in 1..=3 {
+        assert!(c.cmd_pop(format!("DELE {n}\r\n")).starts_with("+OK"));
+    }
+    let r = {
+        let _s = Strace::attach(
+            d.pid(),
+            &["trace=unlinkat", "inject=unlinkat:error=EIO:when=1"],
+        );
+        c.cmd_pop("QUIT\r\n")
+    };
+    assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r:?}");
+    d.wait_stderr("pop3 update failed");
+    let left: Vec<String> = snapshot(&env.maildir("alice"))
+        .into_values()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .collect();
+    assert_eq!(left.len(), 2, "one failed removal and the unmarked m4");
+    // The first marked message's unlink failed; the other marked ones went.
+    let has = |s: &str| left.iter().any(|m| m.contains(&format!("Subject: {s}\n")));
+    assert!(
+        has("m1") && has("m4") && !has("m2") && !has("m3"),
+        "{left:?}"
+    );
+}
