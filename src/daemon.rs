@@ -470,10 +470,11 @@ fn status_line(shared: &Shared) -> String {
 }
 
 /// tmp/ files older than 36 hours are leftovers of interrupted deliveries
-/// (the Maildir convention); sweep them at start-up and every 6 hours.
+/// (the Maildir convention); sweep them at start-up and every hour (also tmp
+/// names of delivered messages older than 15 minutes).
 async fn sweep_loop(mail_root: std::path::PathBuf, host: String) {
     const MAX_AGE: Duration = Duration::from_secs(36 * 3600);
-    let mut tick = tokio::time::interval(Duration::from_secs(6 * 3600));
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
     let mut first = true;
     loop {
         tick.tick().await;

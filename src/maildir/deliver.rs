@@ -22,6 +22,10 @@ use super::{Maildir, Sub, fsat};
 /// Maildir files are private to the mailbox owner.
 const FILE_MODE: u32 = 0o600;
 const SHARED_FILE_MODE: u32 = 0o660;
+/// A tmp/ name of a delivered message (its data also linked in new/) is
+/// removed by the sweep once this old.
+const LINKED_MAX_AGE: Duration = Duration::from_secs(15 * 60);
+
 /// Tries at removing a link (or fsyncing its directory) when rolling back.
 const ROLLBACK_TRIES: usize = 3;
 
@@ -341,7 +345,8 @@ fn copy_exclusive(src: &File, md: &Maildir, name: &str, host: &str) -> io::Resul
 }
 
 /// Remove regular files in `tmp/` not modified for `max_age` (the Maildir spec
-/// says 36 hours): leftovers of crashed deliveries. Returns how many went.
+/// says 36 hours): leftovers of crashed deliveries; and, after 15 minutes,
+/// tmp names of messages already linked into new/. Returns how many went.
 /// `tmp/` is the handle opened without following links, so a `tmp` symlinked
 /// into another mailbox was refused before we got here.
 pub fn sweep_tmp(md: &Maildir, max_age: Duration) -> io::Result<usize> {
@@ -357,7 +362,15 @@ pub fn sweep_tmp(md: &Maildir, max_age: Duration) -> io::Result<usize> {
         }
         let mtime =
             SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(st.st_mtime).unwrap_or(0));
-        let old = now.duration_since(mtime).is_ok_and(|age| age > max_age);
+        // A tmp file with other links is a delivered message whose tmp name
+        // could not be removed after the commit: only a name, gone after a
+        // while (a commit holds such a name for milliseconds).
+        let limit = if st.st_nlink > 1 {
+            LINKED_MAX_AGE.min(max_age)
+        } else {
+            max_age
+        };
+        let old = now.duration_since(mtime).is_ok_and(|age| age > limit);
         if old && fsat::unlink_at(tmp, &name).is_ok() {
             removed += 1;
         }
@@ -721,9 +734,21 @@ mod tests {
             .unwrap()
             .set_modified(past)
             .unwrap();
+        // A tmp name of a delivered message (also linked in new/), 20 min old.
+        let linked = a.tmp().join("linked");
+        fs::write(&linked, b"z").unwrap();
+        fs::hard_link(&linked, a.new_dir().join("linked")).unwrap();
+        let twenty_min = SystemTime::now() - Duration::from_secs(20 * 60);
+        File::options()
+            .write(true)
+            .open(&linked)
+            .unwrap()
+            .set_modified(twenty_min)
+            .unwrap();
         let n = sweep_tmp(&a, Duration::from_secs(36 * 3600)).unwrap();
-        assert_eq!(n, 1);
-        assert!(!old.exists());
+        assert_eq!(n, 2);
+        assert!(!old.exists() && !linked.exists());
+        assert_eq!(fs::read(a.new_dir().join("linked")).unwrap(), b"z");
         assert!(fresh.exists());
         assert!(a.tmp().join("subdir").is_dir());
     }
