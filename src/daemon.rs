@@ -136,6 +136,9 @@ struct Shared {
 
 /// `maildird serve [--inetd PROTO]`.
 pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), DaemonError> {
+    // First: a panic anywhere ends the process instead of one thread (see
+    // `logging::abort_on_panic`), so no half-alive daemon keeps the sockets.
+    crate::logging::abort_on_panic();
     // Nothing we create is for "other"; group bits matter for Maildirs shared with mutt.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
     let config =

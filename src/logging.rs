@@ -49,6 +49,54 @@ pub fn init() {
     let _ = result;
 }
 
+/// The daemon's panic policy: a panic anywhere (a session, the runtime's own
+/// driver, a blocking-pool thread) is logged and ends the process with
+/// `abort()` (SIGABRT). Without it a panicking thread dies alone and leaves a
+/// half-alive daemon: under injected write faults tokio's I/O driver panicked
+/// ("failed to wake I/O driver"), a client never got its reply and the daemon
+/// then ignored SIGTERM. A process that is gone is restarted by systemd
+/// (`Restart=on-failure` counts SIGABRT), which holds the listening sockets
+/// meanwhile; a half-alive one is never noticed. Release builds also set
+/// `panic = "abort"`; this hook makes dev and test builds behave the same and
+/// says why the daemon stopped. Installed first thing by `daemon::serve`.
+pub fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("(unnamed)");
+        // Only when RUST_BACKTRACE (or RUST_LIB_BACKTRACE) asks for one.
+        let backtrace = std::backtrace::Backtrace::capture();
+        let backtrace = match backtrace.status() {
+            std::backtrace::BacktraceStatus::Captured => backtrace.to_string(),
+            _ => String::new(),
+        };
+        if tracing::dispatcher::has_been_set() {
+            tracing::error!(
+                panic = message,
+                location,
+                thread,
+                backtrace,
+                "panic: aborting (the service manager restarts maildird)"
+            );
+        } else {
+            // No subscriber (not started through `main`): plain stderr, and
+            // never a second panic from a failed write.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "maildird: panic in thread {thread} at {location}: {message}; aborting{backtrace}"
+            );
+        }
+        std::process::abort();
+    }));
+}
+
 /// Characters of a user name that logs show; longer names are cut.
 const LOGGED_NAME_CHARS: usize = 64;
 

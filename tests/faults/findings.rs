@@ -2,6 +2,7 @@
 //! client gets and what is on disk when a POP3 session's lock is lost.
 
 use super::common::*;
+use super::tools::{Strace, Tmpfs};
 
 fn config_with(env: &TestEnv, name: &str, extra: &str) -> std::path::PathBuf {
     let cfg = std::fs::read_to_string(env.config()).expect("config") + extra;
@@ -58,56 +59,6 @@ fn a_maildir_without_a_lock_file_gets_one_at_start_up() {
     assert!(lock.is_file());
 }
 
-/// strace attached to every thread of a running daemon with fault injection;
-/// detached (SIGINT) on drop.
-struct Strace {
-    child: std::process::Child,
-}
-
-impl Strace {
-    /// Attach to `pid` with `-f` and the given `-e` expressions; returns once
-    /// strace says it attached (`Process N attached with M threads`).
-    fn attach(pid: u32, exprs: &[&str]) -> Strace {
-        use std::io::BufRead;
-        let strace = require_tool("strace", "strace");
-        let mut cmd = std::process::Command::new(strace);
-        cmd.args(["-f", "-o", "/dev/null", "-p", &pid.to_string()]);
-        for e in exprs {
-            cmd.args(["-e", e]);
-        }
-        let mut child = cmd
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("strace");
-        let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-        let mut seen = String::new();
-        loop {
-            let mut l = String::new();
-            let n = err.read_line(&mut l).expect("strace stderr");
-            assert!(n > 0, "strace ended before attaching: {seen}");
-            seen.push_str(&l);
-            if l.contains("attached") {
-                break;
-            }
-        }
-        // Keep draining strace's stderr so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while err.read_line(&mut sink).is_ok_and(|n| n > 0) {
-                sink.clear();
-            }
-        });
-        Strace { child }
-    }
-}
-
-impl Drop for Strace {
-    fn drop(&mut self) {
-        signal(self.child.id(), "INT");
-        let _ = self.child.wait();
-    }
-}
-
 /// The second recipient's link fails, then every unlink fails too (the
 /// rollback of the first link and the tmp file): the client gets a 451 that
 /// names the message id, and the copy that stayed in alice's new/ carries that
@@ -125,11 +76,10 @@ fn a_rollback_that_fails_is_named_in_the_reply_and_the_log() {
     let reply = {
         let _s = Strace::attach(
             d.pid(),
-            &[
-                "trace=linkat,unlinkat",
-                "inject=linkat:error=EIO:when=2",
-                "inject=unlinkat:error=EIO",
-            ],
+            "linkat,unlinkat",
+            &["linkat:error=EIO:when=2", "unlinkat:error=EIO"],
+            &[],
+            &env.path().join("strace.txt"),
         );
         let mut c = Line::smtp_ready(env.smtp_port);
         assert!(c.cmd("MAIL FROM:<x@example.net>\r\n").starts_with("250"));
@@ -166,18 +116,6 @@ fn a_rollback_that_fails_is_named_in_the_reply_and_the_log() {
     assert_eq!(read_new(&env, "bob").len(), 1);
 }
 
-/// Unmounts on drop, also when the test fails.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// bob's Maildir on its own tmpfs (EXDEV from alice's): his copy is written
 /// in his own tmp/ and linked into new/; when its fsync fails, the client
 /// gets a 451 and neither new/ nor tmp/ holds anything of it.
@@ -191,15 +129,7 @@ fn a_maildir_on_another_filesystem_never_shows_a_partial_copy() {
     add_user(&env, "alice", PW);
     add_user(&env, "bob", PW);
     let bob = env.maildir("bob");
-    let mount = require_tool("mount", "mount");
-    let o = run(
-        std::process::Command::new(mount)
-            .args(["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs"])
-            .arg(&bob),
-        b"",
-    );
-    assert_ok(&o, "mount tmpfs");
-    let _m = Mount(bob.clone());
+    let _m = Tmpfs::mount(&bob, "size=4m,mode=0700");
     for sub in ["tmp", "new", "cur"] {
         std::fs::create_dir(bob.join(sub)).expect("mkdir");
     }
@@ -218,7 +148,13 @@ fn a_maildir_on_another_filesystem_never_shows_a_partial_copy() {
     // The copy's fsync fails (the second fsync of the commit: the staged file
     // first, then bob's copy).
     let reply = {
-        let _s = Strace::attach(d.pid(), &["trace=fsync", "inject=fsync:error=EIO:when=2"]);
+        let _s = Strace::attach(
+            d.pid(),
+            "fsync",
+            &["fsync:error=EIO:when=2"],
+            &[],
+            &env.path().join("strace.txt"),
+        );
         let mut c = Line::smtp_ready(env.smtp_port);
         assert!(c.cmd("MAIL FROM:<x@example.net>\r\n").starts_with("250"));
         assert!(c.cmd("RCPT TO:<alice@example.org>\r\n").starts_with("250"));
@@ -235,51 +171,4 @@ fn a_maildir_on_another_filesystem_never_shows_a_partial_copy() {
         "no partial copy left"
     );
     assert!(read_files(&env.maildir("alice").join("tmp")).is_empty());
-}
-
-/// UPDATE under a failing unlink: every other marked message is still
-/// removed, the client is told (-ERR), and nothing unmarked goes.
-#[test]
-fn update_tries_every_message_and_reports_a_failed_unlink() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "strace -p needs root here"
-    );
-    let env = TestEnv::new();
-    add_user(&env, "alice", PW);
-    let mut d = Daemon::start(&env);
-    for s in ["m1", "m2", "m3", "m4"] {
-        deliver(
-            env.smtp_port,
-            &["alice@example.org"],
-            &message(s, "alice@example.org"),
-        );
-    }
-    let mut c = Line::connect(env.pop3_port);
-    assert!(c.line().starts_with("+OK"));
-    assert!(c.cmd_pop("USER alice\r\n").starts_with("+OK"));
-    assert!(c.cmd_pop(format!("PASS {PW}\r\n")).starts_with("+OK"));
-    for n in 1..=3 {
-        assert!(c.cmd_pop(format!("DELE {n}\r\n")).starts_with("+OK"));
-    }
-    let r = {
-        let _s = Strace::attach(
-            d.pid(),
-            &["trace=unlinkat", "inject=unlinkat:error=EIO:when=1"],
-        );
-        c.cmd_pop("QUIT\r\n")
-    };
-    assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r:?}");
-    d.wait_stderr("pop3 update failed");
-    let left: Vec<String> = snapshot(&env.maildir("alice"))
-        .into_values()
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .collect();
-    assert_eq!(left.len(), 2, "one failed removal and the unmarked m4");
-    // The first marked message's unlink failed; the other marked ones went.
-    let has = |s: &str| left.iter().any(|m| m.contains(&format!("Subject: {s}\n")));
-    assert!(
-        has("m1") && has("m4") && !has("m2") && !has("m3"),
-        "{left:?}"
-    );
 }
