@@ -183,6 +183,12 @@ impl TestEnv {
         p
     }
 
+    /// The test config plus `extra` (TOML tables), written as `name`.
+    pub fn config_with(&self, name: &str, extra: &str) -> PathBuf {
+        let text = std::fs::read_to_string(self.config()).expect("config") + extra;
+        self.write_config(name, &text)
+    }
+
     /// Writes a file in the temp dir and returns its path.
     pub fn write_file(&self, name: &str, bytes: &[u8]) -> PathBuf {
         let p = self.path().join(name);
@@ -1257,4 +1263,19 @@ impl Line {
         self.send(b);
         self.line()
     }
+}
+
+/// A number field of `/proc/PID/status` (`VmRSS` in KiB, `Threads`, ...).
+pub fn proc_status(pid: u32, key: &str) -> u64 {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    st.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
+}
+
+/// Resident memory of a process, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    proc_status(pid, "VmRSS")
 }

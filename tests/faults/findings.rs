@@ -4,17 +4,12 @@
 use super::common::*;
 use super::tools::{Strace, Tmpfs};
 
-fn config_with(env: &TestEnv, name: &str, extra: &str) -> std::path::PathBuf {
-    let cfg = std::fs::read_to_string(env.config()).expect("config") + extra;
-    env.write_config(name, &cfg)
-}
-
 #[test]
 fn a_session_whose_lock_was_lost_deletes_nothing_at_quit() {
     let env = TestEnv::new();
     add_user(&env, "alice", PW);
     // The lock is checked every third of this: every second.
-    let cfg = config_with(&env, "lost.toml", "\n[pop3]\nlock_stale_after = \"3s\"\n");
+    let cfg = env.config_with("lost.toml", "\n[pop3]\nlock_stale_after = \"3s\"\n");
     let mut d = Daemon::start_with(&env, &cfg);
     for s in ["one", "two"] {
         deliver(
@@ -59,6 +54,18 @@ fn a_maildir_without_a_lock_file_gets_one_at_start_up() {
     assert!(lock.is_file());
 }
 
+/// One message to alice and bob while strace injects `injects` into the
+/// daemon `pid`; returns the reply to the end of DATA.
+fn to_alice_and_bob_with_faults(env: &TestEnv, pid: u32, trace: &str, injects: &[&str]) -> String {
+    let _s = Strace::attach(pid, trace, injects, &[], &env.path().join("strace.txt"));
+    let mut c = Line::smtp_ready(env.smtp_port);
+    assert!(c.cmd("MAIL FROM:<x@example.net>\r\n").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>\r\n").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<bob@example.org>\r\n").starts_with("250"));
+    assert!(c.cmd("DATA\r\n").starts_with("354"));
+    c.cmd("Subject: faults\r\n\r\nbody\r\n.\r\n")
+}
+
 /// The second recipient's link fails, then every unlink fails too (the
 /// rollback of the first link and the tmp file): the client gets a 451 that
 /// names the message id, and the copy that stayed in alice's new/ carries that
@@ -73,21 +80,12 @@ fn a_rollback_that_fails_is_named_in_the_reply_and_the_log() {
     add_user(&env, "alice", PW);
     add_user(&env, "bob", PW);
     let mut d = Daemon::start(&env);
-    let reply = {
-        let _s = Strace::attach(
-            d.pid(),
-            "linkat,unlinkat",
-            &["linkat:error=EIO:when=2", "unlinkat:error=EIO"],
-            &[],
-            &env.path().join("strace.txt"),
-        );
-        let mut c = Line::smtp_ready(env.smtp_port);
-        assert!(c.cmd("MAIL FROM:<x@example.net>\r\n").starts_with("250"));
-        assert!(c.cmd("RCPT TO:<alice@example.org>\r\n").starts_with("250"));
-        assert!(c.cmd("RCPT TO:<bob@example.org>\r\n").starts_with("250"));
-        assert!(c.cmd("DATA\r\n").starts_with("354"));
-        c.cmd("Subject: twice?\r\n\r\nbody\r\n.\r\n")
-    };
+    let reply = to_alice_and_bob_with_faults(
+        &env,
+        d.pid(),
+        "linkat,unlinkat",
+        &["linkat:error=EIO:when=2", "unlinkat:error=EIO"],
+    );
     assert!(reply.starts_with("451 4.3.0"), "{reply:?}");
     let id = reply
         .split_whitespace()
@@ -147,21 +145,7 @@ fn a_maildir_on_another_filesystem_never_shows_a_partial_copy() {
     assert!(read_files(&bob.join("tmp")).is_empty());
     // The copy's fsync fails (the second fsync of the commit: the staged file
     // first, then bob's copy).
-    let reply = {
-        let _s = Strace::attach(
-            d.pid(),
-            "fsync",
-            &["fsync:error=EIO:when=2"],
-            &[],
-            &env.path().join("strace.txt"),
-        );
-        let mut c = Line::smtp_ready(env.smtp_port);
-        assert!(c.cmd("MAIL FROM:<x@example.net>\r\n").starts_with("250"));
-        assert!(c.cmd("RCPT TO:<alice@example.org>\r\n").starts_with("250"));
-        assert!(c.cmd("RCPT TO:<bob@example.org>\r\n").starts_with("250"));
-        assert!(c.cmd("DATA\r\n").starts_with("354"));
-        c.cmd("Subject: failing copy\r\n\r\nbody\r\n.\r\n")
-    };
+    let reply = to_alice_and_bob_with_faults(&env, d.pid(), "fsync", &["fsync:error=EIO:when=2"]);
     assert!(reply.starts_with("451"), "{reply:?}");
     d.wait_stderr("maildir commit failed");
     assert_eq!(read_new(&env, "alice").len(), 1, "only the first message");

@@ -8,20 +8,6 @@ use base64::Engine as _;
 
 use crate::common::*;
 
-fn rss_kib(pid: u32) -> u64 {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    st.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
-fn with_extra(env: &TestEnv, name: &str, extra: &str) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(env.config()).expect("config") + extra;
-    env.write_config(name, &text)
-}
-
 /// Failed logins in the flood, over `CONNECTIONS` parallel connections.
 const LOGINS: usize = 100_000;
 const CONNECTIONS: usize = 8;
@@ -103,8 +89,7 @@ fn a_flood_of_failed_logins_with_unique_long_names_leaves_memory_bounded() {
     );
     // No per-session delay or failure cap: the flood runs at full speed.
     // Loopback is back-off per user only, and every name is new.
-    let cfg = with_extra(
-        &env,
+    let cfg = env.config_with(
         "flood.toml",
         "\n[limits]\nauth_failure_delay = 0\nauth_failures = 1000000\n",
     );
@@ -152,8 +137,7 @@ fn smtp_greeting_from(src: &str, port: u16) -> (Line, String) {
 fn the_per_ip_cap_counts_a_whole_ipv4_prefix() {
     let env = TestEnv::new();
     add_user(&env, "alice", PW);
-    let cfg = with_extra(
-        &env,
+    let cfg = env.config_with(
         "prefix8.toml",
         "\n[limits]\nmax_connections_per_ip = 2\nipv4_prefix = 8\n",
     );
@@ -194,11 +178,7 @@ fn the_per_ip_cap_counts_a_whole_ipv4_prefix() {
     // The default /32: three addresses are three clients.
     let env = TestEnv::new();
     add_user(&env, "alice", PW);
-    let cfg = with_extra(
-        &env,
-        "cap2.toml",
-        "\n[limits]\nmax_connections_per_ip = 2\n",
-    );
+    let cfg = env.config_with("cap2.toml", "\n[limits]\nmax_connections_per_ip = 2\n");
     let mut d = Daemon::start_with(&env, &cfg);
     let mut held = Vec::new();
     for src in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {

@@ -288,15 +288,6 @@ fn user_add_refuses_to_chown_through_a_planted_link() {
     );
 }
 
-/// Threads of a process, from /proc.
-fn threads(pid: u32) -> u64 {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    st.lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("Threads")
-}
-
 #[test]
 fn lock_file_as_fifo_or_dev_zero_is_refused_quickly() {
     let attacker = Attacker::new();
@@ -305,7 +296,7 @@ fn lock_file_as_fifo_or_dev_zero_is_refused_quickly() {
     let mut d = Daemon::start(&env);
     let lock = env.maildir("alice").join("maildird-pop3.lock");
     attacker.sh(&format!("rm -f '{0}' && mkfifo '{0}'", lock.display()));
-    let base = threads(d.pid());
+    let base = proc_status(d.pid(), "Threads");
     let start = Instant::now();
     for _ in 0..40 {
         let (mut c, r) = pop3_login(env.pop3_port, "alice");
@@ -320,7 +311,7 @@ fn lock_file_as_fifo_or_dev_zero_is_refused_quickly() {
     d.wait_stderr("refusing mailbox lock");
     assert!(d.log().contains("FIFO"), "{}", d.log());
     // No thread was parked in open(): the pool did not grow by one per login.
-    let now = threads(d.pid());
+    let now = proc_status(d.pid(), "Threads");
     assert!(now < base + 20, "threads {base} -> {now} after 40 logins");
     // A link to /dev/zero: refused without reading it.
     attacker.sh(&format!(
