@@ -9,22 +9,22 @@ use crate::auth::users::{self, Role, UserDb};
 use crate::auth::{validate_name, verify};
 use crate::cli::UserCommand;
 use crate::config::Config;
-use crate::daemon::DaemonError;
+use crate::error::CommandError;
 use crate::maildir::{Maildir, Sub, fsat};
 
-fn config_err(e: impl std::fmt::Display) -> DaemonError {
-    DaemonError::Config(e.to_string())
+fn config_err(e: impl std::fmt::Display) -> CommandError {
+    CommandError::Config(e.to_string())
 }
 
-fn runtime_err(e: impl std::fmt::Display) -> DaemonError {
-    DaemonError::Runtime(e.to_string())
+fn runtime_err(e: impl std::fmt::Display) -> CommandError {
+    CommandError::Runtime(e.to_string())
 }
 
 /// `check-config`: validate, then print the effective config.
-pub fn check_config(path: &Path) -> Result<(), DaemonError> {
+pub fn check_config(path: &Path) -> Result<(), CommandError> {
     let config = Config::load(path).map_err(config_err)?;
-    let tls = crate::daemon::load_tls(&config).map_err(config_err)?;
-    crate::daemon::build_chains(&config, &crate::daemon::registry(tls.as_ref()))
+    let tls = crate::filter::chains::load_tls(&config).map_err(config_err)?;
+    crate::filter::chains::build(&config, &crate::filter::chains::registry(tls.as_ref()))
         .map_err(config_err)?;
     let users = UserDb::load(&config.users_file)
         .map_err(|e| config_err(format!("{}: {e}", config.users_file.display())))?;
@@ -49,14 +49,14 @@ pub fn check_config(path: &Path) -> Result<(), DaemonError> {
 }
 
 /// `hash-password`.
-pub fn hash_password(password_stdin: bool) -> Result<(), DaemonError> {
+pub fn hash_password(password_stdin: bool) -> Result<(), CommandError> {
     let pw = read_password(password_stdin)?;
     println!("{}", verify::hash_password(pw.as_bytes()));
     Ok(())
 }
 
 /// `user ...`.
-pub fn user(path: &Path, cmd: UserCommand) -> Result<(), DaemonError> {
+pub fn user(path: &Path, cmd: UserCommand) -> Result<(), CommandError> {
     let config = Config::load(path).map_err(config_err)?;
     let file = &config.users_file;
     match cmd {
@@ -125,7 +125,7 @@ pub fn user(path: &Path, cmd: UserCommand) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn parse_roles(names: &[String]) -> Result<Vec<Role>, DaemonError> {
+fn parse_roles(names: &[String]) -> Result<Vec<Role>, CommandError> {
     if names.is_empty() {
         return Ok(vec![Role::Pop3, Role::Submit]);
     }
@@ -165,7 +165,7 @@ fn maildir_handles(md: &Maildir) -> [(std::os::fd::BorrowedFd<'_>, std::path::Pa
 /// Before root changes anything: each directory of the Maildir must belong to
 /// root (just created) or to the service user. A former owner could have
 /// moved a directory of someone else's into her Maildir; that is refused.
-fn check_owners(config: &Config, md: &Maildir) -> Result<(), DaemonError> {
+fn check_owners(config: &Config, md: &Maildir) -> Result<(), CommandError> {
     let me = nix::unistd::geteuid().as_raw();
     let service = nix::unistd::User::from_name(&config.user)
         .ok()
@@ -239,7 +239,7 @@ fn hand_to_service_user(config: &Config, md: &Maildir) {
 /// The ownership model for sharing with mutt: the Maildir stays owned by the
 /// service user, its group becomes `group` and its directories 2770 (setgid, so
 /// files mutt creates keep the group); deliveries into it are then 0660.
-fn share_with_group(mail_root: &Path, md: &Maildir, group: &str) -> Result<(), DaemonError> {
+fn share_with_group(mail_root: &Path, md: &Maildir, group: &str) -> Result<(), CommandError> {
     use std::os::unix::fs::PermissionsExt;
     let g = nix::unistd::Group::from_name(group)
         .map_err(runtime_err)?
@@ -262,7 +262,7 @@ fn share_with_group(mail_root: &Path, md: &Maildir, group: &str) -> Result<(), D
 
 /// A password from stdin (`--password-stdin`: the first line) or typed at the
 /// terminal without echo.
-fn read_password(from_stdin: bool) -> Result<String, DaemonError> {
+fn read_password(from_stdin: bool) -> Result<String, CommandError> {
     let stdin = std::io::stdin();
     let tty = !from_stdin && stdin.is_terminal();
     if !from_stdin && !tty {
@@ -299,7 +299,7 @@ fn read_password(from_stdin: bool) -> Result<String, DaemonError> {
 
 /// The control socket of the config's daemon; the config file may be absent
 /// (then the default path is used), so `who` works without reading secrets.
-fn control_path(path: &Path) -> Result<std::path::PathBuf, DaemonError> {
+fn control_path(path: &Path) -> Result<std::path::PathBuf, CommandError> {
     if path.exists() {
         Ok(Config::load(path).map_err(config_err)?.control_socket)
     } else {
@@ -309,19 +309,19 @@ fn control_path(path: &Path) -> Result<std::path::PathBuf, DaemonError> {
     }
 }
 
-fn client_runtime() -> Result<tokio::runtime::Runtime, DaemonError> {
+fn client_runtime() -> Result<tokio::runtime::Runtime, CommandError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(runtime_err)
 }
 
-fn reply_error(e: String) -> DaemonError {
+fn reply_error(e: String) -> CommandError {
     runtime_err(format!("the daemon said: {e}"))
 }
 
 /// `who [--json]`.
-pub fn who(path: &Path, json: bool) -> Result<(), DaemonError> {
+pub fn who(path: &Path, json: bool) -> Result<(), CommandError> {
     use crate::control::server::{Reply, Request};
     let sock = control_path(path)?;
     let reply = client_runtime()?
@@ -370,7 +370,7 @@ pub fn kick(
     id: Option<u64>,
     user: Option<String>,
     ip: Option<std::net::IpAddr>,
-) -> Result<(), DaemonError> {
+) -> Result<(), CommandError> {
     use crate::control::KickTarget;
     use crate::control::server::{Reply, Request};
     let target = match (id, user, ip) {
@@ -399,7 +399,7 @@ pub fn kick(
 
 /// `events [--json]`: print events as they happen until the daemon closes the
 /// stream or the user interrupts.
-pub fn events(path: &Path, json: bool) -> Result<(), DaemonError> {
+pub fn events(path: &Path, json: bool) -> Result<(), CommandError> {
     let sock = control_path(path)?;
     client_runtime()?.block_on(async {
         let mut events = crate::control::client::events(&sock)

@@ -15,6 +15,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod daemon;
+pub mod error;
 pub mod filter;
 pub mod listen;
 pub mod logging;

@@ -13,30 +13,30 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::Config;
-use crate::daemon::DaemonError;
+use crate::error::CommandError;
 use crate::filter::{BoxedIo, ConnMeta, Registry, Side};
 
 /// `maildird tunnel [-c FILE] [--filters a,b] HOST:PORT`. A missing config file
 /// means default settings; a bad one is a config error (exit 2); a failed
 /// connection or filter set-up is a runtime failure (exit 1).
-pub fn run(config_path: &Path, filters: &[String], target: &str) -> Result<(), DaemonError> {
+pub fn run(config_path: &Path, filters: &[String], target: &str) -> Result<(), CommandError> {
     init_logging();
     let config = if config_path.exists() {
-        Config::load(config_path).map_err(|e| DaemonError::Config(e.to_string()))?
+        Config::load(config_path).map_err(|e| CommandError::Config(e.to_string()))?
     } else {
-        Config::parse("", "defaults").map_err(|e| DaemonError::Config(e.to_string()))?
+        Config::parse("", "defaults").map_err(|e| CommandError::Config(e.to_string()))?
     };
     let chain = Registry::builtin()
         .build(&config, filters, Side::Client)
-        .map_err(|e| DaemonError::Config(format!("--filters: {e}")))?;
+        .map_err(|e| CommandError::Config(format!("--filters: {e}")))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| DaemonError::Runtime(format!("cannot start the runtime: {e}")))?;
+        .map_err(|e| CommandError::Runtime(format!("cannot start the runtime: {e}")))?;
     let result = runtime.block_on(async {
         let stream = tokio::net::TcpStream::connect(target)
             .await
-            .map_err(|e| DaemonError::Runtime(format!("connect to {target}: {e}")))?;
+            .map_err(|e| CommandError::Runtime(format!("connect to {target}: {e}")))?;
         let _ = stream.set_nodelay(true);
         let mut meta = ConnMeta {
             listener: "tunnel".into(),
@@ -48,7 +48,7 @@ pub fn run(config_path: &Path, filters: &[String], target: &str) -> Result<(), D
         let io = chain
             .apply(Box::new(stream), &mut meta)
             .await
-            .map_err(|e| DaemonError::Runtime(format!("filters {:?}: {e}", chain.names())))?;
+            .map_err(|e| CommandError::Runtime(format!("filters {:?}: {e}", chain.names())))?;
         relay(io, tokio::io::stdin(), tokio::io::stdout()).await;
         Ok(())
     });

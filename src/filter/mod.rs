@@ -4,6 +4,7 @@
 //! every connection. The wire end is a `Wire`, a slot where STARTTLS/STLS insert
 //! TLS at run time below every other filter.
 
+pub mod chains;
 pub mod exec;
 pub mod log;
 pub mod proxy;

@@ -1,6 +1,7 @@
 //! Listening sockets: inherited from systemd (`activation`), bound by the daemon
-//! (`standalone`), or one connection on stdin/stdout (`inetd`); `accept` runs the
-//! accept loop with connection caps and keep-alive.
+//! (`standalone`), or one connection on stdin/stdout (`inetd`); `accept_loop`
+//! hands each accepted connection on; `accept` holds the connection caps and
+//! keep-alive options.
 
 pub mod accept;
 pub mod activation;
@@ -8,7 +9,10 @@ pub mod first_read;
 pub mod inetd;
 pub mod standalone;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::config::{Config, ListenerConfig};
 
@@ -41,4 +45,35 @@ pub fn take_sockets(config: &Config) -> Result<Vec<Bound>, String> {
         return Ok(bound);
     }
     standalone::bind_all(&config.listeners)
+}
+
+/// Accept connections on `listener` until `stop` turns true, handing each to
+/// `on_accept` with its peer. On a dual-stack socket (systemd's
+/// BindIPv6Only=both) IPv4 clients arrive as `::ffff:a.b.c.d`: they are handed
+/// on as the IPv4 clients they are. Accept errors (EMFILE and friends) back off
+/// briefly instead of spinning.
+pub async fn accept_loop(
+    name: &str,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+    mut on_accept: impl FnMut(tokio::net::TcpStream, SocketAddr),
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => on_accept(stream, canonical(peer)),
+            Err(e) => {
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+pub fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }

@@ -1,0 +1,89 @@
+//! Building the filter chains of a config: the registry of built-in filters
+//! (with the daemon's reloadable certificate for `tls`) and one chain per
+//! listener, checked. Used by the daemon, `check-config` and `tunnel`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::tls::TlsServer;
+use super::{FilterChain, Registry};
+use crate::config::Config;
+
+/// The `[tls]` certificate and key, if configured (errors name the file: exit 2).
+pub fn load_tls(config: &Config) -> Result<Option<Arc<TlsServer>>, String> {
+    config.tls.as_ref().map(TlsServer::load).transpose()
+}
+
+/// The built-in filters, with `tls` sharing the daemon's reloadable certificate.
+pub fn registry(tls: Option<&Arc<TlsServer>>) -> Registry {
+    let mut registry = Registry::builtin();
+    if let Some(t) = tls {
+        registry.register("tls", crate::filter::tls::server_factory(t.clone()));
+    }
+    registry
+}
+
+/// Build every listener's filter chain (unknown names, bad settings,
+/// impossible orders and STARTTLS over a filter that may hold input back are
+/// config errors). `check-config`, start-up and SIGHUP reload all come here.
+pub fn build(config: &Config, registry: &Registry) -> Result<HashMap<String, FilterChain>, String> {
+    config
+        .listeners
+        .iter()
+        .map(|l| {
+            let chain = registry
+                .build(config, &l.filters, crate::filter::Side::Server)
+                .map_err(|e| format!("listener {:?}: {e}", l.name))?;
+            if l.starttls {
+                chain.check_starttls(&l.name, &l.filters)?;
+            }
+            Ok((l.name.clone(), chain))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TLS: &str =
+        "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[filter.exec.rot]\ncommand = [\"cat\"]\n";
+
+    fn chains(listeners: &str) -> Result<HashMap<String, FilterChain>, String> {
+        let cfg = Config::parse(&format!("{TLS}{listeners}"), "t").map_err(|e| e.to_string())?;
+        build(&cfg, &registry(None))
+    }
+
+    /// `check-config`, start-up and reload share this check: STARTTLS/STLS over
+    /// a filter that may hold input back is a config error naming both.
+    #[test]
+    fn starttls_over_a_buffering_filter_is_a_config_error() {
+        for (proto, filters, bad) in [
+            ("smtp", "[\"zlib\"]", Some("zlib")),
+            ("pop3", "[\"log\", \"exec.rot\"]", Some("exec.rot")),
+            ("submission", "[\"proxy\", \"zlib\"]", Some("zlib")),
+            ("smtp", "[\"proxy\", \"log\"]", None),
+            ("pop3", "[]", None),
+        ] {
+            let l = format!(
+                "[[listener]]\nname = \"l\"\nprotocol = \"{proto}\"\nfilters = {filters}\nstarttls = true\n"
+            );
+            match bad {
+                None => assert!(chains(&l).is_ok(), "{l}"),
+                Some(f) => {
+                    let e = chains(&l).err().unwrap_or_default();
+                    assert!(
+                        e.starts_with(&format!(
+                            "listener \"l\": starttls = true cannot be used with filter \"{f}\""
+                        )),
+                        "{e}"
+                    );
+                    assert!(e.contains("implicit TLS"), "{e}");
+                }
+            }
+            // The same filters without STARTTLS are fine.
+            let plain = l.replace("starttls = true\n", "");
+            assert!(chains(&plain).is_ok(), "{plain}");
+        }
+    }
+}
