@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod command;
 pub mod data;
+mod op;
 pub mod reply;
 pub mod session;
 pub mod state;
