@@ -8,25 +8,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Any bidirectional byte stream a session can run over: a TCP stream, stdin/stdout
-/// (inetd), or a filtered stream.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// What a session tells the daemon about itself: its state (for `who`), logins
-/// and deliveries (for `events` and the fail2ban line). The default does nothing,
-/// so sessions run without a daemon in tests.
-pub trait Observer: Send + Sync {
-    fn state(&self, _state: &'static str) {}
-    /// A login attempt; `user` as the client gave it.
-    fn auth(&self, _user: &str, _mechanism: &str, _ok: bool) {}
-    fn delivered(&self, _recipients: usize, _size: u64) {}
-}
-
-/// An `Observer` that ignores everything.
-pub struct NoObserver;
-impl Observer for NoObserver {}
-
 /// Resolves once `rx` holds `true` (the daemon is stopping); never if the
 /// sender is gone without saying so.
 async fn until_stopping(mut rx: tokio::sync::watch::Receiver<bool>) {

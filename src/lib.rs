@@ -21,10 +21,12 @@ pub mod listen;
 pub mod logging;
 pub mod maildir;
 pub mod notify;
+pub mod observer;
 pub mod pop3;
 pub mod privs;
 pub mod sasl;
 pub mod smtp;
+pub mod stream;
 pub mod tunnel;
 
 #[cfg(test)]

@@ -3,12 +3,11 @@
 //! as JSON lines to root and members of the daemon's group.
 
 pub mod client;
-pub mod counted;
 pub mod server;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -21,12 +20,7 @@ pub struct Registry {
     events: broadcast::Sender<Event>,
 }
 
-/// Byte counters of one layer of a connection (the wire, or the protocol).
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-}
+pub use crate::stream::counted::Counters;
 
 /// One live session.
 pub struct Entry {

@@ -17,13 +17,14 @@ use tracing::Instrument;
 
 use crate::backend::Backend;
 use crate::config::{Config, ListenerConfig, Protocol};
-use crate::conn::{Io, Observer};
 use crate::error::CommandError;
 use crate::filter::tls::{StartTls, TlsServer, Upgrade};
 use crate::filter::{ConnMeta, FilterChain, Wire, chains};
 use crate::listen::accept::{Caps, Refused};
-use crate::listen::first_read::FirstReadDeadline;
 use crate::listen::{self, Bound};
+use crate::observer::Observer;
+use crate::stream::BoxedIo;
+use crate::stream::first_read::FirstReadDeadline;
 use crate::{control, notify, pop3, privs, smtp};
 
 mod pipeline;

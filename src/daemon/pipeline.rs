@@ -88,7 +88,7 @@ pub(super) async fn refuse<S: tokio::io::AsyncWrite + Unpin>(
 pub(super) async fn run_session(
     shared: &Arc<Shared>,
     listener: &ListenerConfig,
-    stream: Box<dyn Io>,
+    stream: BoxedIo,
     peer: Option<SocketAddr>,
     id: u64,
     admission: Option<&mut crate::listen::accept::Admission>,
@@ -113,26 +113,26 @@ pub(super) async fn run_session(
             ..ConnMeta::default()
         };
         // Wire-level bytes, and a short deadline for the first byte from the client.
-        let stream = control::counted::Counted::new(stream, guard.counters("wire"));
+        let stream = crate::stream::counted::Counted::new(stream, guard.counters("wire"));
         let stream = FirstReadDeadline::new(stream, config.limits.greeting_timeout);
         // The swap point for STARTTLS/STLS, only where it can happen.
-        let (stream, wire_handle): (Box<dyn Io>, _) = if shared.tls.is_some() && listener.starttls {
+        let (stream, wire_handle): (BoxedIo, _) = if shared.tls.is_some() && listener.starttls {
             let (wire, handle) = Wire::new(Box::new(stream));
             (Box::new(wire), Some(handle))
         } else {
             (Box::new(stream), None)
         };
         let chain = live.chains.get(&listener.name).filter(|c| !c.is_empty());
-        let stream: Box<dyn Io> = match chain {
+        let stream: BoxedIo = match chain {
             // Boxed, like the sessions below: a TLS handshake's state is
             // allocated only while it runs, not kept in every connection's task.
             Some(chain) => {
                 match Box::pin(chain.apply_with(stream, &mut meta, |name, io| {
-                    Box::new(control::counted::Counted::new(io, guard.counters(name)))
+                    Box::new(crate::stream::counted::Counted::new(io, guard.counters(name)))
                 }))
                 .await
                 {
-                    Ok(s) => Box::new(control::counted::Counted::new(
+                    Ok(s) => Box::new(crate::stream::counted::Counted::new(
                         s,
                         guard.counters("protocol"),
                     )),

@@ -22,10 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::conn::Io;
-
-/// A type-erased bidirectional stream.
-pub type BoxedIo = Box<dyn Io>;
+pub use crate::stream::BoxedIo;
 
 /// A boxed future, as filters are trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

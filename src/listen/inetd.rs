@@ -7,10 +7,10 @@ use std::os::fd::AsFd;
 
 use nix::sys::stat::{SFlag, fstat};
 
-use crate::conn::Io;
+use crate::stream::BoxedIo;
 
 /// The session stream and the peer address, if stdin is a TCP socket.
-pub fn stdio_stream() -> std::io::Result<(Box<dyn Io>, Option<SocketAddr>)> {
+pub fn stdio_stream() -> std::io::Result<(BoxedIo, Option<SocketAddr>)> {
     let stdin = std::io::stdin();
     let is_socket = fstat(stdin.as_fd())
         .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode).contains(SFlag::S_IFSOCK));

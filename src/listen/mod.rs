@@ -5,7 +5,6 @@
 
 pub mod accept;
 pub mod activation;
-pub mod first_read;
 pub mod inetd;
 pub mod standalone;
 

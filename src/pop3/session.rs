@@ -14,8 +14,9 @@ use super::command::{self, Command, MAX_LINE};
 use super::reply::{self, RespCode};
 use super::state::{self, State};
 use super::store::Store;
-use crate::conn::{Conn, ConnError, Line, NoObserver, Observer};
+use crate::conn::{Conn, ConnError, Line};
 use crate::filter::tls::Upgrade;
+use crate::observer::{NoObserver, Observer};
 
 /// Per-session settings, taken from the config when the connection is accepted.
 #[derive(Debug, Clone)]

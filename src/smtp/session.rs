@@ -16,8 +16,9 @@ use super::command::{self, Command};
 use super::reply::Reply;
 use super::state::{self, State};
 use crate::config::BareLf;
-use crate::conn::{Conn, ConnError, Line, NoObserver, Observer};
+use crate::conn::{Conn, ConnError, Line};
 use crate::filter::tls::Upgrade;
+use crate::observer::{NoObserver, Observer};
 
 /// Per-session settings, taken from the config when the connection is accepted.
 #[derive(Debug, Clone)]

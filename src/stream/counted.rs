@@ -1,16 +1,21 @@
-//! Byte counting for `who` (seed 001's grid shows traffic per connection): an
+//! Byte counting for `maildird who` (traffic per connection and layer): an
 //! `AsyncRead + AsyncWrite` pass-through that adds to shared counters
 //! (linkerd's SensorIo idea).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::Counters;
+/// Byte counters of one layer of a connection (the wire, or the protocol).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
 
 pub struct Counted<T> {
     inner: T,
