@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod control;
+pub mod crlf;
 pub mod daemon;
 pub mod error;
 pub mod filter;

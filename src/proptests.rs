@@ -177,7 +177,7 @@ proptest! {
         prop_assert_eq!(octets, crate::pop3::reply::crlf_size(&body));
         // `W=` and a file's size, counted in pieces, agree.
         let c = cut % (body.len() + 1);
-        let mut w = crate::maildir::scan::CrlfSize::default();
+        let mut w = crate::crlf::CrlfSize::default();
         w.feed(&body[..c]);
         w.feed(&body[c..]);
         prop_assert_eq!(w.total(), octets);

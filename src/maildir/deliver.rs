@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use super::name::UniqueName;
-use super::scan::CrlfSize;
 use super::{Maildir, Sub, fsat};
+use crate::crlf::CrlfSize;
 
 /// Maildir files are private to the mailbox owner.
 const FILE_MODE: u32 = 0o600;

@@ -151,37 +151,7 @@ pub fn open_message(md: &Maildir, sub: Sub, name: &str) -> io::Result<(File, u64
     fsat::open_regular(md.dir(sub), name)
 }
 
-/// The size of a message on the POP3 wire (`W=`, LIST, RFC 1939 §11): its
-/// bytes, plus one for every LF without a CR before it and every CR without
-/// an LF after it (both go out as CRLF), plus a CRLF when the last line is
-/// unterminated. Fed in pieces; equals `pop3::reply::crlf_size` of the whole.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CrlfSize {
-    n: u64,
-    prev: u8,
-}
-
-impl CrlfSize {
-    pub fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.n += 1;
-            if (b == b'\n' && self.prev != b'\r') || (self.prev == b'\r' && b != b'\n') {
-                self.n += 1;
-            }
-            self.prev = b;
-        }
-    }
-
-    pub fn total(&self) -> u64 {
-        match self.prev {
-            _ if self.n == 0 => 0,
-            b'\n' => self.n,
-            // A final lone CR goes out as CRLF and ends the last line.
-            b'\r' => self.n + 1,
-            _ => self.n + 2,
-        }
-    }
-}
+use crate::crlf::CrlfSize;
 
 /// The CRLF size of a message file, streamed (see `crlf_size_of`).
 pub fn file_crlf_size(md: &Maildir, sub: Sub, name: &str) -> io::Result<u64> {

@@ -95,25 +95,8 @@ pub fn multiline(out: &mut Vec<u8>, body: &[u8]) {
 }
 
 /// RFC 1939 §11: the size LIST/STAT report: exactly the octets `multiline` sends
-/// for `body`, without the dot-stuffing and without the final `.\r\n`: every
-/// LF without a CR before it and every CR without an LF after it count one
-/// more, an unterminated last line two more.
-pub fn crlf_size(body: &[u8]) -> u64 {
-    let mut n = body.len() as u64;
-    let mut prev = 0u8;
-    for &b in body {
-        if (b == b'\n' && prev != b'\r') || (prev == b'\r' && b != b'\n') {
-            n += 1;
-        }
-        prev = b;
-    }
-    match body.last() {
-        // A final lone CR is a line end like the others.
-        Some(b'\r') => n + 1,
-        Some(b'\n') | None => n,
-        Some(_) => n + 2,
-    }
-}
+/// for `body`, without the dot-stuffing and without the final `.\r\n`.
+pub use crate::crlf::crlf_size;
 
 /// RFC 1939 §7 TOP: the header, the blank line after it, and the first `lines`
 /// lines of the body (lines as `multiline` sends them). A message without a

@@ -2,6 +2,7 @@
 //! delivery commit (RFC 5321 §4.1.1.4, CHUNKING RFC 3030). Also the chunk
 //! refusal that the dispatch uses when the sequence check says no.
 
+use crate::crlf::CrlfSize;
 use std::io;
 use std::time::Duration;
 
@@ -57,13 +58,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         };
         let mut decoder = DotDecoder::new(self.cfg.bare_lf, self.cfg.max_text_line);
         let mut out = Vec::with_capacity(BATCH + 16 * 1024);
-        let mut size: u64 = 0;
+        // RFC 1870: the body's size with every line end a CRLF.
+        let mut size = CrlfSize::default();
         loop {
             let feed = match self.fill(self.cfg.data_timeout).await {
                 Ok(buf) => {
                     let before = out.len();
                     let feed = decoder.feed(buf, &mut out);
-                    size += crlf_size(out.get(before..).unwrap_or_default());
+                    size.feed(out.get(before..).unwrap_or_default());
                     feed
                 }
                 Err(stop) => {
@@ -72,7 +74,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 }
             };
             self.conn.consume(feed.consumed);
-            if failure.is_none() && size > self.cfg.max_message_size {
+            if failure.is_none() && size.so_far() > self.cfg.max_message_size {
                 failure = Some(too_big());
                 abort(sink.take()).await;
             }
@@ -99,7 +101,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             (None, Ok(()), Some(sink)) => sink.commit().await,
             (None, Ok(()), None) => Err(Reply::new(451, "4.3.0", "Error: internal error")),
         };
-        Ok(self.delivered(&env, size, result))
+        Ok(self.delivered(&env, size.so_far(), result))
     }
 
     /// RFC 3030 §2: `BDAT size [LAST]`, exactly `size` octets follow.
@@ -272,12 +274,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
 
 fn too_big() -> Reply {
     Reply::new(552, "5.3.4", "Message too big")
-}
-
-/// Size on the wire of LF-terminated text: every LF was a CRLF (RFC 1870).
-fn crlf_size(lf_text: &[u8]) -> u64 {
-    let lfs = lf_text.iter().filter(|&&b| b == b'\n').count();
-    (lf_text.len() + lfs) as u64
 }
 
 /// Hand bytes to the sink; empty batches are not worth a call.
