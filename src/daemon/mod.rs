@@ -79,7 +79,7 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), CommandE
     // then everything that needs root to read, then drop, then threads.
     let sockets = match inetd {
         Some(_) => Vec::new(),
-        None => listen::take_sockets(&config).map_err(CommandError::Runtime)?,
+        None => listen::take_sockets(&config).map_err(|e| CommandError::Runtime(e.to_string()))?,
     };
     let backend = Backend::load(config.clone()).map_err(CommandError::Config)?;
     prepare_mail_root(&config)?;
