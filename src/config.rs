@@ -57,7 +57,7 @@ pub struct Config {
     pub filters: toml::Table,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_connections: usize,
@@ -128,7 +128,7 @@ impl Default for Limits {
 }
 
 /// TCP keep-alive and user timeout for accepted connections (seed 001).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Keepalive {
     pub enabled: bool,
@@ -244,7 +244,7 @@ impl fmt::Display for Protocol {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Matches `FileDescriptorName=` of the socket unit.

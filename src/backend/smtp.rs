@@ -61,24 +61,21 @@ impl SmtpBackend for Backend {
         })
     }
 
-    /// RFC 5321 §4.1.1.3. Several mailboxes (an alias) come back joined with
-    /// `,`; `begin` splits them again.
-    async fn resolve_recipient(&self, address: &str) -> Result<String, Reply> {
+    /// RFC 5321 §4.1.1.3: the mailboxes of a user or an alias.
+    async fn resolve_recipient(&self, address: &str) -> Result<Vec<String>, Reply> {
         let users = self.users();
         let aliases = self.aliases();
-        match resolve(
+        resolve(
             address,
             &self.config.domains,
             &self.config.recipient_delimiter,
             &users,
             &aliases,
-        ) {
-            Ok(mailboxes) => Ok(mailboxes.join(",")),
-            Err(refusal) => {
-                tracing::info!(rcpt = ?address, ?refusal, "recipient refused");
-                Err(refusal.reply())
-            }
-        }
+        )
+        .map_err(|refusal| {
+            tracing::info!(rcpt = ?address, ?refusal, "recipient refused");
+            refusal.reply()
+        })
     }
 
     async fn begin(&self, info: &SessionInfo, env: &Envelope) -> Result<MaildirSink, Reply> {
@@ -133,14 +130,12 @@ impl SmtpBackend for Backend {
     }
 }
 
-/// The mailboxes of an envelope, split on `,` (aliases), in order, once each.
+/// The mailboxes of an envelope (aliases expanded), in order, once each.
 fn distinct_mailboxes(env: &Envelope) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for (_, mailboxes) in &env.rcpts {
-        for m in mailboxes.split(',').filter(|m| !m.is_empty()) {
-            if !out.iter().any(|o| o == m) {
-                out.push(m.to_string());
-            }
+    for m in env.rcpts.iter().flat_map(|(_, mailboxes)| mailboxes) {
+        if !m.is_empty() && !out.contains(m) {
+            out.push(m.clone());
         }
     }
     out
@@ -329,12 +324,12 @@ mod tests {
         }
     }
 
-    fn envelope(rcpts: &[(&str, &str)]) -> Envelope {
+    fn envelope(rcpts: &[(&str, &[&str])]) -> Envelope {
         Envelope {
             mail_from: "sender@remote.example".into(),
             rcpts: rcpts
                 .iter()
-                .map(|(a, m)| (a.to_string(), m.to_string()))
+                .map(|(a, m)| (a.to_string(), m.iter().map(|m| m.to_string()).collect()))
                 .collect(),
             ..Envelope::default()
         }
@@ -356,7 +351,7 @@ mod tests {
     #[test]
     fn trace_headers_exact() {
         let now: Timestamp = "2026-11-22T00:43:09Z".parse().unwrap();
-        let one = envelope(&[("alice@example.org", "alice")]);
+        let one = envelope(&[("alice@example.org", &["alice"])]);
         assert_eq!(
             trace_headers(
                 &info(Some("192.0.2.7:4321")),
@@ -372,7 +367,7 @@ mod tests {
              \tfor <alice@example.org>;\n\
              \tSun, 22 Nov 2026 00:43:09 +0000\n"
         );
-        let mut two = envelope(&[("a@example.org", "alice"), ("b@example.org", "bob")]);
+        let mut two = envelope(&[("a@example.org", &["alice"]), ("b@example.org", &["bob"])]);
         two.mail_from = String::new();
         let mut i = info(None);
         i.helo = "evil\r\nX-Injected: 1".into();
@@ -392,7 +387,11 @@ mod tests {
 
     #[test]
     fn mailboxes_split_and_dedupe() {
-        let env = envelope(&[("t@x", "alice,bob"), ("a@x", "alice"), ("c@x", "carol")]);
+        let env = envelope(&[
+            ("t@x", &["alice", "bob"]),
+            ("a@x", &["alice"]),
+            ("c@x", &["carol"]),
+        ]);
         assert_eq!(distinct_mailboxes(&env), ["alice", "bob", "carol"]);
     }
 
@@ -402,13 +401,13 @@ mod tests {
         let b = backend(t.path(), true);
         assert_eq!(
             b.resolve_recipient("Alice+x@Example.org").await.unwrap(),
-            "alice"
+            ["alice"]
         );
         assert_eq!(
             b.resolve_recipient("team@example.org").await.unwrap(),
-            "alice,bob"
+            ["alice", "bob"]
         );
-        assert_eq!(b.resolve_recipient("postmaster").await.unwrap(), "root");
+        assert_eq!(b.resolve_recipient("postmaster").await.unwrap(), ["root"]);
         assert_eq!(
             wire(
                 b.resolve_recipient("alice@elsewhere.example")
@@ -427,7 +426,7 @@ mod tests {
     async fn delivers_one_recipient_with_headers_and_batches() {
         let t = tempfile::tempdir().unwrap();
         let b = backend(t.path(), true);
-        let env = envelope(&[("alice@example.org", "alice")]);
+        let env = envelope(&[("alice@example.org", &["alice"])]);
         let mut sink = b.begin(&info(Some("192.0.2.7:4321")), &env).await.unwrap();
         let line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopq\n";
         sink.write(b"Subject: big\n\n").await.unwrap();
@@ -471,7 +470,13 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let b = backend(t.path(), true);
         let rcpt = b.resolve_recipient("team@example.org").await.unwrap();
-        let env = envelope(&[("team@example.org", &rcpt), ("alice@example.org", "alice")]);
+        let env = envelope(&[
+            (
+                "team@example.org",
+                &rcpt.iter().map(String::as_str).collect::<Vec<_>>(),
+            ),
+            ("alice@example.org", &["alice"]),
+        ]);
         let mut sink = b.begin(&info(None), &env).await.unwrap();
         sink.write(b"Subject: hi\n\nbody\n").await.unwrap();
         sink.commit().await.unwrap();
@@ -497,7 +502,7 @@ mod tests {
     async fn delivered_to_can_be_turned_off() {
         let t = tempfile::tempdir().unwrap();
         let b = backend(t.path(), false);
-        let env = envelope(&[("bob@example.org", "bob")]);
+        let env = envelope(&[("bob@example.org", &["bob"])]);
         let sink = b.begin(&info(None), &env).await.unwrap();
         sink.commit().await.unwrap();
         let f = files(t.path().join("mail/bob/new"));
@@ -510,7 +515,7 @@ mod tests {
     async fn abort_leaves_nothing() {
         let t = tempfile::tempdir().unwrap();
         let b = backend(t.path(), true);
-        let env = envelope(&[("alice@example.org", "alice")]);
+        let env = envelope(&[("alice@example.org", &["alice"])]);
         let mut sink = b.begin(&info(None), &env).await.unwrap();
         sink.write(&[b'x'; BATCH + 10]).await.unwrap();
         assert_eq!(files(t.path().join("mail/alice/tmp")).len(), 1);
@@ -523,7 +528,7 @@ mod tests {
     async fn commit_failure_is_451_and_leaves_no_copy() {
         let t = tempfile::tempdir().unwrap();
         let b = backend(t.path(), true);
-        let env = envelope(&[("team@example.org", "alice,bob")]);
+        let env = envelope(&[("team@example.org", &["alice", "bob"])]);
         let mut sink = b.begin(&info(None), &env).await.unwrap();
         sink.write(b"body\n").await.unwrap();
         // bob's new/ turns into a regular file: the second link fails even as root.

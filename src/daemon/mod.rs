@@ -80,7 +80,7 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), CommandE
     // then everything that needs root to read, then drop, then threads.
     let sockets = match inetd {
         Some(_) => Vec::new(),
-        None => listen::take_sockets(&config).map_err(CommandError::Runtime)?,
+        None => listen::take_sockets(&config).map_err(|e| CommandError::Runtime(e.to_string()))?,
     };
     let backend = Backend::load(config.clone()).map_err(CommandError::Config)?;
     prepare_mail_root(&config)?;
@@ -88,8 +88,10 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), CommandE
         Some(_) => None,
         None => bind_control(&config),
     };
-    privs::drop_privileges(&config.user, &config.group).map_err(CommandError::Config)?;
-    privs::refuse_root().map_err(CommandError::Config)?;
+    // A bad `user`/`group` or a failed drop: a configuration problem (exit 2).
+    privs::drop_privileges(&config.user, &config.group)
+        .map_err(|e| CommandError::Config(e.to_string()))?;
+    privs::refuse_root().map_err(|e| CommandError::Config(e.to_string()))?;
     check_mail_root(&config)?;
     raise_nofile(config.limits.max_connections);
 

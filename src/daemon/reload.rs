@@ -38,8 +38,8 @@ impl Shared {
             }
         };
         let before = &old.backend.config;
-        if format!("{:?}", before.listeners) != format!("{:?}", config.listeners)
-            || format!("{:?}", before.limits) != format!("{:?}", config.limits)
+        if before.listeners != config.listeners
+            || before.limits != config.limits
             || before.user != config.user
             || before.control_socket != config.control_socket
         {

@@ -6,7 +6,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
-use super::Bound;
+use super::{Bound, ListenError};
 use crate::config::ListenerConfig;
 
 /// One inherited socket.
@@ -19,11 +19,11 @@ pub struct Inherited {
 
 /// Take the sockets systemd passed (and unset LISTEN_* so children don't see them).
 /// Empty when not socket-activated.
-pub fn receive() -> Result<Vec<Inherited>, String> {
+pub fn receive() -> Result<Vec<Inherited>, ListenError> {
     let with_names = std::env::var_os("LISTEN_FDNAMES").is_some();
     let fds: Vec<(i32, Option<String>)> = if with_names {
         libsystemd::activation::receive_descriptors_with_names(true)
-            .map_err(|e| format!("socket activation: {e}"))?
+            .map_err(ListenError::Activation)?
             .into_iter()
             .map(|(fd, name)| {
                 (
@@ -34,7 +34,7 @@ pub fn receive() -> Result<Vec<Inherited>, String> {
             .collect()
     } else {
         libsystemd::activation::receive_descriptors(true)
-            .map_err(|e| format!("socket activation: {e}"))?
+            .map_err(ListenError::Activation)?
             .into_iter()
             .map(|fd| (fd.into_raw_fd(), None))
             .collect()
@@ -50,7 +50,7 @@ pub fn receive() -> Result<Vec<Inherited>, String> {
         // systemd passes blocking sockets unless NonBlocking=yes; tokio needs non-blocking.
         socket
             .set_nonblocking(true)
-            .map_err(|e| format!("socket activation: fd {raw}: {e}"))?;
+            .map_err(|source| ListenError::NonBlocking { fd: raw, source })?;
         let local = socket.local_addr().ok();
         out.push(Inherited {
             name,

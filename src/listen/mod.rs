@@ -24,9 +24,30 @@ pub struct Bound {
     pub inherited: bool,
 }
 
+/// Why the listening sockets could not be taken (a runtime failure, exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("socket activation: {0}")]
+    Activation(#[source] libsystemd::errors::SdError),
+    #[error("socket activation: fd {fd}: {source}")]
+    NonBlocking { fd: i32, source: std::io::Error },
+    #[error(
+        "systemd passed sockets but none matches a [[listener]] (by FileDescriptorName= or address)"
+    )]
+    NoMatch,
+    #[error("listener {name:?}: cannot bind {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("nothing to serve: no socket from systemd and no [[listener]] with a bind address")]
+    NothingToServe,
+}
+
 /// Take the listening sockets: the ones systemd passed, or, when it passed none,
 /// bind each listener's `bind` address. Must run before any thread exists.
-pub fn take_sockets(config: &Config) -> Result<Vec<Bound>, String> {
+pub fn take_sockets(config: &Config) -> Result<Vec<Bound>, ListenError> {
     let inherited = activation::receive()?;
     if !inherited.is_empty() {
         let (bound, unmatched) = activation::match_listeners(&config.listeners, inherited);
@@ -39,7 +60,7 @@ pub fn take_sockets(config: &Config) -> Result<Vec<Bound>, String> {
             }
         }
         if bound.is_empty() {
-            return Err("systemd passed sockets but none matches a [[listener]] (by FileDescriptorName= or address)".into());
+            return Err(ListenError::NoMatch);
         }
         return Ok(bound);
     }

@@ -4,12 +4,12 @@ use std::net::TcpListener;
 
 use socket2::{Domain, Protocol as SockProto, Socket, Type};
 
-use super::Bound;
+use super::{Bound, ListenError};
 use crate::config::ListenerConfig;
 
 /// Bind every listener that has a `bind` address (SO_REUSEADDR, IPV6_V6ONLY off
 /// for `[::]`, backlog 1024, non-blocking).
-pub fn bind_all(listeners: &[ListenerConfig]) -> Result<Vec<Bound>, String> {
+pub fn bind_all(listeners: &[ListenerConfig]) -> Result<Vec<Bound>, ListenError> {
     let mut out = Vec::new();
     for l in listeners {
         let Some(addr) = l.bind else {
@@ -32,8 +32,11 @@ pub fn bind_all(listeners: &[ListenerConfig]) -> Result<Vec<Bound>, String> {
             s.set_cloexec(true)?;
             Ok(s.into())
         };
-        let socket =
-            bind().map_err(|e| format!("listener {:?}: cannot bind {addr}: {e}", l.name))?;
+        let socket = bind().map_err(|source| ListenError::Bind {
+            name: l.name.clone(),
+            addr,
+            source,
+        })?;
         out.push(Bound {
             config: l.clone(),
             socket,
@@ -41,10 +44,7 @@ pub fn bind_all(listeners: &[ListenerConfig]) -> Result<Vec<Bound>, String> {
         });
     }
     if out.is_empty() {
-        return Err(
-            "nothing to serve: no socket from systemd and no [[listener]] with a bind address"
-                .into(),
-        );
+        return Err(ListenError::NothingToServe);
     }
     Ok(out)
 }

@@ -26,8 +26,9 @@ pub struct SessionInfo {
 pub struct Envelope {
     /// Reverse path without angle brackets; empty for the null sender `<>`.
     pub mail_from: String,
-    /// Each accepted recipient: (address as given, local mailbox it resolved to).
-    pub rcpts: Vec<(String, String)>,
+    /// Each accepted recipient: (address as given, the local mailboxes it
+    /// resolved to: one for a user, several for an alias).
+    pub rcpts: Vec<(String, Vec<String>)>,
     pub body_8bit: bool,
     pub smtputf8: bool,
     /// The SIZE= the client declared, if any.
@@ -60,12 +61,13 @@ pub trait Backend: Send + Sync + 'static {
         std::future::ready(None)
     }
 
-    /// RFC 5321 §4.1.1.3: resolve a recipient address to a local mailbox, or refuse
-    /// it (`550 5.1.1` unknown user, `550 5.7.1` foreign domain, ...).
+    /// RFC 5321 §4.1.1.3: resolve a recipient address to its local mailboxes
+    /// (in order, no duplicates, never empty), or refuse it (`550 5.1.1` unknown
+    /// user, `550 5.7.1` foreign domain, ...).
     fn resolve_recipient(
         &self,
         address: &str,
-    ) -> impl Future<Output = Result<String, Reply>> + Send;
+    ) -> impl Future<Output = Result<Vec<String>, Reply>> + Send;
 
     /// Start storing a message for `env` (called at DATA or the first BDAT). The
     /// backend writes its trace headers (`Return-Path:`, `Received:`) first.

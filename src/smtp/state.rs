@@ -102,7 +102,7 @@ mod tests {
     fn tx(rcpts: usize, refused: u32, bdat: bool) -> State<()> {
         let mut env = Envelope::default();
         for i in 0..rcpts {
-            env.rcpts.push((format!("u{i}@d"), format!("u{i}")));
+            env.rcpts.push((format!("u{i}@d"), vec![format!("u{i}")]));
         }
         State::Mail(Transaction {
             env,

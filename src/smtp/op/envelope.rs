@@ -48,8 +48,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             Some(Reply::new(452, "4.5.3", "Too many recipients"))
         } else {
             match self.backend.resolve_recipient(&to).await {
-                Ok(mailbox) => {
-                    let entry = (to, mailbox);
+                Ok(mailboxes) => {
+                    let entry = (to, mailboxes);
                     // The same recipient twice gets one copy.
                     if !tx.env.rcpts.contains(&entry) {
                         tx.env.rcpts.push(entry);

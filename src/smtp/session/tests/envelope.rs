@@ -23,7 +23,7 @@ async fn recipient_cap() {
     let log = c.quit().await;
     let log = log.lock().unwrap();
     assert_eq!(log.delivered[0].0.rcpts.len(), 100);
-    assert_eq!(log.delivered[0].0.rcpts[99].1, "u99");
+    assert_eq!(log.delivered[0].0.rcpts[99].1, ["u99"]);
 }
 
 #[tokio::test]
@@ -57,7 +57,7 @@ async fn postmaster_unknown_users_and_no_valid_recipients() {
     let log = log.lock().unwrap();
     assert_eq!(
         log.delivered[0].0.rcpts,
-        vec![("Postmaster".into(), "postmaster".into())]
+        vec![("Postmaster".into(), vec!["postmaster".into()])]
     );
 }
 
@@ -79,5 +79,5 @@ async fn smtputf8_transaction() {
     assert_eq!(proto, "UTF8SMTP");
     assert!(env.smtputf8 && env.body_8bit);
     assert_eq!(env.declared_size, Some(20));
-    assert_eq!(env.rcpts, vec![("zoë@d".into(), "zoë".into())]);
+    assert_eq!(env.rcpts, vec![("zoë@d".into(), vec!["zoë".into()])]);
 }

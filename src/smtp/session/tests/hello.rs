@@ -64,7 +64,10 @@ async fn ehlo_and_rset_reset_the_transaction() {
     let log = log.lock().unwrap();
     assert_eq!(log.delivered.len(), 1);
     assert_eq!(log.delivered[0].0.mail_from, "");
-    assert_eq!(log.delivered[0].0.rcpts, vec![("b@d".into(), "b".into())]);
+    assert_eq!(
+        log.delivered[0].0.rcpts,
+        vec![("b@d".into(), vec!["b".into()])]
+    );
     assert_eq!(log.begins[0].0, "again.test");
     assert_eq!(log.begins[0].1, "ESMTP");
 }

@@ -59,7 +59,7 @@ impl Backend for Fake {
     fn resolve_recipient(
         &self,
         address: &str,
-    ) -> impl Future<Output = Result<String, Reply>> + Send {
+    ) -> impl Future<Output = Result<Vec<String>, Reply>> + Send {
         let local = address.split('@').next().unwrap_or("").to_lowercase();
         let r = if local.starts_with("unknown") {
             Err(Reply::new(
@@ -68,7 +68,7 @@ impl Backend for Fake {
                 "Recipient address rejected: User unknown",
             ))
         } else {
-            Ok(local)
+            Ok(vec![local])
         };
         std::future::ready(r)
     }

@@ -85,7 +85,10 @@ async fn pipelined_group_is_answered_in_order_with_one_write() {
     assert_eq!(env.mail_from, "s@x.test");
     assert_eq!(
         env.rcpts,
-        vec![("a@d".into(), "a".into()), ("b@d".into(), "b".into())]
+        vec![
+            ("a@d".into(), vec!["a".into()]),
+            ("b@d".into(), vec!["b".into()])
+        ]
     );
     assert_eq!(body, b"Hi\n");
 }
