@@ -1,4 +1,4 @@
-//! Command-line definitions (clap derive). The names are the contract of DESIGN.md §1.
+//! Command-line definitions (clap derive). The names are the contract of maildird(8).
 
 use std::path::PathBuf;
 

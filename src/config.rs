@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer};
 
 pub const DEFAULT_PATH: &str = "/etc/maildird/maildird.toml";
 
-/// The whole configuration. Field names are the config keys (DESIGN.md §1).
+/// The whole configuration. Field names are the config keys (maildird.toml(5)).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -127,7 +127,7 @@ impl Default for Limits {
     }
 }
 
-/// TCP keep-alive and user timeout for accepted connections (seed 001).
+/// TCP keep-alive and user timeout for accepted connections.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Keepalive {

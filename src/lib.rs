@@ -1,7 +1,7 @@
 //! maildird: an SMTP receiver for final delivery and a POP3 server over Maildir,
 //! started by systemd socket activation, standalone or inetd-style.
 //!
-//! Data flows top to bottom (see DESIGN.md §3): `daemon` composes `listen`,
+//! Data flows top to bottom (README, Code map): `daemon` composes `listen`,
 //! the protocol engines (`smtp`, `pop3`) and `backend`, which joins `auth` and
 //! `maildir`. Parsers and state checks are pure and tested without sockets.
 #![deny(unsafe_code)] // the one exception adopts fds from systemd (listen::activation)

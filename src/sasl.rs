@@ -1,6 +1,6 @@
 //! SASL PLAIN (RFC 4616) and LOGIN decoding, shared by SMTP AUTH (RFC 4954) and
 //! POP3 AUTH (RFC 5034). Pure: base64 text in, credentials out. Passwords are
-//! wrapped in `Password`, whose `Debug` never shows the value (DESIGN.md §2.5).
+//! wrapped in `Password`, whose `Debug` never shows the value (README, Security).
 
 use std::fmt;
 

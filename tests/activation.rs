@@ -1,6 +1,6 @@
 //! How the daemon gets its sockets: systemd socket activation (`LISTEN_FDS` with and
 //! without `LISTEN_FDNAMES`, via systemd-socket-activate) and inetd-style single
-//! sessions on stdin/stdout (swaks `--pipe`, and `Accept=yes` sockets) (DESIGN.md §1).
+//! sessions on stdin/stdout (swaks `--pipe`, and `Accept=yes` sockets) (maildird(8)).
 
 mod common;
 

@@ -1,11 +1,11 @@
 //! End-to-end tests of the administrative commands of the real binary: `check-config`,
-//! `user add/list/passwd/del` and `hash-password` (DESIGN.md §1, exit codes 0/1/2).
+//! `user add/list/passwd/del` and `hash-password` (maildird(8), exit codes 0/1/2).
 
 mod common;
 
 use common::*;
 
-/// Verifies a users-file password field `{SCHEME}hash` (the schemes DESIGN.md §1 names).
+/// Verifies a users-file password field `{SCHEME}hash` (the schemes maildird-users(5) names).
 fn verify(password: &str, field: &str) -> bool {
     let Some(rest) = field.strip_prefix('{') else {
         panic!("password field {field:?} has no {{SCHEME}} prefix");

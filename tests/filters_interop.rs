@@ -1,4 +1,4 @@
-//! Transport filters end to end (DESIGN.md §5, issue 4): the real daemon with
+//! Transport filters end to end (README, transport filters): the real daemon with
 //! `filters = [...]` on its listeners, driven by real peers: a python3 raw
 //! DEFLATE peer (zlib, RFC 4978 framing), haproxy with send-proxy and
 //! send-proxy-v2 (proxy), fetchmail and swaks through `maildird tunnel` (zlib,

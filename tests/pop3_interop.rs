@@ -1,6 +1,6 @@
 //! POP3 interop against a standalone daemon: python3 poplib, curl, fetchmail, getmail6
 //! and mutt (sharing the Maildir) must see exactly the stored messages, and the
-//! one-session lock must hold, also between two daemons (DESIGN.md §2 rules 2 and 3;
+//! one-session lock must hold, also between two daemons (maildird(8), MAILDIR and POP3;
 //! RFC 1939, 2449).
 
 mod common;
@@ -363,7 +363,7 @@ fn getmail_to_maildir_byte_exact() {
 }
 
 /// Two daemons (own config, ports, hostname, control socket) over one mail_root:
-/// the POP3 lock must be visible across them (DESIGN.md §2 rule 3).
+/// the POP3 lock must be visible across them (maildird(8), POP3).
 #[test]
 fn two_daemons_sharing_mail_root_share_the_pop3_lock() {
     let (env, _d1, _) = env_with_two_messages();

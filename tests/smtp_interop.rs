@@ -1,6 +1,6 @@
 //! SMTP interop against a standalone daemon: swaks, curl, msmtp and python3 smtplib /
 //! raw sockets deliver, and the Maildir files must hold exactly what was sent
-//! (DESIGN.md §1 contract, §2 rules 1 and 4; RFC 5321, 2920, 3030, 6531).
+//! (maildird(8); RFC 5321, 2920, 3030, 6531).
 
 mod common;
 

@@ -332,7 +332,7 @@ fn swaks_tls_auth_plain_and_login_on_submission() {
         "{}",
         show(&o)
     );
-    // Secrets never reach the log (DESIGN.md §2.5).
+    // Secrets never reach the log (README, Security).
     let log = d.log();
     assert!(log.contains("smtp login"), "{log}");
     assert!(!log.contains(PW), "{log}");

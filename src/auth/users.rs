@@ -68,7 +68,7 @@ impl UserEntry {
     }
 }
 
-// Hand-written so the password hash never reaches a log (DESIGN.md §2.5).
+// Hand-written so the password hash never reaches a log (README, Security: secrets never reach a log).
 impl fmt::Debug for UserEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UserEntry")

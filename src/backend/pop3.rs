@@ -1,7 +1,7 @@
 //! `pop3::Store` over auth + maildir: login checks the password and the `pop3`
 //! role, then (off the async threads) creates the Maildir if needed, takes the
 //! POP3 lock and snapshots `new/` + `cur/`. Messages are resolved by base name
-//! at every access, so mutt may move or flag them meanwhile (DESIGN.md §2.2-2.3).
+//! at every access, so mutt may move or flag them meanwhile (maildird(8), MAILDIR and POP3).
 
 use std::fs::File;
 use std::io::{self, Read};

@@ -1,6 +1,6 @@
 //! `smtp::Backend` over recipient resolution and durable Maildir delivery: the
 //! trace headers, batching body bytes into `spawn_blocking` writes, and mapping
-//! storage errors to generic replies (details go to the log, DESIGN.md §2.1).
+//! storage errors to generic replies (details go to the log; maildird(8), MAILDIR).
 
 use std::io;
 use std::mem;
@@ -236,7 +236,8 @@ impl BodySink for MaildirSink {
         Ok(())
     }
 
-    /// DESIGN.md §2.1: fsync, link into every `new/`, fsync them; only then Ok.
+    /// 250 means durable (maildird(8), MAILDIR): fsync, link into every `new/`,
+    /// fsync them; only then Ok.
     async fn commit(mut self) -> Result<(), Reply> {
         let Some(mut delivery) = self.delivery.take() else {
             return Err(temp_failure());

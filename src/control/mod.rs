@@ -1,5 +1,5 @@
-//! The live session registry (seed 001's grid of connections, seed 002's session
-//! events) and the admin control socket that serves `who`, `kick` and `events`
+//! The live session registry (`maildird who`, `kick` and `events` in
+//! maildird(8)) and the admin control socket that serves `who`, `kick` and `events`
 //! as JSON lines to root and members of the daemon's group.
 
 pub mod client;

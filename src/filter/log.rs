@@ -1,7 +1,7 @@
 //! The `log` transport filter: a pass-through wrapper that counts the bytes in each
 //! direction (logged when the connection closes) and, with `[filter.log]
 //! content = true`, logs every plaintext line with credentials replaced by `****`
-//! (DESIGN.md §2 rule 5: secrets never reach a log, at any level).
+//! (secrets never reach a log, at any level: README, Security).
 //!
 //! The bytes on the wire are never changed: lines are split, truncated and
 //! redacted only in the copy that goes to the log.

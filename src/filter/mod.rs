@@ -1,4 +1,4 @@
-//! Transport filters (DESIGN.md §5, DataSnap's TTransportFilter): each filter wraps
+//! Transport filters (README, "Transport filters"; like DataSnap's TTransportFilter): each filter wraps
 //! the connection's byte stream and returns a new one. A listener's chain is
 //! built by name from a `Registry`, in wire -> protocol order, and applied to
 //! every connection. The wire end is a `Wire`, a slot where STARTTLS/STLS insert

@@ -1,6 +1,6 @@
-//! Admission of accepted connections: the global cap (a semaphore, seed 001's
-//! "limit users"), the per-IP cap and rate, and TCP keep-alive socket options so
-//! dead peers are detected (seed 001). "Per IP" means per client network: IPv4
+//! Admission of accepted connections: the global cap (a semaphore,
+//! `max_connections`), the per-IP cap and rate, and TCP keep-alive socket
+//! options so dead peers are detected (maildird.toml(5), `[keepalive]`). "Per IP" means per client network: IPv4
 //! addresses are grouped by `ipv4_prefix` bits and IPv6 ones by `ipv6_prefix`
 //! bits, because one IPv6 site holds a whole /64 (and a host all of 127/8).
 

@@ -1,4 +1,4 @@
-//! Durable delivery into Maildir (DESIGN.md §2.1): write `tmp/<unique>` (O_EXCL,
+//! Durable delivery into Maildir (maildird(8), MAILDIR): write `tmp/<unique>` (O_EXCL,
 //! 0600), `fsync`, hard-link into each recipient's `new/` without clobbering,
 //! `fsync` every `new/`, then unlink the tmp file. Only after `commit` returns Ok
 //! may SMTP answer 250; on any failure nothing is left in any `new/`.

@@ -1,9 +1,9 @@
-//! Maildir storage shared with mutt (DESIGN.md §2): durable delivery, login
+//! Maildir storage shared with mutt (maildird(8), MAILDIR): durable delivery, login
 //! snapshots, and the per-mailbox POP3 lock. Blocking code; async callers use
 //! `spawn_blocking`. Knows nothing of tokio or protocols.
 //!
 //! The owner's Unix account may plant symlinks, FIFOs and devices anywhere in
-//! her Maildir (DESIGN.md §2.2). So a `Maildir` is a set of *directory handles*,
+//! her Maildir (README, Security). So a `Maildir` is a set of *directory handles*,
 //! each opened with `O_DIRECTORY|O_NOFOLLOW` relative to its parent, and every
 //! later operation is an `*at` call on one of them (qmail's and Dovecot's habit):
 //! a `cur/` replaced by a symlink to another mailbox is refused at open, and a

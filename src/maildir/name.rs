@@ -1,4 +1,4 @@
-//! Maildir unique names (DESIGN.md §2.2): `sec.M<usec>P<pid>Q<n>R<rand>.<host>`,
+//! Maildir unique names (maildird(8), MAILDIR): `sec.M<usec>P<pid>Q<n>R<rand>.<host>`,
 //! completed with `,S=<size>,W=<crlf size>` once the message size is known, and
 //! the pure helpers that read those names back.
 //!

@@ -1,4 +1,4 @@
-//! Reading a Maildir shared with mutt (DESIGN.md §2.2-2.3): the POP3 login
+//! Reading a Maildir shared with mutt (maildird(8), MAILDIR and POP3): the POP3 login
 //! snapshot of `new/` + `cur/` in delivery order, UIDLs from base names, finding a
 //! message by base name wherever mutt moved it, removal and the seen flag.
 //! Only regular files are messages; everything goes through the Maildir's
