@@ -704,11 +704,9 @@ fn main() -> std::process::ExitCode {
     let chain = maildird::config::Config::parse("", "defaults")
         .map_err(|e| e.to_string())
         .and_then(|c| {
-            maildird::filter::Registry::builtin().build(
-                &c,
-                &args.filters,
-                maildird::filter::Side::Client,
-            )
+            maildird::filter::Registry::builtin()
+                .build(&c, &args.filters, maildird::filter::Side::Client)
+                .map_err(|e| e.to_string())
         });
     match chain {
         Ok(c) => {

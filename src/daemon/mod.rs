@@ -74,8 +74,8 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), CommandE
         Arc::new(Config::load(config_path).map_err(|e| CommandError::Config(e.to_string()))?);
     // Read the key while still root (it is usually not readable by the service user).
     let tls = chains::load_tls(&config).map_err(CommandError::Config)?;
-    let chains =
-        chains::build(&config, &chains::registry(tls.as_ref())).map_err(CommandError::Config)?;
+    let chains = chains::build(&config, &chains::registry(tls.as_ref()))
+        .map_err(|e| CommandError::Config(e.to_string()))?;
     // Sockets first (fds from systemd are only ours before anything else runs),
     // then everything that needs root to read, then drop, then threads.
     let sockets = match inetd {

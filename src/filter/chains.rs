@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::tls::TlsServer;
-use super::{FilterChain, Registry};
+use super::{ChainError, FilterChain, Registry};
 use crate::config::Config;
 
 /// The `[tls]` certificate and key, if configured (errors name the file: exit 2).
@@ -26,14 +26,20 @@ pub fn registry(tls: Option<&Arc<TlsServer>>) -> Registry {
 /// Build every listener's filter chain (unknown names, bad settings,
 /// impossible orders and STARTTLS over a filter that may hold input back are
 /// config errors). `check-config`, start-up and SIGHUP reload all come here.
-pub fn build(config: &Config, registry: &Registry) -> Result<HashMap<String, FilterChain>, String> {
+pub fn build(
+    config: &Config,
+    registry: &Registry,
+) -> Result<HashMap<String, FilterChain>, ChainError> {
     config
         .listeners
         .iter()
         .map(|l| {
             let chain = registry
                 .build(config, &l.filters, crate::filter::Side::Server)
-                .map_err(|e| format!("listener {:?}: {e}", l.name))?;
+                .map_err(|e| ChainError::Listener {
+                    listener: l.name.clone(),
+                    error: Box::new(e),
+                })?;
             if l.starttls {
                 chain.check_starttls(&l.name, &l.filters)?;
             }
@@ -51,7 +57,7 @@ mod tests {
 
     fn chains(listeners: &str) -> Result<HashMap<String, FilterChain>, String> {
         let cfg = Config::parse(&format!("{TLS}{listeners}"), "t").map_err(|e| e.to_string())?;
-        build(&cfg, &registry(None))
+        build(&cfg, &registry(None)).map_err(|e| e.to_string())
     }
 
     /// `check-config`, start-up and reload share this check: STARTTLS/STLS over

@@ -379,7 +379,8 @@ mod tests {
             let e = reg
                 .build(&cfg, &[name.to_string()], Side::Server)
                 .err()
-                .unwrap();
+                .unwrap()
+                .to_string();
             assert!(e.contains(want), "{cfg:?}: {e}");
         }
         let cfg = crate::config::Config::parse("[filter.exec.x]\ncommand = [\"/bin/cat\"]\n", "t")

@@ -134,13 +134,13 @@ impl Registry {
         config: &Config,
         names: &[String],
         side: Side,
-    ) -> Result<FilterChain, String> {
+    ) -> Result<FilterChain, ChainError> {
         check_order(names, side)?;
         let mut filters = Vec::with_capacity(names.len());
         for name in names {
-            let factory = self.factory(name).ok_or_else(|| {
-                let known: Vec<&str> = self.names().collect();
-                format!("unknown filter {name:?} (known: {})", known.join(", "))
+            let factory = self.factory(name).ok_or_else(|| ChainError::Unknown {
+                name: name.clone(),
+                known: self.names().collect::<Vec<&str>>().join(", "),
             })?;
             let settings = settings_for(&config.filters, name);
             let ctx = FilterContext {
@@ -149,7 +149,10 @@ impl Registry {
                 settings,
                 config,
             };
-            filters.push(factory(&ctx).map_err(|e| format!("filter {name:?}: {e}"))?);
+            filters.push(factory(&ctx).map_err(|reason| ChainError::Settings {
+                name: name.clone(),
+                reason,
+            })?);
         }
         Ok(FilterChain { filters })
     }
@@ -157,24 +160,58 @@ impl Registry {
 
 /// Orders that cannot work: a filter listed twice; `proxy` anywhere but first on
 /// the wire (the header precedes every other byte), or on the client side.
-fn check_order(names: &[String], side: Side) -> Result<(), String> {
+fn check_order(names: &[String], side: Side) -> Result<(), ChainError> {
     for (i, name) in names.iter().enumerate() {
         if names.get(..i).is_some_and(|before| before.contains(name)) {
-            return Err(format!("filter {name:?} is listed twice"));
+            return Err(ChainError::Twice(name.clone()));
         }
         if name == "proxy" {
             if side == Side::Client {
-                return Err("filter \"proxy\" only works on listeners, not in a tunnel".into());
+                return Err(ChainError::ProxyInTunnel);
             }
             if i != 0 {
-                return Err(
-                    "filter \"proxy\" must be first in the list (the PROXY header is the first thing on the wire)"
-                        .into(),
-                );
+                return Err(ChainError::ProxyNotFirst);
             }
         }
     }
     Ok(())
+}
+
+/// Why a filter chain cannot be built: a configuration error (exit 2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("unknown filter {name:?} (known: {known})")]
+    Unknown { name: String, known: String },
+    /// The filter's own settings were refused.
+    #[error("filter {name:?}: {reason}")]
+    Settings { name: String, reason: String },
+    #[error("filter {0:?} is listed twice")]
+    Twice(String),
+    #[error("filter \"proxy\" only works on listeners, not in a tunnel")]
+    ProxyInTunnel,
+    #[error(
+        "filter \"proxy\" must be first in the list (the PROXY header is the first thing on the wire)"
+    )]
+    ProxyNotFirst,
+    /// STARTTLS over a filter that may hold input back; `implicit` is the
+    /// list to use instead (implicit TLS).
+    #[error(
+        "listener {listener:?}: starttls = true cannot be used with filter {holder:?}: \
+         it may hold back input that STARTTLS/STLS cannot see, so plaintext sent after \
+         the command could be read as if it came over TLS; use implicit TLS instead \
+         (filters = {implicit:?} without starttls, on its own port)"
+    )]
+    StartTlsOverBuffering {
+        listener: String,
+        holder: String,
+        implicit: Vec<String>,
+    },
+    /// An error in one listener's chain.
+    #[error("listener {listener:?}: {error}")]
+    Listener {
+        listener: String,
+        error: Box<ChainError>,
+    },
 }
 
 /// `[filter.log]` for `log`, `[filter.exec.rot13]` for `exec.rot13`.
@@ -219,20 +256,19 @@ impl FilterChain {
     /// input back: the upgrade inserts TLS below them and refuses plaintext
     /// pipelined after the command only if it can see it. `listener` and
     /// `names` (the configured list) make the error say what to write instead.
-    pub fn check_starttls(&self, listener: &str, names: &[String]) -> Result<(), String> {
+    pub fn check_starttls(&self, listener: &str, names: &[String]) -> Result<(), ChainError> {
         let Some(holder) = self.holding_input() else {
             return Ok(());
         };
         // Implicit TLS: `tls` first on the wire, after a PROXY header if any.
-        let mut implicit: Vec<&str> = names.iter().map(String::as_str).collect();
-        let at = usize::from(implicit.first() == Some(&"proxy"));
-        implicit.insert(at, "tls");
-        Err(format!(
-            "listener {listener:?}: starttls = true cannot be used with filter {holder:?}: \
-             it may hold back input that STARTTLS/STLS cannot see, so plaintext sent after \
-             the command could be read as if it came over TLS; use implicit TLS instead \
-             (filters = {implicit:?} without starttls, on its own port)"
-        ))
+        let mut implicit: Vec<String> = names.to_vec();
+        let at = usize::from(implicit.first().map(String::as_str) == Some("proxy"));
+        implicit.insert(at, "tls".to_string());
+        Err(ChainError::StartTlsOverBuffering {
+            listener: listener.to_string(),
+            holder: holder.to_string(),
+            implicit,
+        })
     }
 
     /// Wrap a connection's stream in every filter, wire end first.
@@ -345,6 +381,7 @@ mod tests {
         assert!(
             r.build(&cfg, &["nope".into()], Side::Server)
                 .unwrap_err()
+                .to_string()
                 .contains("unknown filter \"nope\"")
         );
         assert_eq!(
@@ -356,6 +393,7 @@ mod tests {
         assert!(
             r.build(&cfg, &["exec.other".into()], Side::Server)
                 .unwrap_err()
+                .to_string()
                 .contains("needs settings")
         );
     }
@@ -379,7 +417,7 @@ mod tests {
             match want {
                 None => assert_eq!(got.unwrap().names(), names),
                 Some(w) => {
-                    let e = got.unwrap_err();
+                    let e = got.unwrap_err().to_string();
                     assert!(e.contains(w), "{names:?}: {e}");
                 }
             }
@@ -422,7 +460,10 @@ mod tests {
             match refused {
                 None => assert_eq!(chain.check_starttls("smtp", &v(names)), Ok(())),
                 Some(f) => {
-                    let e = chain.check_starttls("smtp", &v(names)).unwrap_err();
+                    let e = chain
+                        .check_starttls("smtp", &v(names))
+                        .unwrap_err()
+                        .to_string();
                     assert!(
                         e.starts_with(&format!(
                             "listener \"smtp\": starttls = true cannot be used with filter \"{f}\""

@@ -523,7 +523,8 @@ pub(crate) mod tests {
         let bare = Config::parse("", "t").unwrap();
         let e = Registry::builtin()
             .build(&bare, &["tls".into()], Side::Client)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ca = "), "{e}");
         for (host, ok) in [("localhost", true), ("wrong.example", false)] {
             let mut reg = Registry::builtin();
