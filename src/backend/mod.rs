@@ -149,7 +149,11 @@ impl Backend {
         };
         match &found {
             Some(_) => self.throttle.succeeded(client, user),
-            None => self.throttle.failed(client, user, password, Instant::now()),
+            None => {
+                let exists = self.users().get(user).is_some();
+                self.throttle
+                    .failed(client, user, password, exists, Instant::now())
+            }
         }
         found
     }

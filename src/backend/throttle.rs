@@ -9,7 +9,11 @@
 //! name costs what `alice` costs; client addresses are grouped by network
 //! (`[limits] ipv4_prefix`, `ipv6_prefix`), so one IPv6 /64 is one key.
 //!
-//! Worst case, with every record live: `MAX_KEYS` = 65,536 records of about
+//! Users that exist have records of their own, in a second map of the same
+//! cap, so a flood of made-up names (or of networks) can never evict the
+//! back-off a real account has earned; that map only holds real users.
+//!
+//! Worst case, with every record live (per map): `MAX_KEYS` = 65,536 records of about
 //! 120 bytes in a hash table of 131,072 buckets (its load factor is 7/8), about
 //! 15 MiB, plus the recency queue of at most 2 * 65,536 entries of 32 bytes,
 //! 4 MiB: under 20 MiB in all (half as much again for a moment while the table
@@ -88,8 +92,16 @@ impl Record {
 
 #[derive(Debug)]
 pub struct AuthThrottle {
-    records: Mutex<LruMap<Key, Record>>,
+    records: Mutex<Maps>,
     net: ClientNet,
+}
+
+/// Records of client networks and unknown user names, and those of users
+/// that exist (see the module doc).
+#[derive(Debug)]
+struct Maps {
+    open: LruMap<Key, Record>,
+    known: LruMap<Key, Record>,
 }
 
 impl Default for AuthThrottle {
@@ -123,12 +135,15 @@ impl AuthThrottle {
     /// Back-off state that groups client addresses as `net` says.
     pub fn new(net: ClientNet) -> AuthThrottle {
         AuthThrottle {
-            records: Mutex::new(LruMap::new(MAX_KEYS)),
+            records: Mutex::new(Maps {
+                open: LruMap::new(MAX_KEYS),
+                known: LruMap::new(MAX_KEYS),
+            }),
             net,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruMap<Key, Record>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -148,10 +163,11 @@ impl AuthThrottle {
     /// How long to wait before checking this attempt.
     pub fn delay(&self, ip: Option<IpAddr>, user: &str, now: Instant) -> Duration {
         let (keys, n) = self.keys(ip, user);
-        let map = self.lock();
+        let maps = self.lock();
         let n = keys[..n]
             .iter()
-            .filter_map(|k| map.get(k))
+            .flat_map(|k| [maps.open.get(k), maps.known.get(k)])
+            .flatten()
             .filter(|r| !r.expired(now))
             .map(|r| r.failures)
             .max()
@@ -163,16 +179,32 @@ impl AuthThrottle {
         BASE.saturating_mul(1 << exp).min(MAX)
     }
 
-    pub fn failed(&self, ip: Option<IpAddr>, user: &str, password: &[u8], now: Instant) {
+    /// A failed login; `exists`: the user is in the users file (its record
+    /// then lives in the map a flood of made-up names cannot evict from).
+    pub fn failed(
+        &self,
+        ip: Option<IpAddr>,
+        user: &str,
+        password: &[u8],
+        exists: bool,
+        now: Instant,
+    ) {
         let fp = fingerprint(user, password);
         let (keys, n) = self.keys(ip, user);
-        let mut map = self.lock();
-        for _ in 0..EXPIRE_PER_CALL {
-            if map.pop_oldest_if(|r| r.expired(now)).is_none() {
-                break;
+        let mut guard = self.lock();
+        let maps = &mut *guard;
+        for map in [&mut maps.open, &mut maps.known] {
+            for _ in 0..EXPIRE_PER_CALL {
+                if map.pop_oldest_if(|r| r.expired(now)).is_none() {
+                    break;
+                }
             }
         }
         for k in &keys[..n] {
+            let map = match k {
+                Key::User(_) if exists => &mut maps.known,
+                _ => &mut maps.open,
+            };
             let r = map.touch_or_insert_with(*k, || Record::new(now));
             if r.expired(now) {
                 *r = Record::new(now);
@@ -188,15 +220,17 @@ impl AuthThrottle {
 
     pub fn succeeded(&self, ip: Option<IpAddr>, user: &str) {
         let (keys, n) = self.keys(ip, user);
-        let mut map = self.lock();
+        let mut maps = self.lock();
         for k in &keys[..n] {
-            map.remove(k);
+            maps.open.remove(k);
+            maps.known.remove(k);
         }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().len()
+        let maps = self.lock();
+        maps.open.len() + maps.known.len()
     }
 }
 
@@ -211,16 +245,16 @@ mod tests {
         let now = Instant::now();
         for i in 0..FREE {
             assert_eq!(t.delay(ip, "alice", now), Duration::ZERO);
-            t.failed(ip, "alice", format!("guess{i}").as_bytes(), now);
+            t.failed(ip, "alice", format!("guess{i}").as_bytes(), false, now);
         }
         // The same stale password, many times: still free.
         for _ in 0..10 {
-            t.failed(ip, "alice", b"guess0", now);
+            t.failed(ip, "alice", b"guess0", false, now);
         }
         assert_eq!(t.delay(ip, "alice", now), Duration::ZERO);
-        t.failed(ip, "alice", b"guess-new", now);
+        t.failed(ip, "alice", b"guess-new", false, now);
         assert_eq!(t.delay(ip, "alice", now), BASE);
-        t.failed(ip, "alice", b"another", now);
+        t.failed(ip, "alice", b"another", false, now);
         assert_eq!(t.delay(ip, "alice", now), BASE * 2);
         // The IP is penalised for other users too; another IP for this user too.
         assert_eq!(t.delay(ip, "bob", now), BASE * 2);
@@ -230,7 +264,7 @@ mod tests {
         );
         // Capped, and forgotten after a quiet period or a success.
         for i in 0..40 {
-            t.failed(ip, "alice", format!("x{i}").as_bytes(), now);
+            t.failed(ip, "alice", format!("x{i}").as_bytes(), false, now);
         }
         assert_eq!(t.delay(ip, "alice", now), MAX);
         assert_eq!(t.delay(ip, "alice", now + FORGET_AFTER), Duration::ZERO);
@@ -244,7 +278,7 @@ mod tests {
         let lo: Option<IpAddr> = Some("127.0.0.1".parse().unwrap());
         let now = Instant::now();
         for i in 0..5 {
-            t.failed(lo, "alice", format!("g{i}").as_bytes(), now);
+            t.failed(lo, "alice", format!("g{i}").as_bytes(), false, now);
         }
         assert!(t.delay(lo, "alice", now) > Duration::ZERO);
         assert_eq!(t.delay(lo, "bob", now), Duration::ZERO);
@@ -255,7 +289,7 @@ mod tests {
         // IPv6 loopback with the default /64 prefix (masked it would be `::`).
         let v6lo: Option<IpAddr> = Some("::1".parse().unwrap());
         for i in 0..5 {
-            t.failed(v6lo, "carol", format!("g{i}").as_bytes(), now);
+            t.failed(v6lo, "carol", format!("g{i}").as_bytes(), false, now);
         }
         assert_eq!(t.delay(v6lo, "dave", now), Duration::ZERO);
     }
@@ -270,9 +304,9 @@ mod tests {
         // Guesses spread over a /64 and a /24 add up per network.
         for i in 0..4u32 {
             let v6: IpAddr = format!("2001:db8:0:7::{:x}", i + 1).parse().unwrap();
-            t.failed(Some(v6), &format!("u{i}"), b"pw", now);
+            t.failed(Some(v6), &format!("u{i}"), b"pw", false, now);
             let v4: IpAddr = format!("198.51.100.{}", i + 1).parse().unwrap();
-            t.failed(Some(v4), &format!("v{i}"), b"pw", now);
+            t.failed(Some(v4), &format!("v{i}"), b"pw", false, now);
         }
         let other_host: IpAddr = "2001:db8:0:7:ffff::1".parse().unwrap();
         assert_eq!(t.delay(Some(other_host), "nobody", now), BASE * 2);
@@ -284,7 +318,7 @@ mod tests {
         let d = AuthThrottle::default();
         for i in 0..4u32 {
             let v4: IpAddr = format!("198.51.100.{}", i + 1).parse().unwrap();
-            d.failed(Some(v4), &format!("v{i}"), b"pw", now);
+            d.failed(Some(v4), &format!("v{i}"), b"pw", false, now);
         }
         let v4: IpAddr = "198.51.100.9".parse().unwrap();
         assert_eq!(d.delay(Some(v4), "nobody", now), Duration::ZERO);
@@ -296,7 +330,7 @@ mod tests {
         let now = Instant::now();
         let long = "A".repeat(4096);
         for i in 0..3 {
-            t.failed(None, &long, format!("p{i}").as_bytes(), now);
+            t.failed(None, &long, format!("p{i}").as_bytes(), false, now);
         }
         assert_eq!(t.len(), 1);
         assert_eq!(t.delay(None, &long.to_lowercase(), now), BASE);
@@ -313,11 +347,11 @@ mod tests {
         // A victim's record first, then a flood of unique names from one network,
         // all within FORGET_AFTER, so nothing has expired.
         for i in 0..3 {
-            t.failed(None, "victim", format!("v{i}").as_bytes(), now);
+            t.failed(None, "victim", format!("v{i}").as_bytes(), false, now);
         }
         assert_eq!(t.delay(None, "victim", now), BASE);
         for i in 0..(MAX_KEYS + 1000) {
-            t.failed(guesser, &format!("{i:0>200}"), b"x", now);
+            t.failed(guesser, &format!("{i:0>200}"), b"x", false, now);
             assert!(t.len() <= MAX_KEYS);
         }
         assert_eq!(t.len(), MAX_KEYS);
@@ -326,8 +360,8 @@ mod tests {
         assert_eq!(t.delay(guesser, "anyone", now), MAX);
         assert_eq!(t.delay(None, "victim", now), Duration::ZERO);
         // The newest names are still there: two more failures make three.
-        t.failed(None, &format!("{:0>200}", MAX_KEYS + 999), b"y", now);
-        t.failed(None, &format!("{:0>200}", MAX_KEYS + 999), b"z", now);
+        t.failed(None, &format!("{:0>200}", MAX_KEYS + 999), b"y", false, now);
+        t.failed(None, &format!("{:0>200}", MAX_KEYS + 999), b"z", false, now);
         assert_eq!(
             t.delay(None, &format!("{:0>200}", MAX_KEYS + 999), now),
             BASE
@@ -339,19 +373,38 @@ mod tests {
         let t = AuthThrottle::default();
         let now = Instant::now();
         for i in 0..100 {
-            t.failed(None, &format!("u{i}"), b"x", now);
+            t.failed(None, &format!("u{i}"), b"x", false, now);
         }
         let later = now + FORGET_AFTER;
         for i in 0..5 {
-            t.failed(None, &format!("w{i}"), b"x", later);
+            t.failed(None, &format!("w{i}"), b"x", false, later);
         }
         // Each failure forgets up to EXPIRE_PER_CALL expired records.
         assert_eq!(t.len(), 100 - 5 * EXPIRE_PER_CALL + 5);
         // An expired record that fails again starts over.
         for i in 0..3 {
-            t.failed(None, "u99", format!("p{i}").as_bytes(), now);
+            t.failed(None, "u99", format!("p{i}").as_bytes(), false, now);
         }
-        t.failed(None, "u99", b"new", later + FORGET_AFTER);
+        t.failed(None, "u99", b"new", false, later + FORGET_AFTER);
         assert_eq!(t.delay(None, "u99", later + FORGET_AFTER), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_flood_of_made_up_names_cannot_evict_a_real_users_back_off() {
+        let t = AuthThrottle::default();
+        let now = Instant::now();
+        for i in 0..5 {
+            t.failed(None, "alice", format!("guess{i}").as_bytes(), true, now);
+        }
+        let earned = t.delay(None, "alice", now);
+        assert!(earned > Duration::ZERO);
+        // More made-up names than the cap, from loopback (per user only).
+        for i in 0..(MAX_KEYS + 10) {
+            t.failed(None, &format!("nobody{i}"), b"x", false, now);
+        }
+        assert_eq!(t.delay(None, "alice", now), earned);
+        assert!(t.len() <= MAX_KEYS + 1);
+        t.succeeded(None, "alice");
+        assert_eq!(t.delay(None, "alice", now), Duration::ZERO);
     }
 }
