@@ -477,19 +477,7 @@ fn mutt_reading_the_maildir_keeps_pop3_uidls_and_sizes() {
     );
     // The documented ownership model: the Maildir stays the daemon's, shared with
     // the Unix account's group (useradd -U made a group of the same name).
-    let o = maildird(
-        &env.config(),
-        &[
-            "user",
-            "add",
-            "alice",
-            "--password-stdin",
-            "--unix-group",
-            &name,
-        ],
-        format!("{PW}\n").as_bytes(),
-    );
-    assert_ok(&o, "maildird user add --unix-group");
+    add_shared_user(&env, "alice", PW, &name);
     let _d = Daemon::start(&env);
     for subject in ["first message", "second message"] {
         deliver(

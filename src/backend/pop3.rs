@@ -71,16 +71,20 @@ impl Store for Backend {
         MaildirMailbox::open(
             self.config.mail_root.join(&entry.name),
             self.config.pop3.lock_stale_after,
+            max_read(self.config.limits.max_message_size),
         )
         .await
-        .map(|mb| mb.with_max_read(max_read(self.config.limits.max_message_size)))
     }
 }
 
 impl MaildirMailbox {
     /// Create the Maildir at `path` if missing, lock it and take the snapshot;
     /// keep the lock fresh while the mailbox lives.
-    pub async fn open(path: PathBuf, check_every: Duration) -> Result<MaildirMailbox, StoreError> {
+    pub async fn open(
+        path: PathBuf,
+        check_every: Duration,
+        max_read: u64,
+    ) -> Result<MaildirMailbox, StoreError> {
         let (md, lock, entries) = tokio::task::spawn_blocking(move || open_blocking(&path))
             .await
             .map_err(|_| StoreError::Temporary)??;
@@ -101,13 +105,8 @@ impl MaildirMailbox {
             lock,
             entries,
             messages,
-            max_read: max_read(0),
+            max_read,
         })
-    }
-
-    pub fn with_max_read(mut self, max: u64) -> MaildirMailbox {
-        self.max_read = max;
-        self
     }
 }
 
@@ -342,7 +341,7 @@ mod tests {
         fs::write(md.new_dir().join(a), b"x\n.y\n").unwrap();
         fs::write(md.new_dir().join(b), b"b\n").unwrap();
         fs::write(md.cur().join(format!("{c}:2,S")), b"c").unwrap();
-        let mut mb = MaildirMailbox::open(md.path().to_path_buf(), STALE)
+        let mut mb = MaildirMailbox::open(md.path().to_path_buf(), STALE, max_read(0))
             .await
             .unwrap();
         assert_eq!(
@@ -396,7 +395,7 @@ mod tests {
         let (s, l) = ("1700000000.M1P1Q1R1.h", "1700000001.M1P1Q2R1.h");
         fs::write(md.new_dir().join(s), b"small\n").unwrap();
         fs::write(md.new_dir().join(l), &big).unwrap();
-        let mut mb = MaildirMailbox::open(md.path().to_path_buf(), STALE)
+        let mut mb = MaildirMailbox::open(md.path().to_path_buf(), STALE, max_read(0))
             .await
             .unwrap();
         assert!(mb.messages()[1].size > INLINE_READ);
@@ -410,18 +409,18 @@ mod tests {
     async fn one_session_per_mailbox_and_drop_changes_nothing() {
         let (_t, md) = maildir();
         fs::write(md.new_dir().join("1.M1P1.h"), b"a\n").unwrap();
-        let mb = MaildirMailbox::open(md.path().to_path_buf(), STALE)
+        let mb = MaildirMailbox::open(md.path().to_path_buf(), STALE, max_read(0))
             .await
             .unwrap();
         assert_eq!(
-            MaildirMailbox::open(md.path().to_path_buf(), STALE)
+            MaildirMailbox::open(md.path().to_path_buf(), STALE, max_read(0))
                 .await
                 .unwrap_err(),
             StoreError::InUse
         );
         drop(mb);
         assert!(md.new_dir().join("1.M1P1.h").exists());
-        let again = MaildirMailbox::open(md.path().to_path_buf(), STALE)
+        let again = MaildirMailbox::open(md.path().to_path_buf(), STALE, max_read(0))
             .await
             .unwrap();
         assert_eq!(again.messages().len(), 1);
@@ -432,7 +431,9 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let t = tempfile::tempdir().unwrap();
         let md = t.path().join("bob");
-        let mb = MaildirMailbox::open(md.clone(), STALE).await.unwrap();
+        let mb = MaildirMailbox::open(md.clone(), STALE, max_read(0))
+            .await
+            .unwrap();
         assert!(mb.messages().is_empty());
         for d in [md.clone(), md.join("tmp"), md.join("new"), md.join("cur")] {
             let mode = fs::metadata(&d).unwrap().permissions().mode();

@@ -47,11 +47,6 @@ impl RollbackFailed {
     }
 }
 
-/// The base name of a unique name (before any `:info`).
-fn base_name_of(name: &str) -> &str {
-    name.split_once(':').map_or(name, |(b, _)| b)
-}
-
 /// Tries at a fresh unique name when one is taken (only a clock step backwards,
 /// pid reuse or a foreign writer can collide).
 const NAME_ATTEMPTS: usize = 8;
@@ -76,33 +71,22 @@ impl Delivery {
     /// staged in the first *private* target (mode 0600; no Unix account can
     /// touch it), so the one inode may be linked into every private Maildir.
     /// Only when all targets are shared with a Unix group is it staged in the
-    /// first of them (mode 0660, see `file_mode_for`).
+    /// first of them (mode 0660, see `file_mode`).
     pub fn begin(targets: &[Maildir], host: &str) -> io::Result<Delivery> {
         let stage = targets
             .iter()
-            .find(|md| !is_shared(md))
+            .find(|md| !md.is_shared())
             .or(targets.first())
             .ok_or_else(|| io::Error::other("no target maildir"))?;
-        let mode = file_mode_for(stage, Sub::Tmp);
-        let mut last_err = None;
-        for _ in 0..NAME_ATTEMPTS {
-            let name = UniqueName::generate(host);
-            match fsat::create_excl(stage.dir(Sub::Tmp), name.as_str(), mode) {
-                Ok(file) => {
-                    return Ok(Delivery {
-                        file: Some(BufWriter::with_capacity(64 * 1024, file)),
-                        first: stage.clone(),
-                        host: host.to_string(),
-                        name,
-                        bytes: 0,
-                        wire: CrlfSize::default(),
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_err.unwrap_or_else(|| io::Error::other("no unique tmp name")))
+        let (file, name) = create_unique_tmp(stage, host)?;
+        Ok(Delivery {
+            file: Some(BufWriter::with_capacity(64 * 1024, file)),
+            first: stage.clone(),
+            host: host.to_string(),
+            name,
+            bytes: 0,
+            wire: CrlfSize::default(),
+        })
     }
 
     /// The tmp file being written (for logs and tests).
@@ -161,7 +145,7 @@ impl Delivery {
     fn link_all(&self, file: &File, targets: &[Maildir]) -> io::Result<Vec<PathBuf>> {
         let final_name = self.name.with_sizes(self.bytes, self.crlf_size());
         let ours = fsat::identity(file)?;
-        let staged_private = !is_shared(&self.first);
+        let staged_private = !self.first.is_shared();
         let mut linked: Vec<(&Maildir, String)> = Vec::with_capacity(targets.len());
         let result = (|| {
             for md in targets {
@@ -169,7 +153,7 @@ impl Delivery {
                 // it: among private Maildirs, or the staging Maildir itself. A
                 // Maildir shared with a group gets its own copy (its group, its
                 // mode), so its owner can never write another recipient's mail.
-                let link = *md == self.first || (staged_private && !is_shared(md));
+                let link = *md == self.first || (staged_private && !md.is_shared());
                 let name = self.place_one(file, ours, md, &final_name, link)?;
                 linked.push((md, name));
             }
@@ -205,7 +189,7 @@ impl Delivery {
                     Err(io::Error::new(
                         e.kind(),
                         RollbackFailed {
-                            id: base_name_of(&final_name).to_string(),
+                            id: super::name::base_name(&final_name).to_string(),
                             remaining,
                             error: e,
                         },
@@ -282,20 +266,31 @@ impl Drop for Delivery {
     }
 }
 
-/// Is this Maildir shared with a Unix group (its `new/` grants the group
-/// read+write, as `maildird user add --unix-group` sets up)?
-pub fn is_shared(md: &Maildir) -> bool {
-    file_mode_for(md, Sub::New) == SHARED_FILE_MODE
+/// Messages are private to the service user, except in a Maildir shared with
+/// a Unix account that runs mutt (`Maildir::is_shared`): 0660 there, so the
+/// group can read them.
+pub fn file_mode(md: &Maildir) -> u32 {
+    if md.is_shared() {
+        SHARED_FILE_MODE
+    } else {
+        FILE_MODE
+    }
 }
 
-/// A Maildir whose directories grant their group read+write (set up by
-/// `maildird user add --unix-group`, mode 2770) is shared with a Unix account that
-/// runs mutt: its messages are created 0660 so the group can read them.
-pub fn file_mode_for(md: &Maildir, sub: Sub) -> u32 {
-    match rustix::fs::fstat(md.dir(sub)) {
-        Ok(st) if st.st_mode & 0o060 == 0o060 => SHARED_FILE_MODE,
-        _ => FILE_MODE,
+/// Create a new file under a fresh unique name in `md/tmp/` (O_EXCL, mode
+/// `file_mode`), trying another name when one is taken.
+fn create_unique_tmp(md: &Maildir, host: &str) -> io::Result<(File, UniqueName)> {
+    let mode = file_mode(md);
+    let mut last_err = None;
+    for _ in 0..NAME_ATTEMPTS {
+        let name = UniqueName::generate(host);
+        match fsat::create_excl(md.dir(Sub::Tmp), name.as_str(), mode) {
+            Ok(file) => return Ok((file, name)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
+            Err(e) => return Err(e),
+        }
     }
+    Err(last_err.unwrap_or_else(|| io::Error::other("no unique tmp name")))
 }
 
 /// Copy our own tmp file (read back through its descriptor) into `md` the
@@ -305,19 +300,8 @@ pub fn file_mode_for(md: &Maildir, sub: Sub) -> u32 {
 /// never shows a partial copy (a shared Maildir's copy, or a Maildir on
 /// another filesystem, EXDEV).
 fn copy_exclusive(src: &File, md: &Maildir, name: &str, host: &str) -> io::Result<()> {
-    let mode = file_mode_for(md, Sub::New);
     let tmp = md.dir(Sub::Tmp);
-    let mut attempt = 0;
-    let (out, tmp_name) = loop {
-        let n = UniqueName::generate(host);
-        match fsat::create_excl(tmp, n.as_str(), mode) {
-            Ok(f) => break (f, n),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < NAME_ATTEMPTS => {
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    };
+    let (out, tmp_name) = create_unique_tmp(md, host)?;
     let result = (|| {
         let mut buf = vec![0u8; 64 * 1024];
         let mut off = 0u64;
@@ -505,6 +489,8 @@ mod tests {
         for d in [md.tmp(), md.new_dir()] {
             fs::set_permissions(&d, fs::Permissions::from_mode(0o2770)).unwrap();
         }
+        // Sharing is read when a Maildir is opened (once per delivery).
+        let md = Maildir::open(md.path()).unwrap();
         let mut d = Delivery::begin(std::slice::from_ref(&md), "h").unwrap();
         d.write(b"Subject: x\n\nbody\n").unwrap();
         let paths = d.commit(std::slice::from_ref(&md)).unwrap();
@@ -828,7 +814,9 @@ mod tests {
         for d in [shared.tmp(), shared.new_dir(), shared.cur()] {
             fs::set_permissions(&d, fs::Permissions::from_mode(0o2770)).unwrap();
         }
-        assert!(is_shared(&shared) && !is_shared(&private));
+        // Sharing is read when a Maildir is opened (once per delivery).
+        let shared = Maildir::open(shared.path()).unwrap();
+        assert!(shared.is_shared() && !private.is_shared());
         // The shared Maildir first: staging still goes to a private one.
         let targets = [shared.clone(), private.clone(), other.clone()];
         let mut d = Delivery::begin(&targets, "h").unwrap();
@@ -860,6 +848,7 @@ mod tests {
         for d in [shared2.tmp(), shared2.new_dir(), shared2.cur()] {
             fs::set_permissions(&d, fs::Permissions::from_mode(0o2770)).unwrap();
         }
+        let shared2 = Maildir::open(shared2.path()).unwrap();
         let targets = [shared.clone(), shared2.clone()];
         let mut d = Delivery::begin(&targets, "h").unwrap();
         d.write(b"y\n").unwrap();

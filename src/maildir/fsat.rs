@@ -4,7 +4,7 @@
 //! they are regular files, checked on the open descriptor.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
@@ -163,13 +163,6 @@ pub fn open_regular_rw(dir: BorrowedFd<'_>, name: &str) -> io::Result<File> {
         return Err(refused(name, kind_name(t)));
     }
     Ok(File::from(fd))
-}
-
-/// Read at most `max` bytes from the start of `f`.
-pub fn read_bounded(f: &mut File, max: u64) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    f.take(max).read_to_end(&mut out)?;
-    Ok(out)
 }
 
 /// The names in a directory handle (not `.`/`..`, UTF-8 only: no Maildir

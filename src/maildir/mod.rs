@@ -56,6 +56,9 @@ struct Handles {
     tmp: OwnedFd,
     new: OwnedFd,
     cur: OwnedFd,
+    /// `new/` grants its group read+write (`user add --unix-group`): shared
+    /// with a Unix account that runs mutt. Read from the `fstat` made at open.
+    shared: bool,
 }
 
 impl PartialEq for Maildir {
@@ -82,12 +85,17 @@ impl Maildir {
         // A subdirectory on another filesystem is a mount its owner made there
         // (FUSE with user_allow_other): it could stall every call; refused.
         let dev = rustix::fs::fstat(&root)?.st_dev;
+        let mut shared = false;
         for (fd, s) in [(&tmp, Sub::Tmp), (&new, Sub::New), (&cur, Sub::Cur)] {
-            if rustix::fs::fstat(fd)?.st_dev != dev {
+            let st = rustix::fs::fstat(fd)?;
+            if st.st_dev != dev {
                 return Err(fsat::refused(
                     path.join(s.name()).display(),
                     "a mount point (another filesystem)",
                 ));
+            }
+            if s == Sub::New {
+                shared = st.st_mode & 0o060 == 0o060;
             }
         }
         Ok(Maildir {
@@ -97,6 +105,7 @@ impl Maildir {
                 tmp,
                 new,
                 cur,
+                shared,
             }),
         })
     }
@@ -164,6 +173,13 @@ impl Maildir {
             Sub::New => self.inner.new.as_fd(),
             Sub::Cur => self.inner.cur.as_fd(),
         }
+    }
+
+    /// Is this Maildir shared with a Unix group (its `new/` grants the group
+    /// read+write, as `maildird user add --unix-group` sets up), as it was
+    /// when opened?
+    pub fn is_shared(&self) -> bool {
+        self.inner.shared
     }
 
     /// fsync one of the subdirectories (its entries survive a crash).

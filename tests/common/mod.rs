@@ -296,6 +296,27 @@ pub fn add_user(env: &TestEnv, name: &str, pw: &str) {
     assert_ok(&o, &format!("maildird user add {name}"));
 }
 
+/// `maildird user add NAME --unix-group GROUP`: the Maildir shared with a Unix
+/// account that runs mutt (the documented ownership model).
+pub fn add_shared_user(env: &TestEnv, name: &str, pw: &str, group: &str) {
+    let o = maildird(
+        &env.config(),
+        &[
+            "user",
+            "add",
+            name,
+            "--password-stdin",
+            "--unix-group",
+            group,
+        ],
+        format!("{pw}\n").as_bytes(),
+    );
+    assert_ok(
+        &o,
+        &format!("maildird user add {name} --unix-group {group}"),
+    );
+}
+
 /// `python3 -c SCRIPT ARGS...` with `tests/tools` on `PYTHONPATH` (for `smtpraw`);
 /// the scripts check protocol replies themselves and exit non-zero with a message.
 pub fn python(script: &str, args: &[&str]) -> Output {

@@ -60,19 +60,7 @@ impl Drop for Attacker {
 /// alice's Maildir shared with the attacker's group (mutt's model), bob a
 /// normal user with one message in `new/`. Returns bob's message path.
 fn setup(env: &TestEnv, attacker: &Attacker) -> PathBuf {
-    let o = maildird(
-        &env.config(),
-        &[
-            "user",
-            "add",
-            "alice",
-            "--password-stdin",
-            "--unix-group",
-            &attacker.name,
-        ],
-        format!("{PW}\n").as_bytes(),
-    );
-    assert_ok(&o, "maildird user add alice --unix-group");
+    add_shared_user(env, "alice", PW, &attacker.name);
     add_user(env, "bob", PW);
     let bob_new = env.maildir("bob").join("new");
     let msg = bob_new.join("1700000000.M1P1Q1R1.mx,S=20,W=21");
