@@ -50,11 +50,23 @@ pub struct Config {
     pub pop3: Pop3Options,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// The OpenMetrics endpoint; off when absent.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
     /// Per-filter settings by filter name (`[filter.log]`, `[filter.exec.NAME]`).
     #[serde(default, rename = "filter")]
     pub filters: toml::Table,
+}
+
+/// `[metrics]`: where `GET /metrics` is served (maildird(8), "Metrics").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// An address and port, e.g. `127.0.0.1:9465`. It is not authenticated:
+    /// keep it on loopback or behind a firewall.
+    pub bind: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

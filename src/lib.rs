@@ -21,6 +21,7 @@ pub mod filter;
 pub mod listen;
 pub mod logging;
 pub mod maildir;
+pub mod metrics;
 pub mod notify;
 pub mod observer;
 pub mod pop3;

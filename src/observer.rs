@@ -9,7 +9,8 @@ pub trait Observer: Send + Sync {
     fn state(&self, _state: &'static str) {}
     /// A login attempt; `user` as the client gave it.
     fn auth(&self, _user: &str, _mechanism: &str, _ok: bool) {}
-    fn delivered(&self, _recipients: usize, _size: u64) {}
+    /// A message accepted (250): its id, recipients and size.
+    fn delivered(&self, _id: &str, _recipients: usize, _size: u64) {}
 }
 
 /// An `Observer` that ignores everything.

@@ -140,6 +140,32 @@ fn haproxy_send_proxy_v1_and_v2_put_the_real_client_in_received() {
             d.log()
         );
     }
+    // Behind PROXY every line of a session names the real client once the
+    // PROXY header has named it; lines before that name the balancer (`via`).
+    let log = d.log();
+    let sessions: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("message accepted"))
+        .filter_map(|l| l.split("{session=").nth(1)?.split(' ').next())
+        .map(str::to_string)
+        .collect();
+    assert_eq!(sessions.len(), 2, "{log}");
+    for s in sessions {
+        let tag = format!("{{session={s} ");
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&tag)).collect();
+        let real = lines
+            .iter()
+            .position(|l| l.contains("client=127.0.0.2:"))
+            .expect("a line naming the real client");
+        assert!(real <= 2, "the real client comes late: {lines:#?}");
+        for l in &lines {
+            assert!(l.contains("via=127.0.0.1:"), "{l}");
+        }
+        for l in &lines[real..] {
+            assert!(l.contains("client=127.0.0.2:"), "{l}");
+        }
+        assert!(lines.len() > real + 3, "{lines:#?}");
+    }
     // A PROXY header from a source not in `trusted` (127.0.0.2): closed unanswered.
     let mut s = socket_from_127_0_0_2(env.smtp_port);
     use std::io::{Read, Write};

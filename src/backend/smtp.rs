@@ -15,7 +15,7 @@ use crate::auth::{Role, validate_name};
 use crate::maildir::deliver::Delivery;
 use crate::maildir::{Maildir, fsat, is_no_space};
 use crate::smtp::backend::{
-    Authenticated, Backend as SmtpBackend, BodySink, Envelope, SessionInfo,
+    Authenticated, Backend as SmtpBackend, BodySink, Envelope, SessionInfo, Stored,
 };
 use crate::smtp::reply::Reply;
 
@@ -27,18 +27,21 @@ fn temp_failure() -> Reply {
     Reply::new(451, "4.3.0", "Temporary failure")
 }
 
-/// Wire text stays generic; the log gets the error (STYLE.md "wire text generic").
-fn storage_failure(e: &io::Error, session: u64, what: &str) -> Reply {
+/// Wire text stays generic; the log gets the error (STYLE.md "wire text
+/// generic"). `id`: the message, once it has one. The session span names the
+/// session and the client.
+fn storage_failure(e: &io::Error, id: Option<&str>, what: &str) -> Reply {
+    let id = id.map(tracing::field::display);
     if is_no_space(e) {
-        tracing::error!(session, error = %e, "{what}: no space left");
+        tracing::error!(id, error = %e, "{what}: no space left");
         Reply::new(452, "4.3.1", "Insufficient system storage")
     } else if fsat::is_refused(e) {
         // Its owner put a link or a special file where a Maildir directory
         // belongs: deferred (the admin can repair it), never followed.
-        tracing::error!(session, error = %e, "{what}: refusing maildir");
+        tracing::error!(id, error = %e, "{what}: refusing maildir");
         temp_failure()
     } else {
-        tracing::warn!(session, error = %e, "{what} failed");
+        tracing::warn!(id, error = %e, "{what} failed");
         temp_failure()
     }
 }
@@ -72,10 +75,7 @@ impl SmtpBackend for Backend {
             &users,
             &aliases,
         )
-        .map_err(|refusal| {
-            tracing::info!(rcpt = ?address, ?refusal, "recipient refused");
-            refusal.reply()
-        })
+        .map_err(|refusal| refusal.reply())
     }
 
     async fn begin(&self, info: &SessionInfo, env: &Envelope) -> Result<MaildirSink, Reply> {
@@ -85,7 +85,7 @@ impl SmtpBackend for Backend {
         }
         // Resolution already validated these; check again because they become paths.
         if let Some(bad) = mailboxes.iter().find(|m| validate_name(m).is_err()) {
-            tracing::error!(session = info.id, mailbox = ?bad, "refusing unsafe mailbox name");
+            tracing::error!(mailbox = ?bad, "refusing unsafe mailbox name");
             return Err(temp_failure());
         }
         let paths: Vec<std::path::PathBuf> = mailboxes
@@ -93,15 +93,9 @@ impl SmtpBackend for Backend {
             .map(|m| self.config.mail_root.join(m))
             .collect();
         let delivered_to = (self.config.smtp.delivered_to && mailboxes.len() == 1)
-            .then(|| env.rcpts.first().map(|(addr, _)| addr.as_str()))
+            .then(|| env.rcpts.first().map(|(addr, _)| addr.clone()))
             .flatten();
-        let headers = trace_headers(
-            info,
-            env,
-            &self.config.hostname,
-            delivered_to,
-            Timestamp::now(),
-        );
+        let (info, env) = (info.clone(), env.clone());
         let host = self.config.hostname.clone();
         let started =
             tokio::task::spawn_blocking(move || -> io::Result<(Delivery, Vec<Maildir>)> {
@@ -110,20 +104,30 @@ impl SmtpBackend for Backend {
                     .map(|p| Maildir::ensure(p))
                     .collect::<io::Result<Vec<Maildir>>>()?;
                 let mut delivery = Delivery::begin(&targets, &host)?;
+                let delivered_to = delivered_to.as_deref();
+                let headers = trace_headers(
+                    &info,
+                    &env,
+                    &host,
+                    delivery.id(),
+                    delivered_to,
+                    Timestamp::now(),
+                );
                 delivery.write(headers.as_bytes())?;
                 Ok((delivery, targets))
             })
             .await;
         match started {
             Ok(Ok((delivery, targets))) => Ok(MaildirSink {
+                id: delivery.id().to_string(),
                 delivery: Some(delivery),
                 buf: Vec::with_capacity(BATCH),
                 targets,
-                session: info.id,
+                mailboxes,
             }),
-            Ok(Err(e)) => Err(storage_failure(&e, info.id, "maildir delivery start")),
+            Ok(Err(e)) => Err(storage_failure(&e, None, "maildir delivery start")),
             Err(e) => {
-                tracing::error!(session = info.id, error = %e, "delivery task failed");
+                tracing::error!(error = %e, "delivery task failed");
                 Err(temp_failure())
             }
         }
@@ -154,6 +158,7 @@ pub fn trace_headers(
     info: &SessionInfo,
     env: &Envelope,
     hostname: &str,
+    id: &str,
     delivered_to: Option<&str>,
     now: Timestamp,
 ) -> String {
@@ -166,14 +171,15 @@ pub fn trace_headers(
     } else {
         header_safe(&info.helo)
     };
-    let peer = match info.peer {
-        Some(addr) => format!("([{}])", addr.ip().to_canonical()),
+    let peer = match info.peer.map(|a| a.ip().to_canonical()) {
+        Some(IpAddr::V4(ip)) => format!("([{ip}])"),
+        // RFC 5321 §4.1.3: an IPv6 address literal is tagged.
+        Some(IpAddr::V6(ip)) => format!("([IPv6:{ip}])"),
         None => "(unknown)".to_string(),
     };
     h.push_str(&format!(
-        "Received: from {helo} {peer}\n\tby {hostname} (maildird) with {} id {}",
+        "Received: from {helo} {peer}\n\tby {hostname} (maildird) with {} id {id}",
         header_safe(&info.with_protocol),
-        info.id
     ));
     if let [(addr, _)] = env.rcpts.as_slice() {
         h.push_str(&format!("\n\tfor <{}>", header_safe(addr)));
@@ -188,11 +194,13 @@ pub fn trace_headers(
 /// blocking task. Dropped without `commit`, its `Delivery` removes the tmp file.
 #[derive(Debug)]
 pub struct MaildirSink {
+    id: String,
     /// None after a failed write: every later call answers 451.
     delivery: Option<Delivery>,
     buf: Vec<u8>,
     targets: Vec<Maildir>,
-    session: u64,
+    /// The mailbox name of each target, in the same order.
+    mailboxes: Vec<String>,
 }
 
 impl MaildirSink {
@@ -215,9 +223,9 @@ impl MaildirSink {
                 self.buf = buf;
                 Ok(())
             }
-            Ok(Err(e)) => Err(storage_failure(&e, self.session, "maildir write")),
+            Ok(Err(e)) => Err(storage_failure(&e, Some(&self.id), "maildir write")),
             Err(e) => {
-                tracing::error!(session = self.session, error = %e, "delivery task failed");
+                tracing::error!(id = %self.id, error = %e, "delivery task failed");
                 Err(temp_failure())
             }
         }
@@ -225,6 +233,10 @@ impl MaildirSink {
 }
 
 impl BodySink for MaildirSink {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
     async fn write(&mut self, bytes: &[u8]) -> Result<(), Reply> {
         if self.delivery.is_none() {
             return Err(temp_failure());
@@ -238,30 +250,31 @@ impl BodySink for MaildirSink {
 
     /// 250 means durable (maildird(8), MAILDIR): fsync, link into every `new/`,
     /// fsync them; only then Ok.
-    async fn commit(mut self) -> Result<(), Reply> {
+    async fn commit(mut self) -> Result<Stored, Reply> {
         let Some(mut delivery) = self.delivery.take() else {
             return Err(temp_failure());
         };
         let buf = mem::take(&mut self.buf);
         let targets = mem::take(&mut self.targets);
-        let session = self.session;
+        let id = mem::take(&mut self.id);
         let done = tokio::task::spawn_blocking(move || {
             delivery.write(&buf)?;
-            let size = delivery.size();
-            delivery.commit(&targets).map(|paths| (paths, size))
+            delivery.commit(&targets)
         })
         .await;
         match done {
-            Ok(Ok((paths, size))) => {
-                tracing::info!(session, size, copies = paths.len(), "message delivered");
-                Ok(())
-            }
+            Ok(Ok(paths)) => Ok(Stored {
+                files: mem::take(&mut self.mailboxes)
+                    .into_iter()
+                    .zip(paths)
+                    .collect(),
+            }),
             Ok(Err(e)) => match crate::maildir::deliver::RollbackFailed::of(&e) {
                 // Some copies stayed in new/ after a failure: say which, in the
                 // log and (by id) in the reply, so a duplicate after the
                 // client's retry can be explained.
                 Some(r) => {
-                    tracing::error!(session, id = %r.id, remaining = ?r.remaining, error = %r.error, "maildir commit failed and its rollback too");
+                    tracing::error!(id = %r.id, remaining = ?r.remaining, error = %r.error, "maildir commit failed and its rollback too");
                     Err(Reply::new(
                         451,
                         "4.3.0",
@@ -271,10 +284,10 @@ impl BodySink for MaildirSink {
                         ),
                     ))
                 }
-                None => Err(storage_failure(&e, session, "maildir commit")),
+                None => Err(storage_failure(&e, Some(&id), "maildir commit")),
             },
             Err(e) => {
-                tracing::error!(session, error = %e, "delivery task failed");
+                tracing::error!(id = %id, error = %e, "delivery task failed");
                 Err(temp_failure())
             }
         }
@@ -358,13 +371,14 @@ mod tests {
                 &info(Some("192.0.2.7:4321")),
                 &one,
                 "mx.example.org",
+                "1795315389.M42P1234Q7R0000beef",
                 Some("alice@example.org"),
                 now
             ),
             "Return-Path: <sender@remote.example>\n\
              Delivered-To: alice@example.org\n\
              Received: from client.example ([192.0.2.7])\n\
-             \tby mx.example.org (maildird) with ESMTPS id 42\n\
+             \tby mx.example.org (maildird) with ESMTPS id 1795315389.M42P1234Q7R0000beef\n\
              \tfor <alice@example.org>;\n\
              \tSun, 22 Nov 2026 00:43:09 +0000\n"
         );
@@ -373,17 +387,26 @@ mod tests {
         let mut i = info(None);
         i.helo = "evil\r\nX-Injected: 1".into();
         assert_eq!(
-            trace_headers(&i, &two, "mx.example.org", None, now),
+            trace_headers(&i, &two, "mx.example.org", "X1", None, now),
             "Return-Path: <>\n\
              Received: from evil??X-Injected: 1 (unknown)\n\
-             \tby mx.example.org (maildird) with ESMTPS id 42;\n\
+             \tby mx.example.org (maildird) with ESMTPS id X1;\n\
              \tSun, 22 Nov 2026 00:43:09 +0000\n"
         );
-        // IPv4-mapped IPv6 peers show as IPv4; real IPv6 stays.
-        let h = trace_headers(&info(Some("[::ffff:192.0.2.9]:25")), &two, "h", None, now);
+        // IPv4-mapped IPv6 peers show as IPv4; real IPv6 is tagged (RFC 5321 §4.1.3).
+        let h = trace_headers(
+            &info(Some("[::ffff:192.0.2.9]:25")),
+            &two,
+            "h",
+            "X",
+            None,
+            now,
+        );
         assert!(h.contains("from client.example ([192.0.2.9])\n"), "{h}");
-        let h = trace_headers(&info(Some("[2001:db8::1]:25")), &two, "h", None, now);
-        assert!(h.contains("([2001:db8::1])\n"), "{h}");
+        let h = trace_headers(&info(Some("[2001:db8::1]:25")), &two, "h", "X", None, now);
+        assert!(h.contains("([IPv6:2001:db8::1])\n"), "{h}");
+        let h = trace_headers(&info(Some("[::1]:25")), &two, "h", "X", None, now);
+        assert!(h.contains("([IPv6:::1])\n"), "{h}");
     }
 
     #[test]
@@ -439,18 +462,25 @@ mod tests {
         let md = t.path().join("mail/alice");
         assert!(files(md.join("new")).is_empty());
         assert_eq!(files(md.join("tmp")).len(), 1);
-        sink.commit().await.unwrap();
+        let id = sink.id().to_string();
+        let stored = sink.commit().await.unwrap();
 
         let delivered = files(md.join("new"));
         assert_eq!(delivered.len(), 1);
         assert!(files(md.join("tmp")).is_empty());
+        // One id: in Received:, at the start of the file name, in the receipt.
+        assert_eq!(stored.files, [("alice".to_string(), delivered[0].clone())]);
+        let name = delivered[0].file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with(&format!("{id}.")), "{name} vs {id}");
         let text = fs::read_to_string(&delivered[0]).unwrap();
-        let prefix = "Return-Path: <sender@remote.example>\n\
-                      Delivered-To: alice@example.org\n\
-                      Received: from client.example ([192.0.2.7])\n\
-                      \tby mx.example.org (maildird) with ESMTPS id 42\n\
-                      \tfor <alice@example.org>;\n\t";
-        assert!(text.starts_with(prefix), "{}", &text[..300]);
+        let prefix = format!(
+            "Return-Path: <sender@remote.example>\n\
+             Delivered-To: alice@example.org\n\
+             Received: from client.example ([192.0.2.7])\n\
+             \tby mx.example.org (maildird) with ESMTPS id {id}\n\
+             \tfor <alice@example.org>;\n\t"
+        );
+        assert!(text.starts_with(&prefix), "{}", &text[..300]);
         let (date, rest) = text[prefix.len()..].split_once('\n').unwrap();
         jiff::fmt::rfc2822::parse(date).unwrap();
         assert!(date.ends_with(" +0000"), "{date}");
@@ -550,17 +580,17 @@ mod tests {
     fn no_space_maps_to_452() {
         let e = io::Error::from_raw_os_error(nix::libc::ENOSPC);
         assert_eq!(
-            wire(storage_failure(&e, 1, "t")),
+            wire(storage_failure(&e, None, "t")),
             "452 4.3.1 Insufficient system storage\r\n"
         );
         let e = io::Error::from_raw_os_error(nix::libc::EDQUOT);
         assert_eq!(
-            wire(storage_failure(&e, 1, "t")),
+            wire(storage_failure(&e, None, "t")),
             "452 4.3.1 Insufficient system storage\r\n"
         );
         let e = io::Error::from_raw_os_error(nix::libc::EIO);
         assert_eq!(
-            wire(storage_failure(&e, 1, "t")),
+            wire(storage_failure(&e, None, "t")),
             "451 4.3.0 Temporary failure\r\n"
         );
     }

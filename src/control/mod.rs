@@ -269,6 +269,16 @@ impl SessionGuard {
         c
     }
 
+    /// Bytes in and out of each layer so far, wire first (for the metrics).
+    pub fn layer_bytes(&self) -> Vec<(String, u64, u64)> {
+        self.entry
+            .view()
+            .bytes
+            .into_iter()
+            .map(|l| (l.layer, l.bytes_in, l.bytes_out))
+            .collect()
+    }
+
     /// Make `layer` report the counters of `like` (with no filters, the
     /// protocol sees exactly the wire's bytes: counted once, shown twice).
     pub fn share_counters(&self, layer: &str, like: &str) {

@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::backend::Backend;
 use crate::config::{Config, ListenerConfig, Protocol};
@@ -88,6 +89,10 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), CommandE
         Some(_) => None,
         None => bind_control(&config),
     };
+    let metrics = match inetd {
+        Some(_) => None,
+        None => bind_metrics(&config)?,
+    };
     // A bad `user`/`group` or a failed drop: a configuration problem (exit 2).
     privs::drop_privileges(&config.user, &config.group)
         .map_err(|e| CommandError::Config(e.to_string()))?;
@@ -120,7 +125,7 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), CommandE
     });
     match inetd {
         Some(proto) => runtime.block_on(serve_inetd(shared, proto)),
-        None => runtime.block_on(serve_sockets(shared, sockets, control)),
+        None => runtime.block_on(serve_sockets(shared, sockets, control, metrics)),
     }
 }
 

@@ -95,8 +95,27 @@ pub(super) async fn run_session(
 ) {
     let live = shared.live();
     let config = live.backend.config.clone();
-    let peer_s = peer.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-    let span = tracing::info_span!("session", id, peer = %peer_s, protocol = %listener.protocol, listener = %listener.name);
+    // Every line of a session names its client. Behind PROXY that is the real
+    // client, known once the chain ran; until then lines name the balancer
+    // (`via`).
+    let proxied = live
+        .chains
+        .get(&listener.name)
+        .is_some_and(|c| c.starts_with("proxy"));
+    let span = match listener.protocol {
+        Protocol::Pop3 => {
+            tracing::info_span!("pop3", session = id, listener = %listener.name, client = Empty, via = Empty)
+        }
+        _ => {
+            tracing::info_span!("smtp", session = id, listener = %listener.name, client = Empty, via = Empty)
+        }
+    };
+    let shown = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_string(), |p| p.to_string());
+    span.record(
+        if proxied { "via" } else { "client" },
+        tracing::field::display(shown(peer)),
+    );
+    let span_in = span.clone();
     async move {
         tracing::info!("connect");
         let guard = Arc::new(shared.sessions.open(
@@ -105,6 +124,7 @@ pub(super) async fn run_session(
             &listener.name,
             peer,
         ));
+        let _metrics = SessionMetrics::open(guard.clone(), listener.protocol.to_string());
         let mut meta = ConnMeta {
             id,
             listener: listener.name.clone(),
@@ -149,6 +169,9 @@ pub(super) async fn run_session(
             }
         };
         guard.set_peer(meta.peer);
+        if proxied {
+            span_in.record("client", tracing::field::display(shown(meta.peer)));
+        }
         // Per-IP cap and rate on the real client, now that PROXY has named it.
         let mut stream = stream;
         if let (Some(adm), Some(real)) = (admission, meta.peer) {
@@ -226,6 +249,26 @@ pub(super) async fn run_session(
     .await
 }
 
+/// A session as the metrics see it: counted when it opens, and when it ends
+/// (however it ends) its bytes per layer are added up.
+struct SessionMetrics {
+    guard: Arc<control::SessionGuard>,
+    protocol: String,
+}
+
+impl SessionMetrics {
+    fn open(guard: Arc<control::SessionGuard>, protocol: String) -> SessionMetrics {
+        crate::metrics::get().session_opened(&protocol);
+        SessionMetrics { guard, protocol }
+    }
+}
+
+impl Drop for SessionMetrics {
+    fn drop(&mut self) {
+        crate::metrics::get().session_closed(&self.protocol, &self.guard.layer_bytes());
+    }
+}
+
 /// Reports a session's state, logins and deliveries to the registry (`who`,
 /// `events`) and writes the fail2ban line.
 pub(super) struct SessionObserver {
@@ -245,6 +288,7 @@ impl Observer for SessionObserver {
             self.guard.auth_ok(user, mechanism);
         } else {
             self.guard.auth_fail(user, mechanism);
+            crate::metrics::get().auth_failed(&self.protocol.to_string());
             // One stable line per failure for fail2ban: the real client IP (behind
             // PROXY too), the user as given (quoted, so it cannot forge a line).
             let ip = self.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
@@ -256,10 +300,10 @@ impl Observer for SessionObserver {
         }
     }
 
-    fn delivered(&self, recipients: usize, size: u64) {
+    fn delivered(&self, id: &str, recipients: usize, size: u64) {
         self.shared.deliveries.fetch_add(1, Ordering::Relaxed);
         self.guard
-            .delivery(format!("recipients={recipients} size={size}"));
+            .delivery(format!("id={id} recipients={recipients} size={size}"));
     }
 }
 

@@ -139,12 +139,31 @@ pub(super) fn bind_control(
     }
 }
 
+/// The metrics endpoint's socket (`[metrics] bind`), bound while still root.
+/// Asked for but impossible: start-up fails, naming the address.
+pub(super) fn bind_metrics(config: &Config) -> Result<Option<std::net::TcpListener>, CommandError> {
+    let Some(m) = &config.metrics else {
+        return Ok(None);
+    };
+    let listener = std::net::TcpListener::bind(m.bind)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| CommandError::Runtime(format!("metrics.bind {}: {e}", m.bind)))?;
+    Ok(Some(listener))
+}
+
 pub(super) async fn serve_sockets(
     shared: Arc<Shared>,
     sockets: Vec<Bound>,
     control: Option<(std::os::unix::net::UnixListener, control::server::Access)>,
+    metrics: Option<std::net::TcpListener>,
 ) -> Result<(), CommandError> {
     let stop_rx = shared.stop.subscribe();
+    if let Some(listener) = metrics {
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| CommandError::Runtime(format!("metrics listener: {e}")))?;
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics");
+        tokio::spawn(crate::metrics::http::serve(listener));
+    }
     if let Some((listener, access)) = control {
         let path = shared.live().backend.config.control_socket.clone();
         tokio::spawn(control::server::serve(

@@ -34,7 +34,7 @@ const ROLLBACK_TRIES: usize = 3;
 #[derive(Debug, thiserror::Error)]
 #[error("{error}; rollback failed, copies of {id} may remain: {remaining:?}")]
 pub struct RollbackFailed {
-    /// The message's unique base name.
+    /// The message's id (`UniqueName::id`).
     pub id: String,
     pub remaining: Vec<PathBuf>,
     pub error: io::Error,
@@ -89,6 +89,11 @@ impl Delivery {
         })
     }
 
+    /// The message's id (`UniqueName::id`): the start of its file names.
+    pub fn id(&self) -> &str {
+        self.name.id()
+    }
+
     /// The tmp file being written (for logs and tests).
     pub fn tmp_path(&self) -> PathBuf {
         self.first.tmp().join(self.name.as_str())
@@ -125,7 +130,7 @@ impl Delivery {
             .ok_or_else(|| io::Error::other("delivery already finished"))?;
         let result = file
             .flush()
-            .and_then(|()| file.get_ref().sync_all())
+            .and_then(|()| fsync_timed(|| file.get_ref().sync_all()))
             .and_then(|()| self.link_all(file.get_ref(), targets));
         drop(file);
         // The tmp file goes in every case: on success the links hold the data;
@@ -160,7 +165,7 @@ impl Delivery {
             // RFC 5321 §6.1 ("it MUST NOT lose the message"): the links are
             // durable only once each `new/` directory itself is on disk.
             for md in targets {
-                md.sync(Sub::New)?;
+                fsync_timed(|| md.sync(Sub::New))?;
             }
             Ok(())
         })();
@@ -189,7 +194,7 @@ impl Delivery {
                     Err(io::Error::new(
                         e.kind(),
                         RollbackFailed {
-                            id: super::name::base_name(&final_name).to_string(),
+                            id: super::name::message_id_of(&final_name).to_string(),
                             remaining,
                             error: e,
                         },
@@ -255,6 +260,11 @@ impl Delivery {
     }
 }
 
+/// An fsync on the delivery path, timed for the metrics.
+fn fsync_timed(f: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    crate::metrics::get().fsync(f)
+}
+
 impl Drop for Delivery {
     fn drop(&mut self) {
         if let Some(file) = self.file.take() {
@@ -313,7 +323,7 @@ fn copy_exclusive(src: &File, md: &Maildir, name: &str, host: &str) -> io::Resul
             (&out).write_all(buf.get(..n).unwrap_or_default())?;
             off += n as u64;
         }
-        out.sync_all()?;
+        fsync_timed(|| out.sync_all())?;
         fsat::link_at(tmp, tmp_name.as_str(), md.dir(Sub::New), name)?;
         if fsat::identity_at(md.dir(Sub::New), name)? != fsat::identity(&out)? {
             let _ = fsat::unlink_at(md.dir(Sub::New), name);

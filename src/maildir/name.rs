@@ -61,6 +61,14 @@ impl UniqueName {
         &self.unique
     }
 
+    /// The message's id: the base name without its host part,
+    /// `sec.M<usec>P<pid>Q<n>R<rand>`. It is in the 250 reply, in `Received:`
+    /// and in every log line about the message, and every file of the message
+    /// in `new/` or `cur/` starts with it (maildird(8), "Following a message").
+    pub fn id(&self) -> &str {
+        message_id_of(&self.unique)
+    }
+
     /// The final file name for `new/`: base name plus `,S=<size>,W=<crlf size>`.
     pub fn with_sizes(&self, size: u64, crlf_size: u64) -> String {
         format!("{},S={size},W={crlf_size}", self.unique)
@@ -87,7 +95,6 @@ pub fn sanitize_host(host: &str) -> String {
     out
 }
 
-/// A message's identity: the file name before the `:2,FLAGS` info part.
 /// The writer of a unique name: (pid, sanitized host) from
 /// `sec.M<usec>P<pid>Q<n>R<rand>.<host>[,S=..]`. None for other names.
 pub fn writer(file_name: &str) -> Option<(u32, &str)> {
@@ -104,11 +111,22 @@ pub fn writer(file_name: &str) -> Option<(u32, &str)> {
     Some((pid, host))
 }
 
+/// A message's identity: the file name before the `:2,FLAGS` info part.
 pub fn base_name(file_name: &str) -> &str {
     match file_name.split_once(':') {
         Some((base, _)) => base,
         None => file_name,
     }
+}
+
+/// The id part of a unique name (up to the `.` before the host); the whole
+/// name when it is not one of ours.
+pub fn message_id_of(file_name: &str) -> &str {
+    let end = file_name
+        .match_indices('.')
+        .nth(1)
+        .map_or(file_name.len(), |(i, _)| i);
+    file_name.get(..end).unwrap_or(file_name)
 }
 
 /// The `S=` (bytes on disk) and `W=` (bytes with CRLF line endings) fields of a
@@ -158,6 +176,12 @@ mod tests {
             n.with_sizes(100, 104),
             "1795315389.M42P1234Q7R0000beef.mail.example.org,S=100,W=104"
         );
+        assert_eq!(n.id(), "1795315389.M42P1234Q7R0000beef");
+        assert_eq!(
+            message_id_of(&format!("{},S=1,W=2:2,S", n.as_str())),
+            n.id()
+        );
+        assert_eq!(message_id_of("foreign"), "foreign");
     }
 
     #[test]

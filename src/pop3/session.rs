@@ -4,7 +4,7 @@
 //! PIPELINING).
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -53,6 +53,18 @@ pub struct Session<S, St: Store> {
     /// Turns true when the daemon stops: a session waiting for a command is told
     /// and closed without UPDATE (nothing is deleted).
     shutdown: Option<watch::Receiver<bool>>,
+    /// What the session did, for its closing log line.
+    pub(super) stats: Stats,
+}
+
+/// A logged-in session's work, logged once when it ends.
+#[derive(Debug)]
+pub(super) struct Stats {
+    pub(super) user: Option<String>,
+    pub(super) retrieved: u64,
+    pub(super) retrieved_bytes: u64,
+    pub(super) deleted: usize,
+    started: Instant,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
@@ -69,6 +81,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             starttls: None,
             observer: Arc::new(NoObserver),
             shutdown: None,
+            stats: Stats {
+                user: None,
+                retrieved: 0,
+                retrieved_bytes: 0,
+                deleted: 0,
+                started: Instant::now(),
+            },
         }
     }
 
@@ -95,6 +114,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
     /// TRANSACTION, the mailbox is dropped unchanged (RFC 1939 §6).
     pub async fn run(mut self) -> io::Result<()> {
         let r = self.serve().await;
+        let st = &self.stats;
+        if let Some(user) = &st.user {
+            info!(
+                user = ?crate::logging::LogName(user),
+                retrieved = st.retrieved,
+                retrieved_bytes = st.retrieved_bytes,
+                deleted = st.deleted,
+                duration = format_args!("{:.3}", st.started.elapsed().as_secs_f64()),
+                "pop3 session"
+            );
+        }
         r.and(self.conn.close().await)
     }
 
@@ -114,6 +144,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             {
                 Ok(Some(line)) => Ok(line),
                 Ok(None) => {
+                    refused("shutdown");
                     self.err(
                         Some(RespCode::SysTemp),
                         "Server shutting down, try again later",
@@ -192,14 +223,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
     pub(super) fn protocol_error(&mut self, text: &str) -> Flow {
         self.errors += 1;
         if self.errors > self.cfg.max_errors {
-            warn!(errors = self.errors, "pop3 too many errors, closing");
+            warn!(
+                errors = self.errors,
+                reason = "limits",
+                "pop3 too many errors, closing"
+            );
+            refused("limits");
             self.err(None, "Too many errors, closing connection");
             Flow::Close
         } else {
+            refused("syntax");
             self.err(None, text);
             Flow::Continue
         }
     }
+}
+
+/// Count a POP3 refusal in the metrics.
+pub(super) fn refused(reason: &'static str) {
+    crate::metrics::get().refused("pop3", reason);
 }
 
 #[cfg(test)]

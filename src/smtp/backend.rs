@@ -78,14 +78,22 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Self::Sink, Reply>> + Send;
 }
 
+/// Where a committed message went: each distinct mailbox and its file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub files: Vec<(String, std::path::PathBuf)>,
+}
+
 /// A message being stored. Body bytes arrive with LF line endings (CRLF already
 /// turned into LF, dot-stuffing removed). Dropping a sink without `commit` must
 /// leave nothing in `new/`.
 pub trait BodySink: Send + 'static {
+    /// The message's id: in the 250 reply, `Received:` and every log line.
+    fn id(&self) -> &str;
     fn write(&mut self, bytes: &[u8]) -> impl Future<Output = Result<(), Reply>> + Send;
     /// Make the message durable in every recipient's `new/`; only after this
     /// returns Ok may the session answer 250.
-    fn commit(self) -> impl Future<Output = Result<(), Reply>> + Send;
+    fn commit(self) -> impl Future<Output = Result<Stored, Reply>> + Send;
     /// Discard the message (oversize, client gone, RSET during BDAT...).
     fn abort(self) -> impl Future<Output = ()> + Send;
 }

@@ -87,6 +87,23 @@ fn need_smtputf8() -> Reply {
     )
 }
 
+/// The verbs we know, as logs name them.
+const VERBS: [&str; 14] = [
+    "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP",
+    "STARTTLS", "AUTH",
+];
+
+/// A command line's verb for the log: one of ours, else `?` (a client's
+/// garbage never reaches the log).
+pub fn verb(line: &[u8]) -> &'static str {
+    let word = line.split(|&b| b == b' ').next().unwrap_or_default();
+    VERBS
+        .iter()
+        .find(|v| v.as_bytes().eq_ignore_ascii_case(word))
+        .copied()
+        .unwrap_or("?")
+}
+
 /// Parse one command line (its CRLF already removed).
 pub fn parse(line: &[u8]) -> Result<Command, Reply> {
     // Control bytes (NUL, bare CR, ...) are never valid in a command and are a

@@ -5,11 +5,12 @@
 pub mod backend;
 pub mod command;
 pub mod data;
+pub mod header;
 mod op;
 pub mod reply;
 pub mod session;
 pub mod state;
 
-pub use backend::{Authenticated, Backend, BodySink, Envelope, SessionInfo};
+pub use backend::{Authenticated, Backend, BodySink, Envelope, SessionInfo, Stored};
 pub use reply::Reply;
 pub use session::{Session, SessionConfig};

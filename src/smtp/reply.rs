@@ -20,6 +20,33 @@ impl Reply {
         }
     }
 
+    /// Why a 4xx/5xx was given, as logs and metrics name it: read from the
+    /// enhanced status code (RFC 3463), which says exactly that.
+    pub fn reason(&self) -> &'static str {
+        match (self.code, self.status) {
+            (_, "5.1.1") => "unknown_user",
+            (_, "5.7.1") => "relay",
+            (_, "5.3.4" | "5.2.3") => "size",
+            (_, "5.6.0") => "line_length",
+            (_, "5.4.6") => "hopcount",
+            (_, "5.6.7") => "smtputf8_required",
+            (_, "4.5.3") => "too_many_recipients",
+            (_, "4.3.1") => "no_space",
+            (_, "4.3.0") => "storage",
+            (_, "4.3.2") => "shutdown",
+            (_, "4.4.2") => "timeout",
+            (_, "4.7.0") => "limits",
+            (_, "5.7.0") => "auth_required",
+            (_, "5.7.8") => "auth",
+            (_, "5.1.3" | "5.1.7") => "bad_address",
+            (502, _) => "not_implemented",
+            (_, "5.5.1") => "sequence",
+            (_, "5.5.2" | "5.5.4" | "5.0.0") => "syntax",
+            (c, _) if c >= 500 => "other_permanent",
+            _ => "other_temporary",
+        }
+    }
+
     /// Is this a positive completion (2xx/3xx)?
     pub fn is_positive(&self) -> bool {
         self.code < 400

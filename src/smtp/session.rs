@@ -97,6 +97,8 @@ pub struct Session<S, B: Backend> {
     /// Closing with input left unread (a refused chunk): drain it for a while
     /// so the kernel does not reset the connection under the last replies.
     pub(super) linger: bool,
+    /// The verb of the command being answered (for refusal log lines).
+    pub(super) cmd: &'static str,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
@@ -117,6 +119,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             observer: Arc::new(NoObserver),
             shutdown: None,
             linger: false,
+            cmd: "CONNECT",
         }
     }
 
@@ -189,7 +192,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 Ok(Some(line)) => Ok(line),
                 Ok(None) => {
                     let text = format!("{} Service shutting down", self.cfg.hostname);
-                    self.queue(&Reply::new(421, "4.3.2", text));
+                    self.close_with(Reply::new(421, "4.3.2", text));
                     return self.conn.flush().await;
                 }
                 Err(e) => Err(e),
@@ -199,7 +202,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 // are allocated only while it runs, not for every idle session.
                 Ok(Line::Complete(line)) => Box::pin(self.command(&line)).await?,
                 // RFC 5321 §4.5.3.1.4; Conn has already read the line to its end.
-                Ok(Line::TooLong) => self.reply(Reply::new(500, "5.5.2", "Line too long")),
+                Ok(Line::TooLong) => {
+                    self.cmd = "?";
+                    self.reply(Reply::new(500, "5.5.2", "Line too long"))
+                }
                 Ok(Line::Eof) => {
                     debug!(session = self.info.id, "client closed the connection");
                     Flow::Close
@@ -219,24 +225,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
     }
 
     /// Queue a reply, counting errors (RFC 5321 §4.3.2 leaves the limit to us;
-    /// Postfix's `smtpd_hard_error_limit` does the same).
+    /// Postfix's `smtpd_hard_error_limit` does the same). A refusal gets its
+    /// one log line here.
     pub(super) fn reply(&mut self, r: Reply) -> Flow {
+        if !r.is_positive() {
+            self.refused(&r, None);
+        }
+        self.answer(r)
+    }
+
+    /// `reply` for a refusal that was already logged with more detail.
+    pub(super) fn answer(&mut self, r: Reply) -> Flow {
         self.queue(&r);
         if r.is_positive() {
             return Flow::Continue;
         }
         self.errors += 1;
         if self.errors >= self.cfg.max_errors {
-            info!(
-                session = self.info.id,
-                errors = self.errors,
-                "too many errors"
-            );
             let text = format!("{} Too many errors", self.cfg.hostname);
-            self.queue(&Reply::new(421, "4.7.0", text));
+            self.close_with(Reply::new(421, "4.7.0", text));
             return Flow::Close;
         }
         Flow::Continue
+    }
+
+    /// Queue a closing 421 (logged as a refusal like any other).
+    pub(super) fn close_with(&mut self, r: Reply) {
+        self.refused(&r, None);
+        self.queue(&r);
+    }
+
+    /// "smtp" or "submission", as metrics label sessions.
+    pub(super) fn protocol_name(&self) -> &'static str {
+        if self.cfg.submission {
+            "submission"
+        } else {
+            "smtp"
+        }
+    }
+
+    /// The one log line of a refusal (the session span names the client), and
+    /// its count in the metrics.
+    pub(super) fn refused(&self, r: &Reply, to: Option<&str>) {
+        let reason = r.reason();
+        crate::metrics::get().refused(self.protocol_name(), reason);
+        info!(
+            code = r.code,
+            status = %r.status,
+            reason = %reason,
+            cmd = %self.cmd,
+            helo = ?self.info.helo,
+            to,
+            "refused"
+        );
     }
 
     /// End of input in the middle of something: EOF closes quietly, a timeout
@@ -248,9 +289,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 Ok(Flow::Close)
             }
             Stop::Timeout => {
-                info!(session = self.info.id, "timeout");
                 let text = format!("{} Error: timeout exceeded", self.cfg.hostname);
-                self.queue(&Reply::new(421, "4.4.2", text));
+                self.close_with(Reply::new(421, "4.4.2", text));
                 Ok(Flow::Close)
             }
             Stop::Io(e) => Err(e),
@@ -273,6 +313,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
 
     /// Parse, check, act.
     async fn command(&mut self, line: &[u8]) -> io::Result<Flow> {
+        self.cmd = command::verb(line);
         let cmd = match command::parse(line) {
             Ok(cmd) => cmd,
             Err(r) => return Ok(self.reply(r)),

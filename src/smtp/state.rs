@@ -26,7 +26,7 @@ pub struct Transaction<K> {
     /// RCPTs refused so far: DATA with no accepted recipient then says why.
     pub refused: u32,
     /// Set by the first BDAT (RFC 3030): the body being stored.
-    pub chunks: Option<Chunks<K>>,
+    pub chunks: Option<Box<Chunks<K>>>,
 }
 
 impl<K> Transaction<K> {
@@ -46,6 +46,10 @@ pub struct Chunks<K> {
     pub decoder: BdatDecoder,
     /// Octets received so far (chunk sizes, CRLF counted as two).
     pub size: u64,
+    /// The header section, read as the chunks arrive.
+    pub header: crate::smtp::header::HeaderScan,
+    /// When the first chunk came (for the delivery's delay).
+    pub started: std::time::Instant,
 }
 
 fn bad_sequence(text: &str) -> Reply {
@@ -107,10 +111,14 @@ mod tests {
         State::Mail(Transaction {
             env,
             refused,
-            chunks: bdat.then(|| Chunks {
-                sink: (),
-                decoder: BdatDecoder::new(1000),
-                size: 0,
+            chunks: bdat.then(|| {
+                Box::new(Chunks {
+                    sink: (),
+                    decoder: BdatDecoder::new(1000),
+                    size: 0,
+                    header: Default::default(),
+                    started: std::time::Instant::now(),
+                })
             }),
         })
     }

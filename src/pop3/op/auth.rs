@@ -9,7 +9,7 @@ use super::transaction::totals;
 use crate::conn::{ConnError, Line};
 use crate::pop3::command::Secret;
 use crate::pop3::reply::{self, RespCode};
-use crate::pop3::session::{Flow, Session};
+use crate::pop3::session::{Flow, Session, refused};
 use crate::pop3::state::{Marks, State};
 use crate::pop3::store::{Mailbox, Store, StoreError};
 use crate::sasl::{self, SaslError};
@@ -122,6 +122,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
                 let (count, size) = totals(mailbox.messages(), None);
                 info!(user = ?user, messages = count, "pop3 login");
                 self.observer.auth(&user, "", true);
+                self.stats.user = Some(user.clone());
                 self.state = State::Transaction {
                     deleted: Marks::new(mailbox.messages().len()),
                     mailbox,
@@ -131,7 +132,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             }
             Err(StoreError::Auth) => self.login_failed(&user).await,
             Err(StoreError::InUse) => {
-                info!(user = ?user, "pop3 mailbox in use");
+                info!(user = ?user, reason = "in_use", "pop3 mailbox in use");
+                refused("in_use");
                 self.err(
                     Some(RespCode::InUse),
                     "Mailbox is locked by another POP3 session",
@@ -139,7 +141,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
                 Ok(Flow::Continue)
             }
             Err(StoreError::Temporary | StoreError::Gone) => {
-                warn!(user = ?user, "pop3 mailbox could not be opened");
+                warn!(user = ?user, reason = "storage", "pop3 mailbox could not be opened");
+                refused("storage");
                 self.err(
                     Some(RespCode::SysTemp),
                     "Mailbox unavailable, try again later",
@@ -159,8 +162,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             }
             _ => 0,
         };
-        // Debug-formatted so a hostile name cannot forge log lines.
-        warn!(user = ?crate::logging::LogName(user), failures, "pop3 authentication failed");
+        // Its one log line is the daemon's fail2ban line (the observer's).
+        refused("auth");
         self.observer.auth(user, "", false);
         // Flush what is queued before sleeping so earlier replies are not held.
         self.conn.flush().await?;

@@ -3,7 +3,7 @@
 use std::io;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::pop3::command::Command;
 use crate::pop3::reply::{self, RespCode};
@@ -24,7 +24,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
                 let n = marked.len();
                 match mailbox.commit_deletes(marked).await {
                     Ok(()) => {
-                        info!(deleted = n, "pop3 update");
+                        self.stats.deleted = n;
+                        crate::metrics::get().pop3_deleted.inc_by(n as u64);
                         self.ok("maildird signing off");
                     }
                     Err(_) => {
@@ -44,7 +45,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
     /// RFC 1939 §5: the TRANSACTION commands.
     pub(in crate::pop3) async fn transaction(&mut self, cmd: Command) -> io::Result<()> {
         let Session {
-            conn, state, cfg, ..
+            conn,
+            state,
+            cfg,
+            stats,
+            ..
         } = self;
         let State::Transaction { mailbox, deleted } = state else {
             return Ok(());
@@ -91,6 +96,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
                         let size = mailbox.messages().get(i).map(|m| m.size).unwrap_or(0);
                         reply::ok(out, &format!("{size} octets"));
                         reply::multiline(out, &body);
+                        stats.retrieved += 1;
+                        stats.retrieved_bytes += size;
+                        let metrics = crate::metrics::get();
+                        metrics.pop3_retrieved.inc();
+                        metrics.pop3_retrieved_bytes.inc_by(size);
                         if cfg.retr_marks_seen {
                             mailbox.mark_seen(i).await;
                         }

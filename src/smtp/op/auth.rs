@@ -68,13 +68,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         drop(password);
         match outcome {
             Some(a) if a.may_submit || !self.cfg.submission => {
-                info!(session = self.info.id, user = ?a.user, mechanism = %mechanism, "smtp login");
+                info!(user = ?a.user, mechanism = %mechanism, "smtp login");
                 self.observer.auth(&a.user, &mechanism, true);
                 self.auth_user = Some(a.user);
                 Ok(self.reply(Reply::new(235, "2.7.0", "Authentication successful")))
             }
             Some(a) => {
-                info!(session = self.info.id, user = ?a.user, "smtp login refused: no submit role");
+                info!(user = ?a.user, "smtp login refused: no submit role");
                 self.auth_failed(&user).await
             }
             None => self.auth_failed(&user).await,
@@ -85,25 +85,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
     /// connection closed after `auth_failures`.
     async fn auth_failed(&mut self, user: &str) -> io::Result<Flow> {
         self.auth_failures += 1;
+        // Its one log line is the daemon's fail2ban line (the observer's).
         self.observer.auth(user, "", false);
-        // Debug-formatted so a hostile name cannot forge log lines.
-        tracing::warn!(
-            session = self.info.id,
-            peer = ?self.info.peer,
-            user = ?crate::logging::LogName(user),
-            failures = self.auth_failures,
-            "smtp authentication failed"
-        );
+        crate::metrics::get().refused(self.protocol_name(), "auth");
         self.conn.flush().await?;
         tokio::time::sleep(self.cfg.auth_failure_delay).await;
-        let flow = self.reply(Reply::new(
+        let flow = self.answer(Reply::new(
             535,
             "5.7.8",
             "Authentication credentials invalid",
         ));
         if flow == Flow::Continue && self.auth_failures >= self.cfg.auth_failures {
             let text = format!("{} Too many authentication failures", self.cfg.hostname);
-            self.queue(&Reply::new(421, "4.7.0", text));
+            self.close_with(Reply::new(421, "4.7.0", text));
             return Ok(Flow::Close);
         }
         Ok(flow)

@@ -4,13 +4,14 @@
 
 use crate::crlf::CrlfSize;
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::info;
 
-use crate::smtp::backend::{Backend, BodySink, Envelope};
+use crate::smtp::backend::{Backend, BodySink, Envelope, Stored};
 use crate::smtp::data::{BdatDecoder, DotDecoder};
+use crate::smtp::header::{HeaderInfo, HeaderScan, MAX_HOPS};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Flow, Session, Stop};
 use crate::smtp::state::{Chunks, State};
@@ -52,10 +53,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         let env = tx.env;
         self.queue(&Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
         self.describe_session(&env);
+        let started = Instant::now();
         let (mut sink, mut failure) = match self.backend.begin(&self.info, &env).await {
             Ok(sink) => (Some(sink), None),
             Err(r) => (None, Some(r)),
         };
+        let id = sink.as_ref().map(|s| s.id().to_string());
+        let mut header = HeaderScan::default();
         let mut decoder = DotDecoder::new(self.cfg.bare_lf, self.cfg.max_text_line);
         let mut out = Vec::with_capacity(BATCH + 16 * 1024);
         // RFC 1870: the body's size with every line end a CRLF.
@@ -65,7 +69,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 Ok(buf) => {
                     let before = out.len();
                     let feed = decoder.feed(buf, &mut out);
-                    size.feed(out.get(before..).unwrap_or_default());
+                    let new = out.get(before..).unwrap_or_default();
+                    size.feed(new);
+                    header.feed(new);
                     feed
                 }
                 Err(stop) => {
@@ -93,15 +99,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 break;
             }
         }
+        let header = header.finish();
         let result = match (failure, decoder.finish(), sink) {
             (Some(r), _, sink) | (None, Err(r), sink) => {
                 abort(sink).await;
                 Err(r)
             }
-            (None, Ok(()), Some(sink)) => sink.commit().await,
+            (None, Ok(()), Some(sink)) => commit(sink, &header).await,
             (None, Ok(()), None) => Err(Reply::new(451, "4.3.0", "Error: internal error")),
         };
-        Ok(self.delivered(&env, size.so_far(), result))
+        let done = Done {
+            env: &env,
+            size: size.so_far(),
+            id,
+            header,
+            started,
+        };
+        Ok(self.delivered(done, result))
     }
 
     /// RFC 3030 §2: `BDAT size [LAST]`, exactly `size` octets follow.
@@ -115,11 +129,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             None => {
                 self.describe_session(&tx.env);
                 match self.backend.begin(&self.info, &tx.env).await {
-                    Ok(sink) => Chunks {
+                    Ok(sink) => Box::new(Chunks {
                         sink,
                         decoder: BdatDecoder::new(self.cfg.max_text_line),
                         size: 0,
-                    },
+                        header: HeaderScan::default(),
+                        started: Instant::now(),
+                    }),
                     Err(r) => return self.refuse_chunk(size, r).await,
                 }
             }
@@ -128,9 +144,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         // limit can be enforced before reading.
         let total = chunks.size.saturating_add(size);
         if total > self.cfg.max_message_size {
+            let id = chunks.sink.id().to_string();
             chunks.sink.abort().await;
-            info!(session = self.info.id, size = total, "message too big");
-            return self.refuse_chunk(size, too_big()).await;
+            let r = too_big();
+            self.log_message_refused(&r, &tx.env, total, Some(&id), None);
+            return self.refuse_chunk_quietly(size, r).await;
         }
         let mut out = Vec::with_capacity(BATCH + 16 * 1024);
         let mut remaining = size;
@@ -140,9 +158,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                     let n = buf
                         .len()
                         .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    let before = out.len();
                     chunks
                         .decoder
                         .feed(buf.get(..n).unwrap_or_default(), &mut out);
+                    chunks.header.feed(out.get(before..).unwrap_or_default());
                     n
                 }
                 Err(stop) => {
@@ -154,8 +174,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             remaining -= n as u64;
             if out.len() >= BATCH {
                 if let Err(r) = put(&mut chunks.sink, &out).await {
+                    let id = chunks.sink.id().to_string();
                     chunks.sink.abort().await;
-                    return self.refuse_chunk(remaining, r).await;
+                    self.log_message_refused(&r, &tx.env, total, Some(&id), None);
+                    return self.refuse_chunk_quietly(remaining, r).await;
                 }
                 out.clear();
             }
@@ -163,17 +185,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         chunks.size = total;
         if !last {
             if let Err(r) = put(&mut chunks.sink, &out).await {
+                let id = chunks.sink.id().to_string();
                 chunks.sink.abort().await;
-                return Ok(self.reply(r));
+                self.log_message_refused(&r, &tx.env, total, Some(&id), None);
+                return Ok(self.answer(r));
             }
             tx.chunks = Some(chunks);
             self.state = State::Mail(tx);
             let text = format!("{size} octets received");
             return Ok(self.reply(Reply::new(250, "2.0.0", text)));
         }
-        let result = match chunks.decoder.finish(&mut out) {
+        let id = Some(chunks.sink.id().to_string());
+        let before = out.len();
+        let finished = chunks.decoder.finish(&mut out);
+        chunks.header.feed(out.get(before..).unwrap_or_default());
+        let header = chunks.header.finish();
+        let result = match finished {
             Ok(()) => match put(&mut chunks.sink, &out).await {
-                Ok(()) => chunks.sink.commit().await,
+                Ok(()) => commit(chunks.sink, &header).await,
                 Err(r) => {
                     chunks.sink.abort().await;
                     Err(r)
@@ -184,7 +213,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 Err(r)
             }
         };
-        Ok(self.delivered(&tx.env, total, result))
+        let done = Done {
+            env: &tx.env,
+            size: total,
+            id,
+            header,
+            started: chunks.started,
+        };
+        Ok(self.delivered(done, result))
     }
 
     /// A chunk that will not be stored: read it away, answer, and (RFC 3030 §2)
@@ -195,17 +231,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         remaining: u64,
         r: Reply,
     ) -> io::Result<Flow> {
+        self.refused(&r, None);
+        self.refuse_chunk_quietly(remaining, r).await
+    }
+
+    /// `refuse_chunk` when the refusal is already logged.
+    async fn refuse_chunk_quietly(&mut self, remaining: u64, r: Reply) -> io::Result<Flow> {
         // A chunk larger than any message we accept is not worth reading just to
         // skip it (`BDAT 99999999999999`), and until it is skipped nothing the
         // client sends can be told from chunk data: answer, then say we close
         // (RFC 5321 §3.8: a server closes only after a 421) and close.
         if remaining > self.cfg.max_message_size {
-            info!(
-                session = self.info.id,
-                size = remaining,
-                code = r.code,
-                "BDAT chunk too large to skip; closing"
-            );
+            info!(size = remaining, "BDAT chunk too large to skip; closing");
             self.queue(&r);
             let text = format!(
                 "{} Error: BDAT chunk too large to skip; closing",
@@ -219,36 +256,78 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         if let Err(stop) = self.discard(remaining).await {
             return self.stopped(stop);
         }
-        Ok(self.reply(r))
+        Ok(self.answer(r))
     }
 
-    /// Log the outcome of a transaction (never content) and answer it.
-    fn delivered(&mut self, env: &Envelope, size: u64, result: Result<(), Reply>) -> Flow {
-        match result {
-            Ok(()) => {
-                info!(
-                    session = self.info.id,
-                    from = %env.mail_from,
-                    rcpts = env.rcpts.len(),
-                    size,
-                    result = "delivered",
-                    "message accepted"
-                );
-                self.observer.delivered(env.rcpts.len(), size);
-                self.reply(Reply::new(250, "2.0.0", "Ok: delivered"))
-            }
+    /// Log the outcome of a transaction (never content) and answer it: one
+    /// line for the message (Postfix's smtpd, cleanup and qmgr lines in one)
+    /// and one per recipient and mailbox (its `virtual` line), or one refusal.
+    fn delivered(&mut self, done: Done<'_>, result: Result<Stored, Reply>) -> Flow {
+        let stored = match result {
+            Ok(stored) => stored,
             Err(r) => {
-                info!(
-                    session = self.info.id,
-                    from = %env.mail_from,
-                    rcpts = env.rcpts.len(),
-                    size,
-                    result = r.code,
-                    "message refused"
+                self.log_message_refused(
+                    &r,
+                    done.env,
+                    done.size,
+                    done.id.as_deref(),
+                    Some(&done.header),
                 );
-                self.reply(r)
+                return self.answer(r);
+            }
+        };
+        let id = done.id.unwrap_or_default();
+        let took = done.started.elapsed();
+        info!(
+            id = %id,
+            helo = ?self.info.helo,
+            from = ?done.env.mail_from,
+            message_id = done.header.message_id.as_deref(),
+            size = done.size,
+            nrcpt = done.env.rcpts.len(),
+            delay = format_args!("{:.3}", took.as_secs_f64()),
+            "message accepted"
+        );
+        for (to, mailboxes) in &done.env.rcpts {
+            for mailbox in mailboxes {
+                let file = stored
+                    .files
+                    .iter()
+                    .find(|(m, _)| m == mailbox)
+                    .map(|(_, f)| f.display());
+                info!(id = %id, to = ?to, mailbox = %mailbox, file = file.map(display), "delivered");
             }
         }
+        crate::metrics::get().delivered(stored.files.len(), done.size, took);
+        self.observer
+            .delivered(&id, done.env.rcpts.len(), done.size);
+        self.answer(Reply::new(250, "2.0.0", format!("Ok: delivered as {id}")))
+    }
+
+    /// The one log line of a message refused after DATA or BDAT began.
+    pub(in crate::smtp) fn log_message_refused(
+        &mut self,
+        r: &Reply,
+        env: &Envelope,
+        size: u64,
+        id: Option<&str>,
+        header: Option<&HeaderInfo>,
+    ) {
+        let reason = r.reason();
+        crate::metrics::get().refused(self.protocol_name(), reason);
+        info!(
+            id = id.map(display),
+            code = r.code,
+            status = %r.status,
+            reason = %reason,
+            cmd = %self.cmd,
+            helo = ?self.info.helo,
+            from = ?env.mail_from,
+            message_id = header.and_then(|h| h.message_id.as_deref()),
+            size,
+            nrcpt = env.rcpts.len(),
+            "refused"
+        );
     }
 
     /// Buffered input, waiting up to `timeout`; EOF is an error here.
@@ -270,6 +349,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         }
         Ok(())
     }
+}
+
+/// What the log line of a finished transaction needs.
+struct Done<'a> {
+    env: &'a Envelope,
+    size: u64,
+    id: Option<String>,
+    header: HeaderInfo,
+    started: Instant,
+}
+
+/// Commit, unless the header says the message is looping (RFC 5321 §6.3;
+/// Postfix's `hopcount_limit`).
+async fn commit<K: BodySink>(sink: K, header: &HeaderInfo) -> Result<Stored, Reply> {
+    if header.received > MAX_HOPS {
+        sink.abort().await;
+        return Err(Reply::new(
+            554,
+            "5.4.6",
+            format!("Too many hops ({} Received: lines)", header.received),
+        ));
+    }
+    sink.commit().await
 }
 
 fn too_big() -> Reply {

@@ -2,7 +2,6 @@
 //! (RFC 5321 §4.1.1.2, §4.1.1.3).
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::info;
 
 use crate::smtp::backend::{Backend, Envelope};
 use crate::smtp::command::MailParams;
@@ -49,23 +48,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         } else {
             match self.backend.resolve_recipient(&to).await {
                 Ok(mailboxes) => {
-                    let entry = (to, mailboxes);
+                    let entry = (to.clone(), mailboxes);
                     // The same recipient twice gets one copy.
                     if !tx.env.rcpts.contains(&entry) {
                         tx.env.rcpts.push(entry);
                     }
                     None
                 }
-                Err(r) => {
-                    info!(session = self.info.id, rcpt = %to, code = r.code, "recipient refused");
-                    Some(r)
-                }
+                Err(r) => Some(r),
             }
         };
         match refusal {
             Some(r) => {
                 tx.refused += 1;
-                self.reply(r)
+                self.refused(&r, Some(&to));
+                self.answer(r)
             }
             None => self.reply(Reply::new(250, "2.1.5", "Ok")),
         }

@@ -168,3 +168,33 @@ async fn commands_pipelined_after_the_end_of_data_are_answered() {
     let log = c.expect_close().await;
     assert_eq!(log.lock().unwrap().delivered[0].1, b"body\n");
 }
+
+/// Loop protection (Postfix's hopcount_limit): 50 `Received:` lines pass, 51
+/// get `554 5.4.6` and nothing is stored; in DATA and in BDAT alike.
+#[tokio::test]
+async fn too_many_received_lines_is_a_loop() {
+    let hops = |n: usize| {
+        format!(
+            "{}Subject: loop\r\n\r\nReceived: in the body does not count\r\n",
+            "Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n".repeat(n)
+        )
+    };
+    let mut c = start(config());
+    c.ehlo().await;
+    c.transaction("s@x.test", &["a@d"], &hops(50)).await;
+    c.data("s@x.test", &["a@d"]).await;
+    c.send(&hops(51)).await;
+    c.say(".\r\n", "554 5.4.6 Too many hops (51 Received: lines)\r\n")
+        .await;
+    let body = hops(51);
+    c.envelope("s@x.test", &["a@d"]).await;
+    c.say(
+        &format!("BDAT {} LAST\r\n{body}", body.len()),
+        "554 5.4.6 Too many hops (51 Received: lines)\r\n",
+    )
+    .await;
+    let log = c.quit().await;
+    let log = log.lock().unwrap();
+    assert_eq!(log.delivered.len(), 1);
+    assert_eq!(log.aborted, 2);
+}

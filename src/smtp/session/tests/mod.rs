@@ -4,7 +4,7 @@
 //! reply bytes.
 
 use super::*;
-use crate::smtp::backend::{BodySink, Envelope};
+use crate::smtp::backend::{BodySink, Envelope, Stored};
 use std::sync::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
@@ -97,19 +97,23 @@ impl Backend for Fake {
 }
 
 impl BodySink for FakeSink {
+    fn id(&self) -> &str {
+        "FAKEID"
+    }
+
     fn write(&mut self, bytes: &[u8]) -> impl Future<Output = Result<(), Reply>> + Send {
         self.log.lock().unwrap().writes.push(bytes.len());
         self.body.extend_from_slice(bytes);
         std::future::ready(Ok(()))
     }
 
-    fn commit(self) -> impl Future<Output = Result<(), Reply>> + Send {
+    fn commit(self) -> impl Future<Output = Result<Stored, Reply>> + Send {
         self.log
             .lock()
             .unwrap()
             .delivered
             .push((self.env, self.body));
-        std::future::ready(Ok(()))
+        std::future::ready(Ok(Stored::default()))
     }
 
     fn abort(self) -> impl Future<Output = ()> + Send {
@@ -185,7 +189,7 @@ const OK: &str = "250 2.0.0 Ok\r\n";
 const MAIL_OK: &str = "250 2.1.0 Ok\r\n";
 const RCPT_OK: &str = "250 2.1.5 Ok\r\n";
 const GO_AHEAD: &str = "354 End data with <CR><LF>.<CR><LF>\r\n";
-const DELIVERED: &str = "250 2.0.0 Ok: delivered\r\n";
+const DELIVERED: &str = "250 2.0.0 Ok: delivered as FAKEID\r\n";
 const BYE: &str = "221 2.0.0 Bye\r\n";
 
 impl Client {
