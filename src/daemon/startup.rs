@@ -145,7 +145,7 @@ pub(super) async fn serve_sockets(
     control: Option<(std::os::unix::net::UnixListener, control::server::Access)>,
 ) -> Result<(), CommandError> {
     let stop_rx = shared.stop.subscribe();
-    if let Some((listener, access)) = control {
+    let control = control.map(|(listener, access)| {
         let path = shared.live().backend.config.control_socket.clone();
         tokio::spawn(control::server::serve(
             listener,
@@ -153,8 +153,8 @@ pub(super) async fn serve_sockets(
             access,
             shared.sessions.clone(),
             stop_rx.clone(),
-        ));
-    }
+        ))
+    });
     let mut names = Vec::new();
     let mut accept_loops = Vec::new();
     for b in sockets {
@@ -230,6 +230,14 @@ pub(super) async fn serve_sockets(
             "drain deadline passed; closing remaining sessions"
         );
     }
+    // The control socket's server removes its file once `stop` is set.
+    if let Some(control) = control {
+        let _ = control.await;
+    }
+    tracing::info!(
+        deliveries = shared.deliveries.load(Ordering::Relaxed),
+        "stopped"
+    );
     Ok(())
 }
 
