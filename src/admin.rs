@@ -40,6 +40,9 @@ pub fn check_config(path: &Path) -> Result<(), CommandError> {
             config.users_file.display()
         );
     }
+    for (line, warning) in users.warnings() {
+        eprintln!("warning: {}:{line}: {warning}", config.users_file.display());
+    }
     if let Some(a) = config.aliases_file.as_ref().filter(|a| a.exists()) {
         crate::backend::recipients::Aliases::load(a)
             .map_err(|e| config_err(format!("{}: {e}", a.display())))?;
@@ -133,8 +136,14 @@ fn parse_roles(names: &[String]) -> Result<Vec<Role>, CommandError> {
         .iter()
         .flat_map(|n| n.split(','))
         .map(|n| {
+            if n.trim().eq_ignore_ascii_case(users::REMOVED_ADMIN_ROLE) {
+                return Err(config_err(
+                    "there is no role \"admin\": who, kick and events are for root and \
+                     members of the daemon's group (the control socket's permissions)",
+                ));
+            }
             Role::parse(n.trim())
-                .ok_or_else(|| config_err(format!("unknown role {n:?} (pop3, submit, admin)")))
+                .ok_or_else(|| config_err(format!("unknown role {n:?} (pop3, submit)")))
         })
         .collect()
 }

@@ -79,7 +79,7 @@ pub enum UserCommand {
         name: String,
         #[arg(long)]
         password_stdin: bool,
-        /// pop3, submit, admin (repeatable; default: pop3 and submit).
+        /// pop3, submit (repeatable; default: pop3 and submit).
         #[arg(long = "role")]
         roles: Vec<String>,
         /// Share the Maildir with this Unix group (directories 2770, messages 0660),

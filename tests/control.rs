@@ -229,6 +229,86 @@ fn only_root_and_the_daemon_group_may_use_the_control_socket() {
     assert_ok(&maildird(&env.config(), &["who"], b""), "who as root");
 }
 
+/// SIGTERM: exit 0, the control socket file gone, and "stopped" as the last
+/// log line. The socket's directory does not exist beforehand, as without
+/// systemd's RuntimeDirectory=: the daemon creates it and, started as root,
+/// gives it to its service user, so it can still remove the socket after the
+/// privilege drop.
+#[test]
+fn a_clean_stop_removes_the_control_socket_and_logs_stopped() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    // A users file from an earlier version: the removed admin role loads, with
+    // a warning naming the user.
+    let users = std::fs::read_to_string(env.users_file()).expect("users");
+    std::fs::write(
+        env.users_file(),
+        format!("{users}boss:{{PLAIN}}x::::::roles=pop3,admin\n"),
+    )
+    .expect("write users");
+    let cfg = env.config_toml(
+        &env.hostname,
+        &format!("127.0.0.1:{}", env.smtp_port),
+        &format!("127.0.0.1:{}", env.pop3_port),
+        "run/control.sock",
+    );
+    let cfg = env.write_config("stop.toml", &cfg);
+    let sock = env.path().join("run/control.sock");
+    let d = Daemon::start_with(&env, &cfg);
+    assert!(sock.exists(), "no control socket while running");
+    assert_ok(&maildird(&cfg, &["who"], b""), "who");
+    let (status, log) = d.stop_with_log();
+    assert_eq!(status.code(), Some(0), "exit status\n{log}");
+    assert!(!sock.exists(), "control socket left behind\n{log}");
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    assert!(last.contains("stopped"), "last line {last:?}\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("user \"boss\"") && l.contains("has no effect")),
+        "no warning about the admin role\n{log}"
+    );
+}
+
+/// There is no admin role (the control socket's permissions decide who may use
+/// it): `user add --role admin` is refused, and an existing `roles=admin` line
+/// still passes `check-config`, with a warning naming the user.
+#[test]
+fn the_admin_role_is_refused_for_new_users_and_ignored_in_old_files() {
+    let env = TestEnv::new();
+    let o = maildird(
+        &env.config(),
+        &[
+            "user",
+            "add",
+            "boss",
+            "--password-stdin",
+            "--role",
+            "pop3,admin",
+        ],
+        b"pw\n",
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no role \"admin\""), "{}", show(&o));
+    assert!(!env.users_file().exists(), "{}", show(&o));
+    std::fs::write(env.users_file(), "boss:{PLAIN}x::::::roles=admin,pop3\n").expect("users");
+    let o = maildird(&env.config(), &["check-config"], b"");
+    assert_ok(&o, "check-config");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("user \"boss\": role \"admin\" has no effect"),
+        "{}",
+        show(&o)
+    );
+    let o = maildird(&env.config(), &["user", "list"], b"");
+    assert_ok(&o, "user list");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "boss\tpop3\n");
+}
+
 /// Removes the Unix user at the end of the test.
 struct UserGuard(String);
 fn scopeguard(name: String) -> UserGuard {

@@ -11,17 +11,23 @@ use std::path::{Path, PathBuf};
 
 use super::verify::verify;
 
-/// What a user may do. Given in the extra field `roles=pop3,submit,admin`;
+/// What a user may do. Given in the extra field `roles=pop3,submit`;
 /// without it a user has `pop3` and `submit`.
+///
+/// There is no `admin` role: the control socket (`who`, `kick`, `events`) is
+/// authorised by its Unix permissions (root and the daemon's group), as
+/// Dovecot's doveadm socket is. A file that still says `roles=admin` loads, with
+/// a warning (`UserDb::warnings`), and the word grants nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Log in to POP3.
     Pop3,
-    /// Authenticate on the submission listener.
+    /// Authenticate on a submission listener and send mail there.
     Submit,
-    /// Receives postmaster mail when no alias or `postmaster` user exists.
-    Admin,
 }
+
+/// The role name of former releases, accepted in the users file and ignored.
+pub const REMOVED_ADMIN_ROLE: &str = "admin";
 
 impl Role {
     pub const DEFAULT: [Role; 2] = [Role::Pop3, Role::Submit];
@@ -30,7 +36,6 @@ impl Role {
         match s.to_ascii_lowercase().as_str() {
             "pop3" => Some(Role::Pop3),
             "submit" => Some(Role::Submit),
-            "admin" => Some(Role::Admin),
             _ => None,
         }
     }
@@ -39,7 +44,6 @@ impl Role {
         match self {
             Role::Pop3 => "pop3",
             Role::Submit => "submit",
-            Role::Admin => "admin",
         }
     }
 }
@@ -101,6 +105,7 @@ pub enum UsersError {
 pub struct UserDb {
     entries: Vec<UserEntry>,
     skipped: Vec<(usize, String)>,
+    warnings: Vec<(usize, String)>,
 }
 
 /// Verified for unknown names when the database is empty (a hash of random
@@ -152,7 +157,17 @@ impl UserDb {
             let home = fields.next().unwrap_or("").to_string();
             let _shell = fields.next();
             let extra = fields.next().unwrap_or("");
-            let roles = parse_roles(extra).map_err(err)?;
+            let (roles, had_admin) = parse_roles(extra).map_err(err)?;
+            if had_admin {
+                db.warnings.push((
+                    line_no,
+                    format!(
+                        "user {name:?}: role \"admin\" has no effect and is ignored \
+                         (the control socket is authorised by its Unix permissions; \
+                         send postmaster mail to a user with the aliases file)"
+                    ),
+                ));
+            }
             if db.get(name).is_some() {
                 return Err(err(format!("user {name:?} is defined twice")));
             }
@@ -188,6 +203,12 @@ impl UserDb {
     /// Lines skipped because their names may not become paths: (line, reason).
     pub fn skipped(&self) -> &[(usize, String)] {
         &self.skipped
+    }
+
+    /// Lines loaded with something ignored (the removed `admin` role): (line,
+    /// message naming the user).
+    pub fn warnings(&self) -> &[(usize, String)] {
+        &self.warnings
     }
 
     /// Verify a password; unknown users cost the same as wrong passwords.
@@ -229,21 +250,28 @@ fn line_name(raw: &str) -> Option<&str> {
 }
 
 /// Roles from the space-separated extra fields; `roles=` empty means none.
-fn parse_roles(extra: &str) -> Result<Vec<Role>, String> {
+/// The second value says whether the removed `admin` role was listed (it is
+/// skipped, so existing files keep loading).
+fn parse_roles(extra: &str) -> Result<(Vec<Role>, bool), String> {
     let Some(value) = extra
         .split_whitespace()
         .find_map(|f| f.strip_prefix("roles="))
     else {
-        return Ok(Role::DEFAULT.to_vec());
+        return Ok((Role::DEFAULT.to_vec(), false));
     };
     let mut roles = Vec::new();
+    let mut had_admin = false;
     for r in value.split(',').filter(|r| !r.is_empty()) {
+        if r.eq_ignore_ascii_case(REMOVED_ADMIN_ROLE) {
+            had_admin = true;
+            continue;
+        }
         let role = Role::parse(r).ok_or_else(|| format!("unknown role {r:?}"))?;
         if !roles.contains(&role) {
             roles.push(role);
         }
     }
-    Ok(roles)
+    Ok((roles, had_admin))
 }
 
 /// A user name that may become a path component and a mailbox.
@@ -468,7 +496,9 @@ mod tests {
         let b = db.get("bob").unwrap();
         assert_eq!((b.uid, b.gid, b.home.as_str()), (None, None, ""));
         assert_eq!(b.roles, [Role::Pop3, Role::Submit]);
-        assert_eq!(db.get("carol").unwrap().roles, [Role::Admin, Role::Pop3]);
+        // The removed admin role: the line loads, the role is dropped, a warning
+        // names the user.
+        assert_eq!(db.get("carol").unwrap().roles, [Role::Pop3]);
         assert_eq!(db.get("carol").unwrap().password, "{PLAIN}x");
         assert!(db.get("dave").unwrap().roles.is_empty());
         let e = db.get("eve").unwrap();
@@ -478,6 +508,13 @@ mod tests {
         );
         assert_eq!(e.home, "/var/mail/eve");
         assert!(db.skipped().is_empty());
+        assert_eq!(db.warnings().len(), 1, "{:?}", db.warnings());
+        let (line, w) = &db.warnings()[0];
+        assert_eq!(*line, 5);
+        assert!(
+            w.contains("\"carol\"") && w.contains("\"admin\" has no effect"),
+            "{w}"
+        );
         assert_eq!(db.len(), 5);
     }
 
@@ -541,13 +578,27 @@ mod tests {
         }
     }
 
+    /// Files written for former releases keep loading: `roles=admin` alone
+    /// leaves no role (as before: admin granted neither POP3 nor submission).
+    #[test]
+    fn the_removed_admin_role_is_ignored_with_a_warning() {
+        let db = UserDb::parse("root:{PLAIN}r::::::roles=Admin\nbob:{PLAIN}b\n").unwrap();
+        assert!(db.get("root").unwrap().roles.is_empty());
+        assert_eq!(db.get("bob").unwrap().roles, Role::DEFAULT);
+        let lines: Vec<usize> = db.warnings().iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, [1]);
+        assert!(db.warnings()[0].1.contains("user \"root\""));
+    }
+
     #[test]
     fn roles_parse_and_print() {
-        for r in [Role::Pop3, Role::Submit, Role::Admin] {
+        for r in [Role::Pop3, Role::Submit] {
             assert_eq!(Role::parse(r.as_str()), Some(r));
         }
-        assert_eq!(Role::parse("ADMIN"), Some(Role::Admin));
+        assert_eq!(Role::parse("SUBMIT"), Some(Role::Submit));
         assert_eq!(Role::parse("imap"), None);
+        // Removed: not a role any more (the file parser skips it with a warning).
+        assert_eq!(Role::parse("admin"), None);
     }
 
     #[test]
@@ -592,20 +643,20 @@ mod tests {
             &path,
             "bob",
             "{PLAIN}b",
-            &[Role::Admin, Role::Pop3, Role::Admin],
+            &[Role::Submit, Role::Pop3, Role::Submit],
         )
         .unwrap();
         let after_add = fs::read_to_string(&path).unwrap();
         assert_eq!(
             after_add,
-            format!("{original}\nbob:{{PLAIN}}b::::::roles=admin,pop3\n")
+            format!("{original}\nbob:{{PLAIN}}b::::::roles=submit,pop3\n")
         );
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
         let db = UserDb::load(&path).unwrap();
-        assert_eq!(db.get("bob").unwrap().roles, [Role::Admin, Role::Pop3]);
+        assert_eq!(db.get("bob").unwrap().roles, [Role::Submit, Role::Pop3]);
 
         assert!(matches!(
             add_user(&path, "bob", "{PLAIN}c", &[]),
@@ -638,7 +689,7 @@ mod tests {
         delete_user(&path, "alice").unwrap();
         assert_eq!(
             fs::read_to_string(&path).unwrap(),
-            "# comment  kept\r\nzed:{PLAIN}zz\nbob:{PLAIN}b::::::roles=admin,pop3\n"
+            "# comment  kept\r\nzed:{PLAIN}zz\nbob:{PLAIN}b::::::roles=submit,pop3\n"
         );
         assert!(matches!(
             delete_user(&path, "alice"),

@@ -93,7 +93,11 @@ impl Backend {
     /// Load users and aliases for `config`.
     pub fn load(config: Arc<Config>) -> Result<Backend, String> {
         let users = Watched::new(Some(config.users_file.clone()), |p| {
-            UserDb::load(p).map_err(|e| format!("{}: {e}", p.display()))
+            let db = UserDb::load(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            for (line, warning) in db.warnings() {
+                tracing::warn!(file = %p.display(), line, "{warning}");
+            }
+            Ok(db)
         })?;
         let aliases = Watched::new(config.aliases_file.clone(), |p| {
             recipients::Aliases::load(p).map_err(|e| format!("{}: {e}", p.display()))

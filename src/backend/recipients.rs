@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::auth::{Role, UserDb, validate_name};
+use crate::auth::{UserDb, validate_name};
 use crate::smtp::reply::Reply;
 
 /// `alias: user[, user...]` lines (Postfix/sendmail aliases style, local users only).
@@ -103,9 +103,8 @@ impl Refusal {
 /// - Alias targets that are not users are skipped; an alias with none left is
 ///   `Unknown`.
 /// - RFC 5321 §4.5.1: `postmaster` is always accepted: its alias, else a user
-///   named `postmaster`, else the first `admin` user, else the first user in
-///   the file. Only with no user at all is it refused (`Unknown`): there is no
-///   Maildir to deliver to.
+///   named `postmaster`, else the first user in the file. Only with no user at
+///   all is it refused (`Unknown`): there is no Maildir to deliver to.
 pub fn resolve(
     address: &str,
     domains: &[String],
@@ -152,8 +151,7 @@ pub fn resolve(
     if base.unwrap_or(&local) == "postmaster" {
         return users
             .iter()
-            .find(|u| u.has_role(Role::Admin))
-            .or_else(|| users.iter().next())
+            .next()
             .map(|u| vec![u.name.clone()])
             .ok_or(Refusal::Unknown);
     }
@@ -248,11 +246,12 @@ mod tests {
             ("alice@", "+", Err(Refusal::Syntax)),
             ("alice", "+", Err(Refusal::Syntax)),
             ("", "+", Err(Refusal::Syntax)),
-            // postmaster: no alias, no such user -> first admin.
-            ("postmaster", "+", ok(&["root"])),
-            ("PostMaster", "+", ok(&["root"])),
-            ("postmaster@example.org", "+", ok(&["root"])),
-            ("postmaster+x@example.org", "+", ok(&["root"])),
+            // postmaster: no alias, no such user -> the first user (the
+            // removed admin role of a former release does not count).
+            ("postmaster", "+", ok(&["alice"])),
+            ("PostMaster", "+", ok(&["alice"])),
+            ("postmaster@example.org", "+", ok(&["alice"])),
+            ("postmaster+x@example.org", "+", ok(&["alice"])),
             ("postmaster@example.com", "+", Err(Refusal::Relay)),
         ] {
             assert_eq!(
@@ -269,15 +268,15 @@ mod tests {
         let none = Aliases::default();
         let pm = "postmaster@example.org";
         // Alias wins over a user of that name.
-        let db = users("postmaster:{PLAIN}p\nalice:{PLAIN}a::::::roles=admin\n");
+        let db = users("alice:{PLAIN}a\npostmaster:{PLAIN}p\n");
         let al = Aliases::parse("postmaster: alice\n").unwrap();
         assert_eq!(resolve(pm, &d, "+", &db, &al), Ok(vec!["alice".into()]));
-        // Then a user named postmaster, before admins.
+        // Then a user named postmaster, before the first user.
         assert_eq!(
             resolve(pm, &d, "+", &db, &none),
             Ok(vec!["postmaster".into()])
         );
-        // No admin: the first user.
+        // Else the first user.
         let db = users("zoe:{PLAIN}z\nalice:{PLAIN}a\n");
         assert_eq!(resolve(pm, &d, "+", &db, &none), Ok(vec!["zoe".into()]));
         // A postmaster alias whose target is gone still reaches someone.

@@ -312,10 +312,10 @@ mod tests {
     fn backend(dir: &Path, delivered_to: bool) -> Backend {
         fs::write(
             dir.join("users"),
-            "alice:{PLAIN}a\nbob:{PLAIN}b\nroot:{PLAIN}r::::::roles=admin\n",
+            "alice:{PLAIN}a\nbob:{PLAIN}b\nroot:{PLAIN}r\n",
         )
         .unwrap();
-        fs::write(dir.join("aliases"), "team: alice, bob\n").unwrap();
+        fs::write(dir.join("aliases"), "team: alice, bob\npostmaster: root\n").unwrap();
         let mut cfg = Config::parse(
             "hostname = \"mx.example.org\"\ndomains = [\"example.org\"]\n",
             "t",

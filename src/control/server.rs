@@ -63,13 +63,22 @@ impl Access {
 /// Bind the socket (replacing a stale one) with mode 0660, owned by the service
 /// user and the admin group. Called before the privilege drop (as root it can
 /// create the directory and hand it over); served later by `serve`.
+///
+/// A directory created here (no systemd `RuntimeDirectory=`) is given to the
+/// service user, mode 0750, so that after the drop the daemon can still remove
+/// the socket when it stops. An existing directory is left as it is.
 pub fn bind(
     path: &Path,
     owner: Option<Uid>,
     access: &Access,
 ) -> io::Result<std::os::unix::net::UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+            // Best effort, as for the socket below.
+            let _ = nix::unistd::chown(dir, owner, Some(access.admin_gid));
+        }
     }
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -83,7 +92,8 @@ pub fn bind(
     Ok(listener)
 }
 
-/// Serve the control socket until `stop` turns true; removes the file then.
+/// Serve the control socket until `stop` turns true; removes the file then
+/// (a clean stop leaves no socket behind).
 pub async fn serve(
     listener: std::os::unix::net::UnixListener,
     path: PathBuf,
@@ -117,7 +127,12 @@ pub async fn serve(
             }
         });
     }
-    let _ = std::fs::remove_file(&path);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), error = %e, "control socket not removed");
+        }
+        _ => {}
+    }
 }
 
 async fn handle(

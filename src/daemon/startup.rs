@@ -164,7 +164,7 @@ pub(super) async fn serve_sockets(
         tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics");
         tokio::spawn(crate::metrics::http::serve(listener));
     }
-    if let Some((listener, access)) = control {
+    let control = control.map(|(listener, access)| {
         let path = shared.live().backend.config.control_socket.clone();
         tokio::spawn(control::server::serve(
             listener,
@@ -172,8 +172,8 @@ pub(super) async fn serve_sockets(
             access,
             shared.sessions.clone(),
             stop_rx.clone(),
-        ));
-    }
+        ))
+    });
     let mut names = Vec::new();
     let mut accept_loops = Vec::new();
     for b in sockets {
@@ -249,6 +249,14 @@ pub(super) async fn serve_sockets(
             "drain deadline passed; closing remaining sessions"
         );
     }
+    // The control socket's server removes its file once `stop` is set.
+    if let Some(control) = control {
+        let _ = control.await;
+    }
+    tracing::info!(
+        deliveries = shared.deliveries.load(Ordering::Relaxed),
+        "stopped"
+    );
     Ok(())
 }
 

@@ -92,4 +92,22 @@ mod tests {
             assert!(chains(&plain).is_ok(), "{plain}");
         }
     }
+
+    /// maildird.toml(5), FILTER SETTINGS: `log` logging content below `zlib`
+    /// (or `tls`) is refused by `check-config`, start-up and reload, naming the
+    /// listener; counting bytes there is allowed.
+    #[test]
+    fn log_content_below_zlib_is_a_config_error() {
+        let l = "[[listener]]\nname = \"l\"\nprotocol = \"pop3\"\nfilters = [\"log\", \"zlib\"]\n";
+        assert!(chains(l).is_ok());
+        let e = chains(&format!("[filter.log]\ncontent = true\n{l}"))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.starts_with("listener \"l\": filter \"log\" with [filter.log] content = true is listed before \"zlib\""),
+            "{e}"
+        );
+        let above = l.replace("[\"log\", \"zlib\"]", "[\"zlib\", \"log\"]");
+        assert!(chains(&format!("[filter.log]\ncontent = true\n{above}")).is_ok());
+    }
 }

@@ -136,6 +136,7 @@ impl Registry {
         side: Side,
     ) -> Result<FilterChain, ChainError> {
         check_order(names, side)?;
+        check_log_content(&config.filters, names)?;
         let mut filters = Vec::with_capacity(names.len());
         for name in names {
             let factory = self.factory(name).ok_or_else(|| ChainError::Unknown {
@@ -177,6 +178,26 @@ fn check_order(names: &[String], side: Side) -> Result<(), ChainError> {
     Ok(())
 }
 
+/// Filters below which the bytes are not the protocol's text.
+const OPAQUE: [&str; 2] = ["tls", "zlib"];
+
+/// `log` with `content = true` must sit above `tls` and `zlib` (later in the
+/// list): below them it would log ciphertext or DEFLATE data as "lines". Byte
+/// counts alone may be taken anywhere (below `zlib` they count the wire).
+fn check_log_content(filters: &toml::Table, names: &[String]) -> Result<(), ChainError> {
+    let content = settings_for(filters, "log")
+        .and_then(|v| v.get("content"))
+        .and_then(toml::Value::as_bool)
+        .unwrap_or(false);
+    let Some(log) = names.iter().position(|n| n == "log") else {
+        return Ok(());
+    };
+    match names[log..].iter().find(|n| OPAQUE.contains(&n.as_str())) {
+        Some(under) if content => Err(ChainError::LogContentBelow(under.clone())),
+        _ => Ok(()),
+    }
+}
+
 /// Why a filter chain cannot be built: a configuration error (exit 2).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
@@ -193,6 +214,12 @@ pub enum ChainError {
         "filter \"proxy\" must be first in the list (the PROXY header is the first thing on the wire)"
     )]
     ProxyNotFirst,
+    /// `log` with `content = true` listed before `tls` or `zlib`.
+    #[error(
+        "filter \"log\" with [filter.log] content = true is listed before {0:?}, so it \
+         would log encrypted or compressed bytes: list it after {0:?}"
+    )]
+    LogContentBelow(String),
     /// STARTTLS over a filter that may hold input back; `implicit` is the
     /// list to use instead (implicit TLS).
     #[error(
@@ -419,6 +446,47 @@ mod tests {
                 Some(w) => {
                     let e = got.unwrap_err().to_string();
                     assert!(e.contains(w), "{names:?}: {e}");
+                }
+            }
+        }
+    }
+
+    /// `[filter.log] content = true` below `tls` or `zlib` would log ciphertext
+    /// or DEFLATE data: refused on both sides. Byte counts alone may go anywhere.
+    #[test]
+    fn log_content_must_be_above_tls_and_zlib() {
+        let counting = Config::parse("", "t").unwrap();
+        let content = Config::parse("[filter.log]\ncontent = true\n", "t").unwrap();
+        let mut r = Registry::builtin();
+        // A stand-in: the real `tls` needs a certificate; only its name matters here.
+        r.register(
+            "tls",
+            Arc::new(|_ctx: &FilterContext<'_>| Ok(Arc::new(Upper) as Arc<dyn Filter>)),
+        );
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cases: [(&[&str], Option<&str>); 7] = [
+            (&["log"], None),
+            (&["zlib", "log"], None),
+            (&["proxy", "tls", "zlib", "log"], None),
+            (&["log", "zlib"], Some("zlib")),
+            (&["proxy", "log", "tls"], Some("tls")),
+            (&["tls", "log", "zlib"], Some("zlib")),
+            (&["log", "tls", "zlib"], Some("tls")),
+        ];
+        for (names, refused) in cases {
+            for side in [Side::Server, Side::Client] {
+                if side == Side::Client && names.contains(&"proxy") {
+                    continue;
+                }
+                assert!(r.build(&counting, &v(names), side).is_ok(), "{names:?}");
+                let got = r.build(&content, &v(names), side);
+                match refused {
+                    None => assert!(got.is_ok(), "{names:?} {side:?}"),
+                    Some(under) => assert_eq!(
+                        got.err(),
+                        Some(ChainError::LogContentBelow(under.into())),
+                        "{names:?} {side:?}"
+                    ),
                 }
             }
         }

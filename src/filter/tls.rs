@@ -193,6 +193,24 @@ impl Filter for ClientFilter {
     }
 }
 
+/// `[filter.tls]` holds only the client's settings; like every filter table,
+/// unknown keys are errors (maildird.toml(5), FILTER SETTINGS).
+fn check_keys(ctx: &FilterContext<'_>) -> Result<(), String> {
+    let Some(settings) = ctx.settings else {
+        return Ok(());
+    };
+    let table = settings
+        .as_table()
+        .ok_or_else(|| format!("[filter.{}] must be a table", ctx.name))?;
+    match table
+        .keys()
+        .find(|k| !matches!(k.as_str(), "ca" | "server_name"))
+    {
+        Some(other) => Err(format!("unknown setting {other:?} (ca, server_name)")),
+        None => Ok(()),
+    }
+}
+
 /// A string setting of `[filter.tls]`.
 fn setting<'a>(ctx: &'a FilterContext<'_>, key: &str) -> Result<Option<&'a str>, String> {
     match ctx.settings.and_then(|s| s.get(key)) {
@@ -210,6 +228,7 @@ fn client_filter(
     ctx: &FilterContext<'_>,
     default_host: Option<&str>,
 ) -> Result<Arc<dyn Filter>, String> {
+    check_keys(ctx)?;
     let ca = setting(ctx, "ca")?.ok_or_else(|| {
         format!(
             "the tls client needs [filter.{}] ca = \"FILE\": the PEM certificate(s) of the \
@@ -259,6 +278,7 @@ fn client_filter(
 pub fn factory() -> Factory {
     Arc::new(|ctx: &FilterContext<'_>| match ctx.side {
         Side::Server => {
+            check_keys(ctx)?;
             let cfg = ctx
                 .config
                 .tls
@@ -274,9 +294,11 @@ pub fn factory() -> Factory {
 /// The `tls` factory the daemon registers: the server side uses `server`.
 pub fn server_factory(server: Arc<TlsServer>) -> Factory {
     Arc::new(move |ctx: &FilterContext<'_>| match ctx.side {
-        Side::Server => Ok(Arc::new(ServerFilter {
-            server: server.clone(),
-        }) as Arc<dyn Filter>),
+        Side::Server => check_keys(ctx).map(|()| {
+            Arc::new(ServerFilter {
+                server: server.clone(),
+            }) as Arc<dyn Filter>
+        }),
         Side::Client => client_filter(ctx, None),
     })
 }

@@ -832,6 +832,13 @@ impl Daemon {
         self.terminate()
     }
 
+    /// Like `stop`, also returning all of stderr (read to its end).
+    pub fn stop_with_log(mut self) -> (ExitStatus, String) {
+        let st = self.terminate();
+        self.drain_log();
+        (st, self.log())
+    }
+
     /// After the test sent SIGKILL: reap the process (bounded) so the next daemon
     /// can bind the same ports.
     pub fn wait_killed(mut self) {
