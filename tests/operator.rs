@@ -393,3 +393,36 @@ fn metrics_are_served_and_pass_promtool() {
     assert!(om.contains("# TYPE maildird_deliveries counter\n"), "{om}");
     d.stop();
 }
+
+/// The example alert rules shipped in contrib/ are valid for Prometheus and
+/// use only metrics the daemon serves.
+#[test]
+fn example_alert_rules_pass_promtool_and_name_real_metrics() {
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("contrib/prometheus/maildird-alerts.yml");
+    let o = run(
+        Command::new(require_tool("promtool", "prometheus"))
+            .args(["check", "rules"])
+            .arg(&rules),
+        b"",
+    );
+    assert_ok(&o, "promtool check rules");
+    let text = std::fs::read_to_string(&rules).expect("rules");
+    // Families with labels are served once they have a series.
+    let m = maildird::metrics::get();
+    m.session_opened("smtp");
+    m.session_closed("smtp", &[("wire".into(), 1, 1)]);
+    m.refused("smtp", "storage");
+    m.auth_failed("pop3");
+    let served = m.encode();
+    for name in text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("maildird_"))
+    {
+        let family = name.trim_end_matches("_bucket").trim_end_matches("_total");
+        assert!(
+            served.contains(&format!("# TYPE {family} ")),
+            "{name} in the rules is not a metric we serve"
+        );
+    }
+}
