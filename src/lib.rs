@@ -23,6 +23,7 @@ pub mod logging;
 pub mod maildir;
 pub mod notify;
 pub mod observer;
+pub mod output;
 pub mod pop3;
 pub mod privs;
 pub mod sasl;
