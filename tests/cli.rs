@@ -622,3 +622,26 @@ fn config_type_errors_and_filter_errors_name_file_line_and_key() {
         );
     }
 }
+
+/// `--help` explains every option and positional argument of every command.
+#[test]
+fn every_flag_and_positional_has_help_text() {
+    use clap::CommandFactory;
+    let mut missing = Vec::new();
+    let mut stack = vec![(String::from("maildird"), maildird::cli::Cli::command())];
+    while let Some((path, mut cmd)) = stack.pop() {
+        cmd.build();
+        if cmd.get_about().is_none() {
+            missing.push(path.clone());
+        }
+        for arg in cmd.get_arguments() {
+            if arg.get_help().is_none() && !arg.is_hide_set() {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            stack.push((format!("{path} {}", sub.get_name()), sub.clone()));
+        }
+    }
+    assert!(missing.is_empty(), "no help text: {missing:#?}");
+}
