@@ -127,6 +127,13 @@ fn check_greeting(chunk: &[u8]) -> Result<(), RelayError> {
     ))
 }
 
+fn hung_up(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+    )
+}
+
 /// Copy with a flush after every chunk (each one checked by `check` first),
 /// then shut the destination down. Errors reading `from` are returned, as is
 /// an end before any data; a destination that fails ends the copy quietly.
@@ -141,6 +148,9 @@ async fn pump(
         let n = match from.read(&mut buf).await {
             Ok(0) if !seen => break Err(RelayError::ClosedBeforeData),
             Ok(0) => break Ok(()),
+            // After the session ran, a hang-up without a clean end (no TLS
+            // close_notify, a reset after QUIT) is still the end.
+            Err(e) if seen && hung_up(&e) => break Ok(()),
             Err(e) => break Err(RelayError::Read(e)),
             Ok(n) => n,
         };
