@@ -7,10 +7,12 @@ use std::path::Path;
 
 use crate::auth::users::{self, Role, UserDb};
 use crate::auth::{validate_name, verify};
+use crate::backend::recipients::Aliases;
 use crate::cli::UserCommand;
 use crate::config::Config;
 use crate::error::CommandError;
 use crate::maildir::{Maildir, Sub, fsat};
+use crate::output;
 
 fn config_err(e: impl std::fmt::Display) -> CommandError {
     CommandError::Config(e.to_string())
@@ -20,7 +22,9 @@ fn runtime_err(e: impl std::fmt::Display) -> CommandError {
     CommandError::Runtime(e.to_string())
 }
 
-/// `check-config`: validate, then print the effective config.
+/// `check-config`: validate, then print the effective config. Problems that
+/// do not stop the daemon (no users, users who can never log in, aliases
+/// pointing at nobody) are warnings on stderr; the exit status stays 0.
 pub fn check_config(path: &Path) -> Result<(), CommandError> {
     let config = Config::load(path).map_err(config_err)?;
     let tls = crate::filter::chains::load_tls(&config).map_err(config_err)?;
@@ -28,33 +32,74 @@ pub fn check_config(path: &Path) -> Result<(), CommandError> {
         .map_err(config_err)?;
     let users = UserDb::load(&config.users_file)
         .map_err(|e| config_err(format!("{}: {e}", config.users_file.display())))?;
+    let mut warnings = user_warnings(&config.users_file, &users);
+    if let Some(a) = config.aliases_file.as_ref().filter(|a| a.exists()) {
+        let aliases = Aliases::load(a).map_err(|e| config_err(format!("{}: {e}", a.display())))?;
+        warnings.extend(alias_warnings(a, &aliases, &users));
+    }
+    for w in warnings {
+        output::note(&format!("warning: {w}"));
+    }
+    output::print(&config.to_toml())?;
+    Ok(())
+}
+
+/// An empty users file, ignored lines, and users whose password scheme
+/// cannot be verified (they can never log in).
+fn user_warnings(file: &Path, users: &UserDb) -> Vec<String> {
+    let file = file.display();
+    let mut out = Vec::new();
     if users.is_empty() {
-        eprintln!(
-            "warning: {}: no users (add one with `maildird user add`)",
-            config.users_file.display()
-        );
+        out.push(format!(
+            "{file}: no users (add one with `maildird user add`)"
+        ));
     }
     for (line, name) in users.skipped() {
-        eprintln!(
-            "warning: {}:{line}: user name {name:?} is not valid here; line ignored",
-            config.users_file.display()
-        );
+        out.push(format!(
+            "{file}:{line}: user name {name:?} is not valid here; line ignored"
+        ));
     }
     for (line, warning) in users.warnings() {
-        eprintln!("warning: {}:{line}: {warning}", config.users_file.display());
+        out.push(format!("{file}:{line}: {warning}"));
     }
-    if let Some(a) = config.aliases_file.as_ref().filter(|a| a.exists()) {
-        crate::backend::recipients::Aliases::load(a)
-            .map_err(|e| config_err(format!("{}: {e}", a.display())))?;
+    for u in users.iter().filter(|u| !verify::is_supported(&u.password)) {
+        out.push(format!(
+            "{file}: user {:?}: password scheme {{{}}} is not supported, so this user \
+             cannot log in (set a new password with `maildird user passwd`)",
+            u.name,
+            verify::scheme(&u.password)
+        ));
     }
-    print!("{}", config.to_toml());
-    Ok(())
+    out
+}
+
+/// Alias targets that are no user (aliases name users only), and aliases left
+/// with no target at all, whose mail is refused.
+fn alias_warnings(file: &Path, aliases: &Aliases, users: &UserDb) -> Vec<String> {
+    let file = file.display();
+    let mut out = Vec::new();
+    for (alias, targets) in aliases.iter() {
+        let missing: Vec<&String> = targets.iter().filter(|t| users.get(t).is_none()).collect();
+        if missing.is_empty() {
+            continue;
+        }
+        out.push(if missing.len() == targets.len() {
+            format!(
+                "{file}: alias {alias:?} points at nobody: {missing:?} {} no user; \
+                 mail to it is refused",
+                if missing.len() == 1 { "is" } else { "are" }
+            )
+        } else {
+            format!("{file}: alias {alias:?}: {missing:?} is no user; skipped when delivering")
+        });
+    }
+    out
 }
 
 /// `hash-password`.
 pub fn hash_password(password_stdin: bool) -> Result<(), CommandError> {
     let pw = read_password(password_stdin)?;
-    println!("{}", verify::hash_password(pw.as_bytes()));
+    output::print(&format!("{}\n", verify::hash_password(pw.as_bytes())))?;
     Ok(())
 }
 
@@ -97,7 +142,7 @@ pub fn user(path: &Path, cmd: UserCommand) -> Result<(), CommandError> {
             if let Some(group) = unix_group {
                 share_with_group(&config.mail_root, &md, &group)?;
             }
-            println!("added {name}; Maildir {}", md.path().display());
+            output::print(&format!("added {name}; Maildir {}\n", md.path().display()))?;
         }
         UserCommand::Passwd {
             name,
@@ -108,24 +153,46 @@ pub fn user(path: &Path, cmd: UserCommand) -> Result<(), CommandError> {
             let pw = read_password(password_stdin)?;
             users::set_password(file, &name, &verify::hash_password(pw.as_bytes()))
                 .map_err(config_err)?;
-            println!("password changed for {name}");
+            output::print(&format!("password changed for {name}\n"))?;
         }
         UserCommand::Del { name } => {
             validate_name(&name)
                 .map_err(|e| config_err(format!("invalid user name {name:?}: {e}")))?;
             users::delete_user(file, &name).map_err(config_err)?;
-            println!("removed {name} (Maildir kept)");
+            output::print(&format!("removed {name} (Maildir kept)\n"))?;
         }
-        UserCommand::List => {
+        UserCommand::List { json } => {
             let db =
                 UserDb::load(file).map_err(|e| config_err(format!("{}: {e}", file.display())))?;
-            for u in db.iter() {
-                let roles: Vec<&str> = u.roles.iter().map(|r| r.as_str()).collect();
-                println!("{}\t{}", u.name, roles.join(","));
-            }
+            output::print(&user_list(&db, json)?)?;
         }
     }
     Ok(())
+}
+
+/// One user of `user list --json`.
+#[derive(Debug, serde::Serialize)]
+struct UserView<'a> {
+    name: &'a str,
+    roles: Vec<&'static str>,
+}
+
+/// `user list`: `name<TAB>role,role` lines, or one JSON array.
+fn user_list(db: &UserDb, json: bool) -> Result<String, CommandError> {
+    let users: Vec<UserView<'_>> = db
+        .iter()
+        .map(|u| UserView {
+            name: &u.name,
+            roles: u.roles.iter().map(|r| r.as_str()).collect(),
+        })
+        .collect();
+    if json {
+        return Ok(serde_json::to_string(&users).map_err(runtime_err)? + "\n");
+    }
+    Ok(users
+        .iter()
+        .map(|u| format!("{}\t{}\n", u.name, u.roles.join(",")))
+        .collect())
 }
 
 fn parse_roles(names: &[String]) -> Result<Vec<Role>, CommandError> {
@@ -156,7 +223,7 @@ fn readable_by_service_group(config: &Config, file: &Path) {
     }
     if let Ok(Some(g)) = nix::unistd::Group::from_name(&config.group) {
         if let Err(e) = nix::unistd::chown(file, None, Some(g.gid)) {
-            eprintln!("warning: chgrp {}: {e}", file.display());
+            output::note(&format!("warning: chgrp {}: {e}", file.display()));
         }
     }
 }
@@ -212,21 +279,24 @@ fn hand_to_service_user(config: &Config, md: &Maildir) {
         nix::unistd::User::from_name(&config.user),
         nix::unistd::Group::from_name(&config.group),
     ) else {
-        eprintln!(
+        output::note(&format!(
             "warning: service user {}:{} not found; {} stays owned by root",
             config.user,
             config.group,
             md.path().display()
-        );
+        ));
         return;
     };
     // mail_root is the admin's own directory (created by us or by the package).
     if let Err(e) = nix::unistd::chown(&config.mail_root, Some(u.uid), Some(g.gid)) {
-        eprintln!("warning: chown {}: {e}", config.mail_root.display());
+        output::note(&format!(
+            "warning: chown {}: {e}",
+            config.mail_root.display()
+        ));
     }
     for (fd, p) in maildir_handles(md) {
         if let Err(e) = fsat::chown_chmod(fd, Some(u.uid.as_raw()), Some(g.gid.as_raw()), None) {
-            eprintln!("warning: chown {}: {e}", p.display());
+            output::note(&format!("warning: chown {}: {e}", p.display()));
         }
     }
     // The POP3 lock file made with the Maildir: the daemon opens it to lock.
@@ -237,11 +307,11 @@ fn hand_to_service_user(config: &Config, md: &Maildir) {
             if let Err(e) =
                 fsat::chown_chmod(f.as_fd(), Some(u.uid.as_raw()), Some(g.gid.as_raw()), None)
             {
-                eprintln!("warning: chown {}: {e}", lock.display());
+                output::note(&format!("warning: chown {}: {e}", lock.display()));
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => eprintln!("warning: {}: {e}", lock.display()),
+        Err(e) => output::note(&format!("warning: {}: {e}", lock.display())),
     }
 }
 
@@ -280,8 +350,8 @@ fn read_password(from_stdin: bool) -> Result<String, CommandError> {
         ));
     }
     let saved = if tty {
-        eprint!("Password: ");
-        let _ = std::io::stderr().flush();
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "Password: ").and_then(|()| err.flush());
         use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
         let old = tcgetattr(stdin.as_fd()).map_err(runtime_err)?;
         let mut quiet = old.clone();
@@ -296,7 +366,7 @@ fn read_password(from_stdin: bool) -> Result<String, CommandError> {
     if let Some(old) = saved {
         let _ =
             nix::sys::termios::tcsetattr(stdin.as_fd(), nix::sys::termios::SetArg::TCSANOW, &old);
-        eprintln!();
+        output::note("");
     }
     read.map_err(runtime_err)?;
     let pw = line.trim_end_matches(['\r', '\n']).to_string();
@@ -341,24 +411,28 @@ pub fn who(path: &Path, json: bool) -> Result<(), CommandError> {
         Reply::Error(e) => return Err(reply_error(e)),
         other => return Err(runtime_err(format!("unexpected reply {other:?}"))),
     };
-    if json {
-        for s in &sessions {
-            println!("{}", serde_json::to_string(s).map_err(runtime_err)?);
-        }
-        return Ok(());
-    }
-    println!(
-        "{:<6} {:<10} {:<10} {:<22} {:<16} {:<14} {:<13} {:<25} BYTES(in/out per layer)",
+    output::print(&if json {
+        serde_json::to_string(&sessions).map_err(runtime_err)? + "\n"
+    } else {
+        who_table(&sessions)
+    })?;
+    Ok(())
+}
+
+/// `who` without `--json`: a header and one line per session.
+fn who_table(sessions: &[crate::control::SessionView]) -> String {
+    let mut out = format!(
+        "{:<6} {:<10} {:<10} {:<22} {:<16} {:<14} {:<13} {:<25} BYTES(in/out per layer)\n",
         "ID", "PROTOCOL", "LISTENER", "PEER", "REAL IP", "USER", "STATE", "SINCE"
     );
-    for s in &sessions {
+    for s in sessions {
         let bytes: Vec<String> = s
             .bytes
             .iter()
             .map(|b| format!("{}:{}/{}", b.layer, b.bytes_in, b.bytes_out))
             .collect();
-        println!(
-            "{:<6} {:<10} {:<10} {:<22} {:<16} {:<14} {:<13} {:<25} {}",
+        out.push_str(&format!(
+            "{:<6} {:<10} {:<10} {:<22} {:<16} {:<14} {:<13} {:<25} {}\n",
             s.id,
             s.protocol,
             s.listener,
@@ -368,9 +442,9 @@ pub fn who(path: &Path, json: bool) -> Result<(), CommandError> {
             s.state,
             s.since,
             bytes.join(" ")
-        );
+        ));
     }
-    Ok(())
+    out
 }
 
 /// `kick ID | --user NAME | --ip ADDR`.
@@ -398,7 +472,10 @@ pub fn kick(
     match reply {
         Reply::Kicked(0) => Err(runtime_err("no session matched")),
         Reply::Kicked(n) => {
-            println!("kicked {n} session{}", if n == 1 { "" } else { "s" });
+            output::print(&format!(
+                "kicked {n} session{}\n",
+                if n == 1 { "" } else { "s" }
+            ))?;
             Ok(())
         }
         Reply::Error(e) => Err(reply_error(e)),
@@ -414,38 +491,102 @@ pub fn events(path: &Path, json: bool) -> Result<(), CommandError> {
         let mut events = crate::control::client::events(&sock)
             .await
             .map_err(runtime_err)?;
-        eprintln!(
+        output::note(&format!(
             "maildird: following session events on {} (interrupt to stop)",
             sock.display()
-        );
-        let mut out = std::io::stdout();
+        ));
         while let Some(ev) = events.next().await {
             let ev = ev.map_err(runtime_err)?;
             let line = if json {
                 serde_json::to_string(&ev).map_err(runtime_err)?
             } else {
-                format!(
-                    "{} session={} {:?} protocol={} peer={} user={}{}",
-                    ev.time,
-                    ev.session,
-                    ev.event,
-                    ev.protocol,
-                    ev.peer.as_deref().unwrap_or("-"),
-                    ev.user
-                        .as_deref()
-                        .map(|u| format!("{u:?}"))
-                        .unwrap_or_else(|| "-".into()),
-                    ev.detail
-                        .as_deref()
-                        .map(|d| format!(" {d}"))
-                        .unwrap_or_default()
-                )
+                event_text(&ev)
             };
-            // Flushed per event so `maildird events | grep` follows live.
-            if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+            // Written and flushed per event so `maildird events | grep` follows
+            // live; a reader that went away ends the command normally.
+            if output::print(&(line + "\n"))? == output::Reader::Gone {
                 return Ok(());
             }
         }
         Ok(())
     })
+}
+
+/// The text form of one event: its time, then `key=value` words.
+fn event_text(ev: &crate::control::Event) -> String {
+    use crate::control::quoted;
+    let mut words = vec![
+        ev.time.clone(),
+        format!("session={}", ev.session),
+        format!("event={}", ev.event.as_str()),
+        format!("protocol={}", ev.protocol),
+        format!("peer={}", ev.peer.as_deref().unwrap_or("-")),
+        format!(
+            "user={}",
+            ev.user.as_deref().map(quoted).unwrap_or_else(|| "-".into())
+        ),
+    ];
+    words.extend(ev.fields.to_words());
+    words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{Event, EventFields, EventKind};
+
+    #[test]
+    fn event_text_is_key_value_words() {
+        let ev = Event {
+            time: "2026-01-01T00:00:00Z".into(),
+            session: 3,
+            event: EventKind::Delivery,
+            protocol: "smtp".into(),
+            peer: Some("127.0.0.1:5000".into()),
+            user: None,
+            fields: EventFields {
+                recipients: Some(1),
+                size: Some(406),
+                ..EventFields::default()
+            },
+        };
+        assert_eq!(
+            event_text(&ev),
+            "2026-01-01T00:00:00Z session=3 event=delivery protocol=smtp \
+             peer=127.0.0.1:5000 user=- recipients=1 size=406"
+        );
+    }
+
+    #[test]
+    fn user_list_text_and_json() {
+        let db = UserDb::parse("alice:{PLAIN}x::::::roles=pop3\nbob:{PLAIN}y\n").unwrap();
+        let text = user_list(&db, false).unwrap();
+        assert!(text.starts_with("alice\tpop3\n"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&user_list(&db, true).unwrap()).unwrap();
+        assert_eq!(json[0]["name"], "alice");
+        assert_eq!(json[0]["roles"], serde_json::json!(["pop3"]));
+        assert_eq!(json.as_array().unwrap().len(), 2);
+        let empty = UserDb::parse("").unwrap();
+        assert_eq!(user_list(&empty, true).unwrap(), "[]\n");
+    }
+
+    #[test]
+    fn warnings_name_unsupported_schemes_and_dangling_aliases() {
+        let users = UserDb::parse("alice:{PLAIN}x\nold:{MD5-CRYPT}$1$a$b\n").unwrap();
+        let w = user_warnings(Path::new("users"), &users);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("\"old\"") && w[0].contains("{MD5-CRYPT}"),
+            "{w:?}"
+        );
+        let aliases =
+            Aliases::parse("postmaster: alice\nsales: alice, carol\nghost: dave\n").unwrap();
+        let w = alias_warnings(Path::new("aliases"), &aliases, &users);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("\"ghost\" points at nobody"), "{w:?}");
+        assert!(
+            w[1].contains("\"sales\"") && w[1].contains("carol"),
+            "{w:?}"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{DEFAULT_PATH, Protocol};
 
@@ -35,7 +35,7 @@ pub enum Command {
     User(UserCommand),
     /// Print a password hash for the users file (like `doveadm pw`).
     HashPassword {
-        /// Read the password from standard input instead of asking.
+        /// Read the password from the first line of standard input instead of asking.
         #[arg(long)]
         password_stdin: bool,
     },
@@ -51,7 +51,7 @@ pub enum Command {
     },
     /// List live sessions (over the control socket).
     Who {
-        /// One JSON object per line instead of a table.
+        /// One JSON array of sessions (`[]` when there are none) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -60,27 +60,46 @@ pub enum Command {
     Kick {
         /// A session id from `who`.
         id: Option<u64>,
-        #[arg(long)]
+        /// End every session logged in as this user.
+        #[arg(long, value_name = "NAME")]
         user: Option<String>,
-        #[arg(long)]
+        /// End every session from this client address (the real one behind PROXY, or the TCP peer).
+        #[arg(long, value_name = "ADDR")]
         ip: Option<std::net::IpAddr>,
     },
     /// Follow session events (connect, auth, delivery, close) until interrupted.
     Events {
+        /// One JSON object per event and line, with typed fields, instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script for bash, zsh or fish on standard output.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+/// The shells `completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// Add a user and create their Maildir.
     Add {
+        /// The login name (also the Maildir's directory name under mail_root).
         name: String,
+        /// Read the password from the first line of standard input instead of asking.
         #[arg(long)]
         password_stdin: bool,
         /// pop3, submit (repeatable; default: pop3 and submit).
-        #[arg(long = "role")]
+        #[arg(long = "role", value_name = "ROLE")]
         roles: Vec<String>,
         /// Share the Maildir with this Unix group (directories 2770, messages 0660),
         /// so that mutt run by its members reads and flags the same mail.
@@ -89,14 +108,23 @@ pub enum UserCommand {
     },
     /// Change a user's password.
     Passwd {
+        /// An existing user.
         name: String,
+        /// Read the password from the first line of standard input instead of asking.
         #[arg(long)]
         password_stdin: bool,
     },
     /// Remove a user from the users file (their Maildir is kept).
-    Del { name: String },
+    Del {
+        /// An existing user.
+        name: String,
+    },
     /// List users and roles.
-    List,
+    List {
+        /// One JSON array of users (`[]` when there are none) instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -106,4 +134,18 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
         "pop3" => Ok(Protocol::Pop3),
         _ => Err(format!("unknown protocol {s:?} (smtp, submission, pop3)")),
     }
+}
+
+/// The completion script for `shell` (`maildird completions SHELL`; the
+/// packages ship them, generated at build time).
+pub fn completion_script(shell: Shell) -> String {
+    use clap_complete::Shell as S;
+    let target = match shell {
+        Shell::Bash => S::Bash,
+        Shell::Zsh => S::Zsh,
+        Shell::Fish => S::Fish,
+    };
+    let mut out = Vec::new();
+    clap_complete::generate(target, &mut Cli::command(), "maildird", &mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -58,6 +58,44 @@ pub struct Config {
     /// Per-filter settings by filter name (`[filter.log]`, `[filter.exec.NAME]`).
     #[serde(default, rename = "filter")]
     pub filters: toml::Table,
+    /// The file and text this config was parsed from, so that errors found
+    /// later (filter chains) can name the file and line.
+    #[serde(skip)]
+    pub source: Source,
+}
+
+/// Where a config came from: the file name and its text.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    origin: String,
+    text: std::sync::Arc<str>,
+}
+
+impl Source {
+    /// `file:line` of the value at `path` (table keys; a number indexes an
+    /// array, as in `["listener", "0", "filters"]`), or of the deepest part
+    /// of it that exists; None without a source text.
+    fn locate(&self, path: &[&str]) -> Option<String> {
+        use toml::de::{DeTable, DeValue};
+        let root = DeTable::parse(&self.text).ok()?;
+        let mut at: Option<usize> = None;
+        let mut table = Some(root.get_ref());
+        let mut value: Option<&DeValue<'_>> = None;
+        for part in path {
+            let next = match (table, value) {
+                (Some(t), _) => t.iter().find(|(k, _)| k.get_ref() == part).map(|(_, v)| v),
+                (None, Some(DeValue::Array(a))) => {
+                    part.parse::<usize>().ok().and_then(|i| a.get(i))
+                }
+                _ => None,
+            };
+            let Some(next) = next else { break };
+            at = Some(next.span().start);
+            value = Some(next.get_ref());
+            table = next.get_ref().as_table();
+        }
+        Some(format!("{}:{}", self.origin, line_of(&self.text, at?)))
+    }
 }
 
 /// `[metrics]`: where `GET /metrics` is served (maildird(8), "Metrics").
@@ -281,6 +319,45 @@ pub struct ListenerConfig {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+fn settings_exist(filters: &toml::Table, name: &str) -> bool {
+    let mut parts = name.split('.');
+    let Some(mut v) = parts.next().and_then(|p| filters.get(p)) else {
+        return false;
+    };
+    for p in parts {
+        match v.as_table().and_then(|t| t.get(p)) {
+            Some(next) => v = next,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The 1-based line of byte `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    1 + text
+        .get(..at.min(text.len()))
+        .unwrap_or(text)
+        .matches('\n')
+        .count()
+}
+
+/// The dotted key a value error is about (`limits.max_recipients`), which
+/// `toml` keeps but shows only in its Display without the input attached.
+fn error_key(e: &toml::de::Error) -> Option<String> {
+    let mut bare = e.clone();
+    bare.set_input(None);
+    bare.to_string()
+        .lines()
+        .rev()
+        .find_map(|l| {
+            l.strip_prefix("in `")?
+                .strip_suffix('`')
+                .map(str::to_string)
+        })
+        .filter(|k| !k.is_empty())
+}
+
 impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -299,18 +376,39 @@ impl Config {
     /// Parse and validate config text; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| 1 + text[..s.start.min(text.len())].matches('\n').count());
-            let msg = e.message().trim_end().to_string();
+            let line = e.span().map(|s| line_of(text, s.start));
+            let msg = e.message().trim_end();
+            let msg = match error_key(&e) {
+                Some(key) if !msg.contains(&format!("`{key}`")) => format!("{key}: {msg}"),
+                _ => msg.to_string(),
+            };
             match line {
                 Some(l) => ConfigError(format!("{origin}:{l}: {msg}")),
                 None => ConfigError(format!("{origin}: {msg}")),
             }
         })?;
+        let mut cfg = cfg;
         cfg.validate()
             .map_err(|m| ConfigError(format!("{origin}: {m}")))?;
+        cfg.source = Source {
+            origin: origin.to_string(),
+            text: text.into(),
+        };
         Ok(cfg)
+    }
+
+    /// `file:line` of listener `index`'s `filters` list (or of the listener).
+    pub fn listener_filters_at(&self, index: usize) -> Option<String> {
+        self.source
+            .locate(&["listener", &index.to_string(), "filters"])
+    }
+
+    /// `file:line` of the `[filter.NAME]` table (`exec.rot13`: `[filter.exec.rot13]`),
+    /// if the file has one.
+    pub fn filter_table_at(&self, name: &str) -> Option<String> {
+        let path: Vec<&str> = std::iter::once("filter").chain(name.split('.')).collect();
+        // Only the table itself, not the nearest parent that exists.
+        settings_exist(&self.filters, name).then(|| self.source.locate(&path))?
     }
 
     /// Relative paths in the file are relative to the file's directory.
@@ -648,6 +746,24 @@ mod tests {
         let m = e.to_string();
         assert!(m.starts_with("/etc/x.toml:4:"), "{m}");
         assert!(m.contains("max_conections"), "{m}");
+    }
+
+    #[test]
+    fn type_errors_name_file_line_and_dotted_key() {
+        let m = |text: &str| Config::parse(text, "f.toml").unwrap_err().to_string();
+        assert_eq!(
+            m("hostname = \"a\"\n[limits]\nmax_recipients = \"x\"\n"),
+            "f.toml:3: limits.max_recipients: invalid type: string \"x\", expected usize"
+        );
+        assert_eq!(
+            m("hostname = 5\n"),
+            "f.toml:1: hostname: invalid type: integer `5`, expected a string"
+        );
+        let e = m("limits = { max_message_size = \"lots\" }\n");
+        assert!(
+            e.starts_with("f.toml:1: limits.max_message_size: invalid size"),
+            "{e}"
+        );
     }
 
     #[test]

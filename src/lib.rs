@@ -24,6 +24,7 @@ pub mod maildir;
 pub mod metrics;
 pub mod notify;
 pub mod observer;
+pub mod output;
 pub mod pop3;
 pub mod privs;
 pub mod sasl;

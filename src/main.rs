@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use maildird::cli::{Cli, Command};
-use maildird::{admin, daemon, logging, tunnel};
+use maildird::{admin, cli, daemon, logging, output, tunnel};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -28,11 +28,12 @@ fn main() -> ExitCode {
         Command::Who { json } => admin::who(&cli.config, json),
         Command::Kick { id, user, ip } => admin::kick(&cli.config, id, user, ip),
         Command::Events { json } => admin::events(&cli.config, json),
+        Command::Completions { shell } => output::print(&cli::completion_script(shell)).map(drop),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("maildird: {e}");
+            output::note(&format!("maildird: {e}"));
             ExitCode::from(e.exit_code())
         }
     }

@@ -7,6 +7,7 @@
 //! stdin -> connection and connection -> stdout, flushing every chunk so each
 //! command reaches the server at once (a zlib sync flush per chunk).
 
+use std::io;
 use std::path::Path;
 use std::time::Duration;
 
@@ -28,7 +29,10 @@ pub fn run(config_path: &Path, filters: &[String], target: &str) -> Result<(), C
     };
     let chain = Registry::builtin()
         .build(&config, filters, Side::Client)
-        .map_err(|e| CommandError::Config(format!("--filters: {e}")))?;
+        .map_err(|e| {
+            let at = crate::filter::chains::settings_at(&config, &e);
+            CommandError::Config(format!("--filters: {}", e.at(at)))
+        })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -45,48 +49,122 @@ pub fn run(config_path: &Path, filters: &[String], target: &str) -> Result<(), C
             local: stream.local_addr().ok(),
             ..ConnMeta::default()
         };
+        let names = format!("{:?}", chain.names());
         let io = chain
             .apply(Box::new(stream), &mut meta)
             .await
-            .map_err(|e| CommandError::Runtime(format!("filters {:?}: {e}", chain.names())))?;
-        relay(io, tokio::io::stdin(), tokio::io::stdout()).await;
-        Ok(())
+            .map_err(|e| CommandError::Runtime(format!("{target}: filters {names}: {e}")))?;
+        relay(io, tokio::io::stdin(), tokio::io::stdout())
+            .await
+            .map_err(|e| CommandError::Runtime(format!("{target}: filters {names}: {e}")))
     });
     // A blocked read of stdin must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
 }
 
+/// Why a relay failed: what came from the server through the filters was not
+/// a mail session. Each of these usually means the server's listener uses
+/// other filters than `--filters`.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("reading from the server: {0} (does its listener use the same filters?)")]
+    Read(io::Error),
+    #[error(
+        "the server closed the connection before sending anything \
+         (does its listener use the same filters?)"
+    )]
+    ClosedBeforeData,
+    #[error(
+        "the server's first bytes are not a mail greeting: {0:?} \
+         (does its listener use the same filters?)"
+    )]
+    NotAGreeting(String),
+}
+
 /// Copy `input` -> `io` and `io` -> `output` until the server closes. When
 /// `input` ends first, the connection's sending side is shut down (zlib's final
-/// block, exec's EOF) and the server's last replies are still passed on.
-pub async fn relay(io: BoxedIo, input: impl AsyncRead + Unpin, output: impl AsyncWrite + Unpin) {
+/// block, exec's EOF) and the server's last replies are still passed on. A
+/// reader of `output` that goes away ends the relay normally.
+pub async fn relay(
+    io: BoxedIo,
+    input: impl AsyncRead + Unpin,
+    output: impl AsyncWrite + Unpin,
+) -> Result<(), RelayError> {
     let (from_server, to_server) = tokio::io::split(io);
     let upstream = async move {
-        pump(input, to_server).await;
+        let _ = pump(input, to_server, |_| Ok(())).await;
         // Wait for the server side to finish.
-        std::future::pending::<()>().await
+        std::future::pending::<Result<(), RelayError>>().await
     };
+    let mut first = true;
+    let downstream = pump(from_server, output, move |chunk| {
+        if std::mem::take(&mut first) {
+            check_greeting(chunk)?;
+        }
+        Ok(())
+    });
     tokio::select! {
-        _ = upstream => {}
-        _ = pump(from_server, output) => {}
+        r = upstream => r,
+        r = downstream => r,
     }
 }
 
-/// Copy with a flush after every chunk, then shut the destination down.
-async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
+/// An SMTP or POP3 greeting is a line of printable ASCII (`220 ...`,
+/// `+OK ...`); a chain that does not match the server's yields bytes that
+/// are not (compressed or encrypted data, or garbage).
+fn check_greeting(chunk: &[u8]) -> Result<(), RelayError> {
+    let line = chunk.split(|&b| b == b'\n').next().unwrap_or(chunk);
+    let text = line
+        .iter()
+        .all(|&b| (b' '..=b'~').contains(&b) || b == b'\r' || b == b'\t');
+    if text {
+        return Ok(());
+    }
+    let shown: Vec<u8> = chunk.iter().copied().take(16).collect();
+    Err(RelayError::NotAGreeting(
+        String::from_utf8_lossy(&shown).into_owned(),
+    ))
+}
+
+fn hung_up(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Copy with a flush after every chunk (each one checked by `check` first),
+/// then shut the destination down. Errors reading `from` are returned, as is
+/// an end before any data; a destination that fails ends the copy quietly.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut check: impl FnMut(&[u8]) -> Result<(), RelayError>,
+) -> Result<(), RelayError> {
     let mut buf = vec![0u8; 16 * 1024];
-    loop {
+    let mut seen = false;
+    let result = loop {
         let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) if !seen => break Err(RelayError::ClosedBeforeData),
+            Ok(0) => break Ok(()),
+            // After the session ran, a hang-up without a clean end (no TLS
+            // close_notify, a reset after QUIT) is still the end.
+            Err(e) if seen && hung_up(&e) => break Ok(()),
+            Err(e) => break Err(RelayError::Read(e)),
             Ok(n) => n,
         };
+        seen = true;
         let chunk = buf.get(..n).unwrap_or(&[]);
-        if to.write_all(chunk).await.is_err() || to.flush().await.is_err() {
-            break;
+        if let Err(e) = check(chunk) {
+            break Err(e);
         }
-    }
+        if to.write_all(chunk).await.is_err() || to.flush().await.is_err() {
+            break Ok(());
+        }
+    };
     let _ = to.shutdown().await;
+    result
 }
 
 /// Warnings and errors on stderr (`MAILDIRD_LOG` to see more): a tunnel runs
@@ -134,10 +212,43 @@ mod tests {
         // Input ends right after QUIT: the 221 must still come out.
         user_in.write_all(b"NOOP\r\nQUIT\r\n").await.unwrap();
         drop(user_in);
-        relay(io, input, output).await;
+        relay(io, input, output).await.unwrap();
         let mut out = Vec::new();
         user_out.read_to_end(&mut out).await.unwrap();
         assert_eq!(out, b"220 hi\r\n221 bye\r\n");
         assert_eq!(server.await.unwrap(), b"NOOP\r\nQUIT\r\n");
+    }
+
+    /// The client speaks zlib, the server plain text: the inflate error (or
+    /// garbage, or an early close) is the relay's error, and nothing reaches
+    /// the user.
+    #[tokio::test]
+    async fn a_chain_the_server_does_not_speak_is_an_error() {
+        for (server_says, want) in [
+            (
+                &b"220 mx.test ESMTP maildird\r\n"[..],
+                "reading from the server",
+            ),
+            (&b""[..], "closed the connection before"),
+        ] {
+            let (client_wire, mut server_wire) = tokio::io::duplex(256);
+            server_wire.write_all(server_says).await.unwrap();
+            drop(server_wire);
+            let io: BoxedIo = Box::new(ZlibIo::new(client_wire, 6));
+            let (output, mut user_out) = tokio::io::duplex(256);
+            let err = relay(io, tokio::io::empty(), output).await.unwrap_err();
+            assert!(err.to_string().contains(want), "{err}");
+            let mut out = Vec::new();
+            user_out.read_to_end(&mut out).await.unwrap();
+            assert!(out.is_empty(), "{out:?}");
+        }
+    }
+
+    #[test]
+    fn greetings_are_printable_lines() {
+        assert!(check_greeting(b"220 mx.test ESMTP\r\n").is_ok());
+        assert!(check_greeting(b"+OK ready\r\n\x00binary later").is_ok());
+        assert!(check_greeting(b"\x16\x03\x01\x00").is_err());
+        assert!(check_greeting(b"2\xff0 x\r\n").is_err());
     }
 }

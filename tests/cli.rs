@@ -314,3 +314,334 @@ fn harness_checks_names_hashes_and_line_ends() {
     let m = message("s", "a@example.org");
     assert!(m.ends_with(b"Bye.\r\n") && to_crlf(&to_lf(&m)) == m);
 }
+
+/// Runs `maildird ARGS` with its standard output a pipe whose reader is
+/// already gone, so the first write fails with EPIPE (the binary ignores
+/// SIGPIPE, as every Rust program does).
+fn spawn_closed_stdout(args: &[&str], cfg: &std::path::Path) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let (reader, writer) = nix::unistd::pipe().expect("pipe");
+    drop(reader);
+    Command::new(bin())
+        .args(args)
+        .arg("-c")
+        .arg(cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn maildird")
+}
+
+/// Waits (bounded) for `child`, feeding it `stdin`.
+fn finish(mut child: std::process::Child, stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    if let Some(mut sin) = child.stdin.take() {
+        let _ = sin.write_all(stdin);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(o) => o.expect("wait"),
+        Err(_) => {
+            signal(pid, "KILL");
+            panic!("maildird did not end within {WAIT:?} with its reader gone");
+        }
+    }
+}
+
+fn assert_quiet_end(o: &std::process::Output, what: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{what} panicked:\n{}", show(o));
+    assert_eq!(o.status.code(), Some(0), "{what}\n{}", show(o));
+}
+
+#[test]
+fn a_closed_stdout_is_a_quiet_normal_end_for_every_printing_command() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let cfg = env.config();
+    for (args, stdin) in [
+        (&["check-config"][..], &b""[..]),
+        (&["hash-password", "--password-stdin"][..], &b"pw\n"[..]),
+        (&["user", "list"][..], &b""[..]),
+        (&["user", "list", "--json"][..], &b""[..]),
+        (&["--help"][..], &b""[..]),
+        (&["user", "--help"][..], &b""[..]),
+        (&["completions", "bash"][..], &b""[..]),
+    ] {
+        let o = finish(spawn_closed_stdout(args, &cfg), stdin);
+        assert_quiet_end(&o, &format!("{args:?}"));
+    }
+    // The control socket clients, against the real daemon.
+    let mut d = Daemon::start(&env);
+    let _pop = Line::connect(env.pop3_port);
+    for args in [&["who"][..], &["who", "--json"][..]] {
+        let o = finish(spawn_closed_stdout(args, &cfg), b"");
+        assert_quiet_end(&o, &format!("{args:?}"));
+    }
+    // `events` writes only when an event comes: wait until it follows, then
+    // make one (a connection).
+    let mut ev = spawn_closed_stdout(&["events", "--json"], &cfg);
+    let mut err = std::io::BufReader::new(ev.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut err, &mut line).expect("read stderr");
+    assert!(line.contains("following session events"), "{line}");
+    let _smtp = Line::smtp_ready(env.smtp_port);
+    let o = finish(ev, b"");
+    assert_quiet_end(&o, "events --json");
+    let _ = d.wait_stderr("connect");
+}
+
+#[test]
+fn user_list_json_is_one_array_of_names_and_roles() {
+    let env = TestEnv::new();
+    std::fs::write(env.users_file(), "").expect("users");
+    let o = maildird(&env.config(), &["user", "list", "--json"], b"");
+    assert_ok(&o, "user list --json");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "[]\n");
+    add_user(&env, "alice", PW);
+    let o = maildird(
+        &env.config(),
+        &["user", "add", "bob", "--password-stdin", "--role", "admin"],
+        b"pw\n",
+    );
+    assert_ok(&o, "user add bob");
+    let o = maildird(&env.config(), &["user", "list", "--json"], b"");
+    assert_ok(&o, "user list --json");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!([
+            {"name": "alice", "roles": ["pop3", "submit"]},
+            {"name": "bob", "roles": ["admin"]},
+        ])
+    );
+}
+
+#[test]
+fn completions_are_printed_for_bash_zsh_and_fish() {
+    let env = TestEnv::new();
+    for (shell, marker) in [
+        ("bash", "complete -F _maildird"),
+        ("zsh", "#compdef maildird"),
+        ("fish", "complete -c maildird"),
+    ] {
+        let o = maildird(&env.config(), &["completions", shell], b"");
+        assert_ok(&o, &format!("completions {shell}"));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(marker), "{shell}: no {marker:?} in:\n{out}");
+        // The subcommands and their flags are in the script.
+        for word in ["check-config", "password-stdin", "unix-group"] {
+            assert!(out.contains(word), "{shell}: no {word:?}");
+        }
+    }
+    let o = maildird(&env.config(), &["completions", "tcsh"], b"");
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+}
+
+/// Every subcommand and every long option that clap knows is in maildird(8)
+/// (`Cm user add`, `Fl \-password-stdin`): the man page cannot fall behind.
+#[test]
+fn man_page_names_every_subcommand_and_long_flag() {
+    use clap::CommandFactory;
+    let man_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man/maildird.8");
+    let man = std::fs::read_to_string(&man_path).expect("man/maildird.8");
+    let mut missing = Vec::new();
+    let mut stack = vec![(Vec::<String>::new(), maildird::cli::Cli::command())];
+    while let Some((path, cmd)) = stack.pop() {
+        for arg in cmd.get_arguments() {
+            if let Some(long) = arg.get_long() {
+                let want = format!("Fl \\-{long}");
+                if !man.contains(&want) {
+                    missing.push(format!("{want} (of {:?})", path.join(" ")));
+                }
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            let mut p = path.clone();
+            p.push(sub.get_name().to_string());
+            let want = format!("Cm {}", p.join(" "));
+            if !man.contains(&want) {
+                missing.push(want);
+            }
+            stack.push((p, sub.clone()));
+        }
+    }
+    assert!(missing.is_empty(), "missing from maildird(8): {missing:#?}");
+}
+
+#[test]
+fn serve_refuses_a_mail_root_the_service_user_cannot_write() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    // Read-only for everyone, its owner (the service user) included.
+    chmod(&env.mail_root(), 0o555);
+    let o = run(
+        std::process::Command::new(bin())
+            .args(["serve", "-c"])
+            .arg(env.config()),
+        b"",
+    );
+    chmod(&env.mail_root(), 0o755);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let root = env.mail_root().display().to_string();
+    assert!(
+        err.contains(&format!("mail_root {root} is not usable")),
+        "{err}"
+    );
+    assert!(err.contains("Permission denied"), "{err}");
+}
+
+/// `tunnel` reports on stderr, with exit 1, what keeps the session from
+/// working: nobody listening, a TLS handshake the server does not answer,
+/// and a filter the server's listener does not use.
+#[test]
+fn tunnel_reports_refused_connections_failed_handshakes_and_chain_mismatches() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let openssl = require_tool("openssl", "openssl");
+    let o = run(
+        std::process::Command::new(openssl)
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
+            .args(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"])
+            .args(["-subj", "/CN=maildird test CA"])
+            .current_dir(env.path()),
+        b"",
+    );
+    assert_ok(&o, "openssl req");
+    let cfg = env.config_with("tunnel.toml", "\n[filter.tls]\nca = \"ca.pem\"\n");
+    let _d = Daemon::start(&env);
+    let tunnel = |filters: &str, port: u16| {
+        let target = format!("127.0.0.1:{port}");
+        let mut args = vec!["tunnel"];
+        if !filters.is_empty() {
+            args.extend(["--filters", filters]);
+        }
+        args.push(&target);
+        (maildird(&cfg, &args, b"QUIT\r\n"), target)
+    };
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    for (filters, port, want) in [
+        ("zlib", closed_port, "Connection refused"),
+        ("tls", env.smtp_port, "tls handshake failed"),
+        (
+            "zlib",
+            env.smtp_port,
+            "does its listener use the same filters?",
+        ),
+    ] {
+        let (o, target) = tunnel(filters, port);
+        let what = format!("tunnel --filters {filters} {target}");
+        assert_eq!(o.status.code(), Some(1), "{what}\n{}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(&target) && err.contains(want), "{what}: {err}");
+        assert!(
+            o.stdout.is_empty(),
+            "{what}: garbage passed on\n{}",
+            show(&o)
+        );
+    }
+    // The plain chain still works against the plain listener.
+    let (o, _) = tunnel("", env.smtp_port);
+    assert_ok(&o, "tunnel without filters");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("220 "),
+        "{}",
+        show(&o)
+    );
+}
+
+#[test]
+fn check_config_warns_on_unusable_hashes_and_aliases_pointing_at_nobody() {
+    let env = TestEnv::new();
+    std::fs::write(
+        env.users_file(),
+        "alice:{PLAIN}x\nold:{MD5-CRYPT}$1$salt$hash\n",
+    )
+    .expect("users");
+    std::fs::write(
+        env.path().join("aliases"),
+        "postmaster: alice\nghost: carol\nsales: alice, dave\n",
+    )
+    .expect("aliases");
+    let o = maildird(&env.config(), &["check-config"], b"");
+    assert_ok(&o, "check-config with warnings");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning:") && err.contains("user \"old\": password scheme {MD5-CRYPT}"),
+        "{err}"
+    );
+    assert!(err.contains("alias \"ghost\" points at nobody"), "{err}");
+    assert!(
+        err.contains("alias \"sales\"") && err.contains("dave"),
+        "{err}"
+    );
+    assert!(!err.contains("postmaster"), "{err}");
+}
+
+#[test]
+fn config_type_errors_and_filter_errors_name_file_line_and_key() {
+    let env = TestEnv::new();
+    let base = std::fs::read_to_string(env.config()).expect("config");
+    let base_lines = base.lines().count();
+    let cases = [
+        (
+            "\n[limits]\nmax_recipients = \"many\"\n".to_string(),
+            base_lines + 3,
+            "limits.max_recipients: invalid type: string \"many\"",
+        ),
+        (
+            "\n[[listener]]\nname = \"x\"\nprotocol = \"smtp\"\nbind = \"127.0.0.1:0\"\nfilters = [\"nosuch\"]\n"
+                .to_string(),
+            base_lines + 6,
+            "listener \"x\": unknown filter \"nosuch\"",
+        ),
+        (
+            "\n[[listener]]\nname = \"x\"\nprotocol = \"smtp\"\nbind = \"127.0.0.1:0\"\nfilters = [\"zlib\"]\n\n[filter.zlib]\nlevel = 12\n"
+                .to_string(),
+            base_lines + 8,
+            "filter \"zlib\": level must be 0-9",
+        ),
+    ];
+    for (i, (extra, line, want)) in cases.iter().enumerate() {
+        let cfg = env.config_with(&format!("bad{i}.toml"), extra);
+        let o = maildird(&cfg, &["check-config"], b"");
+        assert_eq!(o.status.code(), Some(2), "{extra}\n{}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let at = format!("{}:{line}: ", cfg.display());
+        assert!(
+            err.contains(&at) && err.contains(want),
+            "want {at:?} and {want:?}: {err}"
+        );
+    }
+}
+
+/// `--help` explains every option and positional argument of every command.
+#[test]
+fn every_flag_and_positional_has_help_text() {
+    use clap::CommandFactory;
+    let mut missing = Vec::new();
+    let mut stack = vec![(String::from("maildird"), maildird::cli::Cli::command())];
+    while let Some((path, mut cmd)) = stack.pop() {
+        cmd.build();
+        if cmd.get_about().is_none() {
+            missing.push(path.clone());
+        }
+        for arg in cmd.get_arguments() {
+            if arg.get_help().is_none() && !arg.is_hide_set() {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            stack.push((format!("{path} {}", sub.get_name()), sub.clone()));
+        }
+    }
+    assert!(missing.is_empty(), "no help text: {missing:#?}");
+}

@@ -37,13 +37,13 @@ impl Pop {
     }
 }
 
+/// `who --json`: one JSON array (`[]` when there are no sessions).
 fn who_json(env: &TestEnv) -> Vec<serde_json::Value> {
     let o = maildird(&env.config(), &["who", "--json"], b"");
     assert_ok(&o, "maildird who --json");
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect()
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.lines().count(), 1, "one line expected: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not a JSON array ({e}): {out}"))
 }
 
 #[test]
@@ -51,6 +51,7 @@ fn who_lists_a_live_session_and_kick_ends_it() {
     let env = TestEnv::new();
     add_user(&env, "alice", PW);
     let _d = Daemon::start(&env);
+    assert!(who_json(&env).is_empty(), "no sessions yet");
     let (mut pop, r) = Pop::login(env.pop3_port, PW);
     assert!(r.starts_with("+OK"), "{r}");
     let local = pop.w.local_addr().expect("addr").to_string();
@@ -124,6 +125,8 @@ fn events_stream_connect_auth_and_close() {
     pop.w.write_all(b"QUIT\r\n").expect("write");
     pop.line();
     drop(pop);
+    let msg = message("events", "alice@example.org");
+    deliver(env.smtp_port, &["alice@example.org"], &msg);
     let (tx, rx) = std::sync::mpsc::channel();
     let out = ev.stdout.take().expect("stdout");
     std::thread::spawn(move || {
@@ -135,8 +138,9 @@ fn events_stream_connect_auth_and_close() {
         }
     });
     let mut seen: Vec<(u64, String, Option<String>)> = Vec::new();
+    let mut json: Vec<serde_json::Value> = Vec::new();
     let deadline = Instant::now() + WAIT;
-    while seen.iter().filter(|e| e.1 == "close").count() < 2 {
+    while seen.iter().filter(|e| e.1 == "close").count() < 3 {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx
             .recv_timeout(left)
@@ -147,6 +151,7 @@ fn events_stream_connect_auth_and_close() {
             v["event"].as_str().expect("event").to_string(),
             v["user"].as_str().map(str::to_string),
         ));
+        json.push(v);
     }
     let _ = ev.kill();
     let _ = ev.wait();
@@ -163,11 +168,31 @@ fn events_stream_connect_auth_and_close() {
         .find(|e| e.0 != first)
         .expect("second session")
         .0;
+    assert_eq!(read_new(&env, "alice").len(), 1);
+    // `size`: the message as the client sent it (before the Received: line).
+    let sent_size = msg.len() as u64;
     assert_eq!(kinds(second), ["connect", "auth_ok", "close"], "{seen:?}");
     assert!(
         seen.iter()
             .any(|e| e.1 == "auth_ok" && e.2.as_deref() == Some("alice"))
     );
+    // Typed fields (maildird(8), events), no packed `detail` string.
+    let of = |kind: &'static str| json.iter().filter(move |v| v["event"] == kind);
+    for v in of("auth_ok").chain(of("auth_fail")) {
+        assert!(v.get("mechanism").is_none_or(|m| m.is_string()), "{v}");
+    }
+    let delivery = of("delivery").next().expect("a delivery event");
+    assert_eq!(delivery["recipients"], 1, "{delivery}");
+    assert_eq!(delivery["size"].as_u64(), Some(sent_size), "{delivery}");
+    assert!(
+        delivery.get("id").is_none_or(|m| m.is_string()),
+        "{delivery}"
+    );
+    for v in of("close") {
+        assert!(v["bytes_in"].as_u64().is_some_and(|n| n > 0), "{v}");
+        assert!(v["bytes_out"].as_u64().is_some_and(|n| n > 0), "{v}");
+        assert!(v.get("detail").is_none(), "{v}");
+    }
 }
 
 #[test]

@@ -26,6 +26,29 @@ pub fn verify(stored: &str, password: &[u8]) -> bool {
     }
 }
 
+/// Can `verify` ever accept `stored`? False for unknown schemes and for
+/// `{CRYPT}` hashes of an algorithm it refuses (MD5 `$1$`, yescrypt, DES):
+/// `check-config` warns about such users, who can never log in.
+pub fn is_supported(stored: &str) -> bool {
+    let (scheme, hash) = split_scheme(stored);
+    match scheme.to_ascii_uppercase().as_str() {
+        "ARGON2ID" | "ARGON2I" | "SHA512-CRYPT" | "SHA256-CRYPT" | "BLF-CRYPT" | "PLAIN"
+        | "CLEAR" | "CLEARTEXT" => true,
+        "CRYPT" => [
+            "$6$",
+            "$5$",
+            "$2y$",
+            "$2b$",
+            "$2a$",
+            "$argon2id$",
+            "$argon2i$",
+        ]
+        .iter()
+        .any(|p| hash.starts_with(p)),
+        _ => false,
+    }
+}
+
 /// The scheme name of a stored hash (`CRYPT` when it has no `{...}` prefix).
 pub fn scheme(stored: &str) -> &str {
     split_scheme(stored).0
@@ -193,6 +216,29 @@ mod tests {
             "",
         ] {
             assert!(!verify(stored, b"password"), "{stored}");
+        }
+    }
+
+    #[test]
+    fn supported_schemes_are_the_ones_verify_can_accept() {
+        for ok in [
+            "{ARGON2ID}$argon2id$x",
+            "{sha512-crypt}$6$x",
+            "{BLF-CRYPT}$2y$x",
+            "{PLAIN}pw",
+            "$6$salt$hash",
+            "{CRYPT}$2b$x",
+        ] {
+            assert!(is_supported(ok), "{ok}");
+        }
+        for bad in [
+            "{MD5-CRYPT}$1$x",
+            "$1$x$y",
+            "{CRYPT}$y$x",
+            "{SSHA}abc",
+            "abcDES",
+        ] {
+            assert!(!is_supported(bad), "{bad}");
         }
     }
 

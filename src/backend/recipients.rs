@@ -59,6 +59,11 @@ impl Aliases {
         self.map.get(alias).map(Vec::as_slice)
     }
 
+    /// Every alias with its targets, by name (`check-config` checks them).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.map.iter().map(|(a, t)| (a.as_str(), t.as_slice()))
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

@@ -42,6 +42,8 @@ struct Live {
     peer: Option<SocketAddr>,
     user: Option<String>,
     state: String,
+    /// Why the daemon ended the session, if it did (reported with `close`).
+    close_reason: Option<String>,
 }
 
 /// `who`: one session as the admin sees it.
@@ -78,6 +80,21 @@ pub enum EventKind {
     Close,
 }
 
+impl EventKind {
+    /// The name in JSON and in the text form of `events`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventKind::Connect => "connect",
+            EventKind::AuthOk => "auth_ok",
+            EventKind::AuthFail => "auth_fail",
+            EventKind::Delivery => "delivery",
+            EventKind::Close => "close",
+        }
+    }
+}
+
+/// One event of `events`: what every event has, then the typed fields of its
+/// kind (maildird(8), `events`). Absent fields are left out of the JSON.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Event {
     pub time: String,
@@ -86,9 +103,63 @@ pub struct Event {
     pub protocol: String,
     pub peer: Option<String>,
     pub user: Option<String>,
-    /// Delivery: recipients and size; close: bytes in/out; auth: mechanism.
+    #[serde(flatten)]
+    pub fields: EventFields,
+}
+
+/// The fields that only some kinds carry: `auth_ok`/`auth_fail`: `mechanism`;
+/// `delivery`: `id`, `recipients`, `size`; `close`: `bytes_in`, `bytes_out`
+/// (on the wire) and `reason` (why the daemon ended it, e.g. `kicked`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    pub mechanism: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_in: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_out: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl EventFields {
+    /// The fields as `key=value` words for the text form of `events`, in the
+    /// order above; strings are quoted when they need it.
+    pub fn to_words(&self) -> Vec<String> {
+        let text = |k: &str, v: &Option<String>| v.as_ref().map(|v| format!("{k}={}", quoted(v)));
+        let num = |k: &str, v: Option<u64>| v.map(|v| format!("{k}={v}"));
+        [
+            text("mechanism", &self.mechanism),
+            text("id", &self.id),
+            num("recipients", self.recipients),
+            num("size", self.size),
+            num("bytes_in", self.bytes_in),
+            num("bytes_out", self.bytes_out),
+            text("reason", &self.reason),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+/// A value as one shell-like word: as is when it is plain, else Rust-quoted
+/// (so a user name cannot forge another field or line).
+pub fn quoted(v: &str) -> String {
+    let plain = !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._@+:/".contains(&b));
+    if plain {
+        v.to_string()
+    } else {
+        format!("{v:?}")
+    }
 }
 
 fn now_rfc3339(t: SystemTime) -> String {
@@ -135,6 +206,7 @@ impl Registry {
                 peer: tcp_peer,
                 user: None,
                 state: "connected".into(),
+                close_reason: None,
             }),
             layers: Mutex::new(vec![
                 ("wire".into(), Arc::default()),
@@ -147,7 +219,7 @@ impl Registry {
             registry: self.clone(),
             entry,
         };
-        guard.emit(EventKind::Connect, None);
+        guard.emit(EventKind::Connect, EventFields::default());
         guard
     }
 
@@ -191,6 +263,10 @@ impl Registry {
                 }
             };
             if hit {
+                e.live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .close_reason = Some("kicked".into());
                 // notify_one stores a permit, so a kick before the session waits still counts.
                 e.kick.notify_one();
                 n += 1;
@@ -310,20 +386,38 @@ impl SessionGuard {
 
     pub fn auth_ok(&self, user: &str, mechanism: &str) {
         self.with_live(|l| l.user = Some(user.to_string()));
-        self.emit(
-            EventKind::AuthOk,
-            Some(mechanism.to_string()).filter(|m| !m.is_empty()),
-        );
+        self.emit(EventKind::AuthOk, mechanism_field(mechanism));
     }
 
     pub fn auth_fail(&self, user: &str, mechanism: &str) {
-        let mechanism = Some(mechanism.to_string()).filter(|m| !m.is_empty());
-        let ev = self.event(EventKind::AuthFail, mechanism, Some(user.to_string()));
+        let ev = self.event(
+            EventKind::AuthFail,
+            mechanism_field(mechanism),
+            Some(user.to_string()),
+        );
         let _ = self.registry.events.send(ev);
     }
 
-    pub fn delivery(&self, detail: String) {
-        self.emit(EventKind::Delivery, Some(detail));
+    /// A message was delivered: its id (empty when unknown), how many
+    /// recipients got it and its size in bytes.
+    pub fn delivery(&self, id: &str, recipients: usize, size: u64) {
+        self.emit(
+            EventKind::Delivery,
+            EventFields {
+                id: Some(id.to_string()).filter(|i| !i.is_empty()),
+                recipients: Some(recipients as u64),
+                size: Some(size),
+                ..EventFields::default()
+            },
+        );
+    }
+
+    /// Why the daemon is ending this session (e.g. `timeout`, `shutdown`),
+    /// reported by the `close` event; the first reason given is kept.
+    pub fn set_close_reason(&self, reason: &str) {
+        self.with_live(|l| {
+            l.close_reason.get_or_insert_with(|| reason.to_string());
+        });
     }
 
     /// Resolves when an admin kicks this session.
@@ -331,7 +425,7 @@ impl SessionGuard {
         self.entry.kick.notified().await;
     }
 
-    fn event(&self, kind: EventKind, detail: Option<String>, user: Option<String>) -> Event {
+    fn event(&self, kind: EventKind, fields: EventFields, user: Option<String>) -> Event {
         let live = self.entry.live();
         Event {
             time: now_rfc3339(SystemTime::now()),
@@ -340,25 +434,33 @@ impl SessionGuard {
             protocol: self.entry.protocol.clone(),
             peer: live.peer.map(|p| p.to_string()),
             user: user.or(live.user),
-            detail,
+            fields,
         }
     }
 
-    fn emit(&self, kind: EventKind, detail: Option<String>) {
-        let ev = self.event(kind, detail, None);
+    fn emit(&self, kind: EventKind, fields: EventFields) {
+        let ev = self.event(kind, fields, None);
         let _ = self.registry.events.send(ev);
+    }
+}
+
+fn mechanism_field(mechanism: &str) -> EventFields {
+    EventFields {
+        mechanism: Some(mechanism.to_string()).filter(|m| !m.is_empty()),
+        ..EventFields::default()
     }
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         let wire = self.counters("wire");
-        let detail = format!(
-            "bytes_in={} bytes_out={}",
-            wire.bytes_in.load(Ordering::Relaxed),
-            wire.bytes_out.load(Ordering::Relaxed)
-        );
-        self.emit(EventKind::Close, Some(detail));
+        let fields = EventFields {
+            bytes_in: Some(wire.bytes_in.load(Ordering::Relaxed)),
+            bytes_out: Some(wire.bytes_out.load(Ordering::Relaxed)),
+            reason: self.entry.live().close_reason,
+            ..EventFields::default()
+        };
+        self.emit(EventKind::Close, fields);
         self.registry.map().remove(&self.entry.id);
     }
 }
@@ -400,6 +502,48 @@ mod tests {
             kinds,
             [EventKind::Connect, EventKind::AuthOk, EventKind::Close]
         );
+    }
+
+    #[test]
+    fn events_carry_typed_fields_by_kind() {
+        let reg = Arc::new(Registry::new());
+        let mut rx = reg.subscribe();
+        let g = reg.open(4, "smtp", "smtp", addr("127.0.0.1:4000"));
+        g.auth_ok("alice", "PLAIN");
+        g.delivery("1700000000.M1P2Q3R4.mx", 2, 406);
+        g.counters("wire").bytes_in.fetch_add(10, Ordering::Relaxed);
+        g.counters("wire")
+            .bytes_out
+            .fetch_add(20, Ordering::Relaxed);
+        assert_eq!(reg.kick(&KickTarget::Id(4)), 1);
+        drop(g);
+        let json: Vec<serde_json::Value> = (0..4)
+            .map(|_| serde_json::to_value(rx.try_recv().unwrap()).unwrap())
+            .collect();
+        assert_eq!(json[0]["event"], "connect");
+        assert!(json[0].get("size").is_none(), "{}", json[0]);
+        assert_eq!(json[1]["mechanism"], "PLAIN");
+        assert_eq!(json[2]["id"], "1700000000.M1P2Q3R4.mx");
+        assert_eq!(json[2]["recipients"], 2);
+        assert_eq!(json[2]["size"], 406);
+        assert_eq!(json[3]["bytes_in"], 10);
+        assert_eq!(json[3]["bytes_out"], 20);
+        assert_eq!(json[3]["reason"], "kicked");
+        // And back: the client reads what the daemon wrote.
+        let back: Event = serde_json::from_value(json[2].clone()).unwrap();
+        assert_eq!(back.fields.size, Some(406));
+        assert_eq!(
+            back.fields.to_words(),
+            ["id=1700000000.M1P2Q3R4.mx", "recipients=2", "size=406"]
+        );
+    }
+
+    #[test]
+    fn text_words_quote_what_could_forge_a_field() {
+        assert_eq!(quoted("PLAIN"), "PLAIN");
+        assert_eq!(quoted("a b=c"), "\"a b=c\"");
+        assert_eq!(quoted("x\ny"), "\"x\\ny\"");
+        assert_eq!(quoted(""), "\"\"");
     }
 
     #[test]

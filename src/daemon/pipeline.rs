@@ -302,8 +302,7 @@ impl Observer for SessionObserver {
 
     fn delivered(&self, id: &str, recipients: usize, size: u64) {
         self.shared.deliveries.fetch_add(1, Ordering::Relaxed);
-        self.guard
-            .delivery(format!("id={id} recipients={recipients} size={size}"));
+        self.guard.delivery(id, recipients, size);
     }
 }
 

@@ -66,18 +66,39 @@ pub(super) fn prepare_mail_root(config: &Config) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// After the drop: mail_root must be usable, or say clearly why not.
+/// After the drop: mail_root must be usable by the user the daemon runs as
+/// (it creates Maildirs and delivers under it), or start-up fails naming the
+/// path, the user and the reason, rather than refusing every message later.
 pub(super) fn check_mail_root(config: &Config) -> Result<(), CommandError> {
     let root = &config.mail_root;
-    if let Err(e) = std::fs::create_dir_all(root).and_then(|_| std::fs::read_dir(root).map(|_| ()))
-    {
-        return Err(CommandError::Runtime(format!(
-            "mail_root {} is not usable by uid {} ({e}); it and its parent directories must be accessible to the service user",
+    let usable = std::fs::create_dir_all(root)
+        .and_then(|()| std::fs::read_dir(root).map(drop))
+        .and_then(|()| {
+            // Write and search: create Maildirs, deliver into them. access(2)
+            // checks the real ids, which equal the effective ones after the drop.
+            rustix::fs::access(
+                root,
+                rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+            )
+            .map_err(std::io::Error::from)
+        });
+    usable.map_err(|e| {
+        CommandError::Runtime(format!(
+            "mail_root {} is not usable by {} ({e}); the service user must be able to \
+             read, write and search it and its parent directories must be accessible to it",
             root.display(),
-            nix::unistd::geteuid()
-        )));
+            running_user()
+        ))
+    })
+}
+
+/// `name (uid N)` of the effective user, for error messages.
+fn running_user() -> String {
+    let uid = nix::unistd::geteuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(u)) => format!("user {} (uid {uid})", u.name),
+        _ => format!("uid {uid}"),
     }
-    Ok(())
 }
 
 pub(super) async fn serve_inetd(shared: Arc<Shared>, proto: Protocol) -> Result<(), CommandError> {

@@ -33,19 +33,34 @@ pub fn build(
     config
         .listeners
         .iter()
-        .map(|l| {
+        .enumerate()
+        .map(|(index, l)| {
             let chain = registry
                 .build(config, &l.filters, crate::filter::Side::Server)
-                .map_err(|e| ChainError::Listener {
-                    listener: l.name.clone(),
-                    error: Box::new(e),
+                .map_err(|e| {
+                    let at = settings_at(config, &e).or_else(|| config.listener_filters_at(index));
+                    ChainError::Listener {
+                        listener: l.name.clone(),
+                        error: Box::new(e),
+                    }
+                    .at(at)
                 })?;
             if l.starttls {
-                chain.check_starttls(&l.name, &l.filters)?;
+                chain
+                    .check_starttls(&l.name, &l.filters)
+                    .map_err(|e| e.at(config.listener_filters_at(index)))?;
             }
             Ok((l.name.clone(), chain))
         })
         .collect()
+}
+
+/// For a filter's refused settings: the `file:line` of its `[filter.*]` table.
+pub fn settings_at(config: &Config, error: &ChainError) -> Option<String> {
+    match error {
+        ChainError::Settings { name, .. } => config.filter_table_at(name),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -78,9 +93,10 @@ mod tests {
                 None => assert!(chains(&l).is_ok(), "{l}"),
                 Some(f) => {
                     let e = chains(&l).err().unwrap_or_default();
+                    // The file and line of the listener's `filters` come first.
                     assert!(
                         e.starts_with(&format!(
-                            "listener \"l\": starttls = true cannot be used with filter \"{f}\""
+                            "t:9: listener \"l\": starttls = true cannot be used with filter \"{f}\""
                         )),
                         "{e}"
                     );
@@ -104,10 +120,31 @@ mod tests {
             .err()
             .unwrap_or_default();
         assert!(
-            e.starts_with("listener \"l\": filter \"log\" with [filter.log] content = true is listed before \"zlib\""),
+            e.starts_with("t:11: listener \"l\": filter \"log\" with [filter.log] content = true is listed before \"zlib\""),
             "{e}"
         );
         let above = l.replace("[\"log\", \"zlib\"]", "[\"zlib\", \"log\"]");
         assert!(chains(&format!("[filter.log]\ncontent = true\n{above}")).is_ok());
+    }
+
+    /// Unknown names point at the listener's `filters` line; refused settings
+    /// at the `[filter.*]` table that holds them.
+    #[test]
+    fn chain_errors_name_the_file_and_line() {
+        let l = |filters: &str| {
+            format!(
+                "[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\n\n[[listener]]\nname = \"b\"\nprotocol = \"pop3\"\nfilters = {filters}\n"
+            )
+        };
+        let e = chains(&l("[\"nosuch\"]")).unwrap_err();
+        assert!(
+            e.starts_with("t:13: listener \"b\": unknown filter \"nosuch\""),
+            "{e}"
+        );
+        let e = chains(&format!("{}[filter.zlib]\nlevel = 12\n", l("[\"zlib\"]"))).unwrap_err();
+        assert!(
+            e.starts_with("t:14: listener \"b\": filter \"zlib\": level must be 0-9"),
+            "{e}"
+        );
     }
 }

@@ -239,6 +239,22 @@ pub enum ChainError {
         listener: String,
         error: Box<ChainError>,
     },
+    /// An error with the `file:line` of the config it comes from.
+    #[error("{at}: {error}")]
+    Located { at: String, error: Box<ChainError> },
+}
+
+impl ChainError {
+    /// With `at` (`file:line`) in front, when known.
+    pub fn at(self, at: Option<String>) -> ChainError {
+        match at {
+            Some(at) => ChainError::Located {
+                at,
+                error: Box::new(self),
+            },
+            None => self,
+        }
+    }
 }
 
 /// `[filter.log]` for `log`, `[filter.exec.rot13]` for `exec.rot13`.

@@ -183,7 +183,10 @@ impl Filter for ClientFilter {
                     meta.tls = true;
                     Ok(Box::new(tls) as BoxedIo)
                 }
-                Ok(Err(e)) => Err(e),
+                Ok(Err(e)) => Err(io::Error::new(
+                    e.kind(),
+                    format!("tls handshake failed: {e}"),
+                )),
                 Err(_) => Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "tls handshake timed out",
