@@ -400,6 +400,31 @@ fn reply_error(e: String) -> CommandError {
 }
 
 /// `who [--json]`.
+/// `status`: the daemon's metrics, summed up (or all of them with `--json`).
+pub fn status(path: &Path, json: bool) -> Result<(), CommandError> {
+    use crate::control::server::{Reply, Request};
+    let sock = control_path(path)?;
+    let reply = client_runtime()?
+        .block_on(crate::control::client::request(&sock, &Request::Status))
+        .map_err(runtime_err)?;
+    let text = match reply {
+        Reply::Metrics(t) => t,
+        Reply::Error(e) => return Err(reply_error(e)),
+        other => return Err(runtime_err(format!("unexpected reply {other:?}"))),
+    };
+    let samples = crate::status::parse(&text);
+    output::print(&if json {
+        crate::status::to_json(&samples).to_string() + "\n"
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        crate::status::summary(&samples, now)
+    })?;
+    Ok(())
+}
+
 pub fn who(path: &Path, json: bool) -> Result<(), CommandError> {
     use crate::control::server::{Reply, Request};
     let sock = control_path(path)?;

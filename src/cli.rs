@@ -49,6 +49,12 @@ pub enum Command {
         #[arg(value_name = "HOST:PORT")]
         target: String,
     },
+    /// Summarise the daemon's metrics: sessions, deliveries, refusals (over the control socket).
+    Status {
+        /// Every metric as one JSON object of `series: value` instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// List live sessions (over the control socket).
     Who {
         /// One JSON array of sessions (`[]` when there are none) instead of a table.

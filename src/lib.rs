@@ -29,6 +29,7 @@ pub mod pop3;
 pub mod privs;
 pub mod sasl;
 pub mod smtp;
+pub mod status;
 pub mod stream;
 pub mod tunnel;
 

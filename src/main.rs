@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::User(cmd) => admin::user(&cli.config, cmd),
         Command::HashPassword { password_stdin } => admin::hash_password(password_stdin),
         Command::Tunnel { filters, target } => tunnel::run(&cli.config, &filters, &target),
+        Command::Status { json } => admin::status(&cli.config, json),
         Command::Who { json } => admin::who(&cli.config, json),
         Command::Kick { id, user, ip } => admin::kick(&cli.config, id, user, ip),
         Command::Events { json } => admin::events(&cli.config, json),

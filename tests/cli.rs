@@ -379,7 +379,12 @@ fn a_closed_stdout_is_a_quiet_normal_end_for_every_printing_command() {
     // The control socket clients, against the real daemon.
     let mut d = Daemon::start(&env);
     let _pop = Line::connect(env.pop3_port);
-    for args in [&["who"][..], &["who", "--json"][..]] {
+    for args in [
+        &["who"][..],
+        &["who", "--json"][..],
+        &["status"][..],
+        &["status", "--json"][..],
+    ] {
         let o = finish(spawn_closed_stdout(args, &cfg), b"");
         assert_quiet_end(&o, &format!("{args:?}"));
     }
@@ -406,7 +411,7 @@ fn user_list_json_is_one_array_of_names_and_roles() {
     add_user(&env, "alice", PW);
     let o = maildird(
         &env.config(),
-        &["user", "add", "bob", "--password-stdin", "--role", "admin"],
+        &["user", "add", "bob", "--password-stdin", "--role", "submit"],
         b"pw\n",
     );
     assert_ok(&o, "user add bob");
@@ -417,7 +422,7 @@ fn user_list_json_is_one_array_of_names_and_roles() {
         v,
         serde_json::json!([
             {"name": "alice", "roles": ["pop3", "submit"]},
-            {"name": "bob", "roles": ["admin"]},
+            {"name": "bob", "roles": ["submit"]},
         ])
     );
 }

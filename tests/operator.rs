@@ -386,6 +386,27 @@ fn metrics_are_served_and_pass_promtool() {
         .as_secs_f64();
     assert!((now - last).abs() < 600.0, "{last} vs {now}");
 
+    // `maildird status` says the same, over the control socket.
+    let o = maildird(&cfg, &["status"], b"");
+    assert_ok(&o, "maildird status");
+    let summary = String::from_utf8_lossy(&o.stdout).to_string();
+    for want in [
+        "deliveries:     1 messages, 1 files,",
+        "smtp unknown_user 1",
+        "pop3 auth 1",
+        "auth failures:  pop3 1",
+    ] {
+        assert!(summary.contains(want), "{want:?} not in\n{summary}");
+    }
+    let o = maildird(&cfg, &["status", "--json"], b"");
+    assert_ok(&o, "maildird status --json");
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(json["maildird_deliveries_total"], 1.0, "{json}");
+    assert_eq!(
+        json["maildird_refusals_total{protocol=\"smtp\",reason=\"unknown_user\"}"], 1.0,
+        "{json}"
+    );
+
     // What Prometheus asks for: OpenMetrics.
     let (ctype, om) = scrape(port, Some("application/openmetrics-text; version=1.0.0"));
     assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");

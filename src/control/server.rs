@@ -20,8 +20,12 @@ use super::{KickTarget, Registry, SessionView};
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Who,
-    Kick { target: KickTarget },
+    Kick {
+        target: KickTarget,
+    },
     Events,
+    /// The metrics, for `maildird status`.
+    Status,
 }
 
 /// Replies to `who` and `kick` (one line); `events` streams `Event` lines.
@@ -32,6 +36,8 @@ pub enum Reply {
     Kicked(usize),
     /// First line of an `events` stream: the subscription is live.
     Subscribed,
+    /// The OpenMetrics text of the daemon's metrics.
+    Metrics(String),
     Error(String),
 }
 
@@ -170,6 +176,7 @@ async fn handle(
     };
     match request {
         Request::Who => send(&mut w, &Reply::Sessions(registry.who())).await,
+        Request::Status => send(&mut w, &Reply::Metrics(crate::metrics::get().encode())).await,
         Request::Kick { target } => {
             let n = registry.kick(&target);
             tracing::info!(?target, sessions = n, "kick");

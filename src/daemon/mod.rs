@@ -69,6 +69,8 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), CommandE
     // First: a panic anywhere ends the process instead of one thread (see
     // `logging::abort_on_panic`), so no half-alive daemon keeps the sockets.
     crate::logging::abort_on_panic();
+    // The metrics start now (their start time is the daemon's).
+    crate::metrics::get();
     // Nothing we create is for "other"; group bits matter for Maildirs shared with mutt.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
     let config =

@@ -69,6 +69,13 @@ pub struct Metrics {
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
+fn unix_now() -> i64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_secs()).unwrap_or(i64::MAX)
+}
+
 /// The process's metrics.
 pub fn get() -> &'static Metrics {
     &METRICS
@@ -96,6 +103,14 @@ impl Metrics {
             pop3_deleted: Counter::default(),
             registry: Registry::default(),
         };
+        let start: Gauge = Gauge::default();
+        start.set(unix_now());
+        registry.register_with_unit(
+            "start_time",
+            "Unix time the daemon started",
+            Unit::Seconds,
+            start,
+        );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -238,11 +253,7 @@ impl Metrics {
         self.delivered_copies.inc_by(copies as u64);
         self.delivered_bytes.inc_by(size);
         self.delivery_seconds.observe(took.as_secs_f64());
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        self.last_delivery
-            .set(i64::try_from(now.as_secs()).unwrap_or(i64::MAX));
+        self.last_delivery.set(unix_now());
     }
 
     /// Time one fsync.
