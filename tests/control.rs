@@ -50,7 +50,7 @@ fn who_json(env: &TestEnv) -> Vec<serde_json::Value> {
 fn who_lists_a_live_session_and_kick_ends_it() {
     let env = TestEnv::new();
     add_user(&env, "alice", PW);
-    let _d = Daemon::start(&env);
+    let mut d = Daemon::start(&env);
     assert!(who_json(&env).is_empty(), "no sessions yet");
     let (mut pop, r) = Pop::login(env.pop3_port, PW);
     assert!(r.starts_with("+OK"), "{r}");
@@ -80,6 +80,9 @@ fn who_lists_a_live_session_and_kick_ends_it() {
         0,
         "the kicked session is closed: {rest:?}"
     );
+    // A kicked POP3 session still ends with its one summary line.
+    let line = d.wait_stderr("pop3 session");
+    assert!(line.contains("user=\"alice\" retrieved=0"), "{line}");
     let deadline = Instant::now() + WAIT;
     while !who_json(&env).is_empty() {
         assert!(

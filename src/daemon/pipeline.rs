@@ -69,6 +69,7 @@ pub(super) async fn refuse<S: tokio::io::AsyncWrite + Unpin>(
     why: Refused,
     hostname: String,
 ) {
+    crate::metrics::get().refused(&proto.to_string(), "limits");
     let text = match why {
         Refused::TooManyConnections => "Too many connections",
         Refused::TooManyFromIp => "Too many connections from your address",
@@ -177,7 +178,7 @@ pub(super) async fn run_session(
         if let (Some(adm), Some(real)) = (admission, meta.peer) {
             if let Err(why) = shared.caps.admit_ip(adm, real.ip()) {
                 let network = shared.caps.client_net().cidr(real.ip());
-                tracing::warn!(real_peer = %real, network = %network, reason = ?why, "connection refused by limits");
+                tracing::warn!(peer = %real, network = %network, reason = ?why, "connection refused by limits");
                 Box::pin(refuse(
                     &mut stream,
                     listener.protocol,

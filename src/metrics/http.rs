@@ -16,9 +16,11 @@ use tokio::sync::Semaphore;
 
 /// The largest request head read (request line and headers).
 const MAX_HEAD: usize = 8 * 1024;
-/// A scraper gets this long to send its request and read the answer.
+/// A scraper gets this long to send its request ...
+const HEAD_DEADLINE: Duration = Duration::from_secs(2);
+/// ... and this long to read the answer.
 const DEADLINE: Duration = Duration::from_secs(10);
-/// Scrapes served at once; more wait for the accept loop.
+/// Scrapes served at once; a connection beyond them is closed.
 const CONCURRENT: usize = 8;
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -155,13 +157,12 @@ pub fn respond(route: &Route, body: impl FnOnce() -> String) -> Vec<u8> {
     out
 }
 
-/// Serve `/metrics` on `listener` until the task is dropped.
+/// Serve `/metrics` on `listener` until the task is dropped. A connection
+/// beyond `CONCURRENT` is closed at once, and a request must arrive within
+/// `HEAD_DEADLINE`: idle connections cannot hold the slots Prometheus needs.
 pub async fn serve(listener: TcpListener) {
     let slots = Arc::new(Semaphore::new(CONCURRENT));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let (mut stream, _) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -171,11 +172,18 @@ pub async fn serve(listener: TcpListener) {
                 continue;
             }
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         tokio::spawn(async move {
+            let head = tokio::time::timeout(HEAD_DEADLINE, read_head(&mut stream))
+                .await
+                .ok()
+                .flatten();
+            let route = head.as_deref().map_or(Route::BadRequest, route);
+            let out = respond(&route, || super::get().encode());
             let _ = tokio::time::timeout(DEADLINE, async {
-                let head = read_head(&mut stream).await;
-                let route = head.as_deref().map_or(Route::BadRequest, route);
-                let out = respond(&route, || super::get().encode());
                 let _ = stream.write_all(&out).await;
                 let _ = stream.shutdown().await;
             })

@@ -152,7 +152,7 @@ impl Metrics {
         );
         registry.register(
             "refusals",
-            "Refusals (SMTP 4xx/5xx, POP3 -ERR), by protocol and reason",
+            "Refusals (each SMTP 4xx/5xx, each POP3 -ERR, connections over the caps), by protocol and reason",
             m.refusals.clone(),
         );
         registry.register(

@@ -57,7 +57,8 @@ pub struct Session<S, St: Store> {
     pub(super) stats: Stats,
 }
 
-/// A logged-in session's work, logged once when it ends.
+/// A logged-in session's work, logged once when it ends: on drop, so a
+/// session ended from outside (kicked, the daemon stopping) has its line too.
 #[derive(Debug)]
 pub(super) struct Stats {
     pub(super) user: Option<String>,
@@ -65,6 +66,21 @@ pub(super) struct Stats {
     pub(super) retrieved_bytes: u64,
     pub(super) deleted: usize,
     started: Instant,
+}
+
+impl Drop for Stats {
+    fn drop(&mut self) {
+        if let Some(user) = &self.user {
+            info!(
+                user = ?crate::logging::LogName(user),
+                retrieved = self.retrieved,
+                retrieved_bytes = self.retrieved_bytes,
+                deleted = self.deleted,
+                duration = format_args!("{:.3}", self.started.elapsed().as_secs_f64()),
+                "pop3 session"
+            );
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
@@ -114,17 +130,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
     /// TRANSACTION, the mailbox is dropped unchanged (RFC 1939 §6).
     pub async fn run(mut self) -> io::Result<()> {
         let r = self.serve().await;
-        let st = &self.stats;
-        if let Some(user) = &st.user {
-            info!(
-                user = ?crate::logging::LogName(user),
-                retrieved = st.retrieved,
-                retrieved_bytes = st.retrieved_bytes,
-                deleted = st.deleted,
-                duration = format_args!("{:.3}", st.started.elapsed().as_secs_f64()),
-                "pop3 session"
-            );
-        }
         r.and(self.conn.close().await)
     }
 

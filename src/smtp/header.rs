@@ -53,28 +53,50 @@ impl HeaderScan {
         }
     }
 
-    /// Parse what was kept (mailparse, unfolding and decoding included).
+    /// What was kept: `Received:` lines counted at line starts (so a header
+    /// mailparse cannot parse is still checked for loops), the Message-ID
+    /// read with mailparse (unfolding and decoding included).
     pub fn finish(&self) -> HeaderInfo {
-        let mut info = HeaderInfo::default();
-        let Ok((headers, _)) = mailparse::parse_headers(&self.buf) else {
-            return info;
-        };
-        for h in &headers {
-            let key = h.get_key_ref();
-            if key.eq_ignore_ascii_case("Received") {
-                info.received += 1;
-            } else if key.eq_ignore_ascii_case("Message-ID") && info.message_id.is_none() {
-                let value = h.get_value();
-                let value = value.trim();
-                let cut = value
-                    .char_indices()
-                    .nth(MAX_MESSAGE_ID)
-                    .map_or(value.len(), |(i, _)| i);
-                info.message_id = Some(value.get(..cut).unwrap_or_default().to_string());
-            }
+        let received = self
+            .buf
+            .split(|&b| b == b'\n')
+            .filter(|line| is_received(line))
+            .count();
+        let message_id = mailparse::parse_headers(&self.buf)
+            .ok()
+            .and_then(|(headers, _)| {
+                headers
+                    .iter()
+                    .find(|h| h.get_key_ref().eq_ignore_ascii_case("Message-ID"))
+                    .map(|h| cut(h.get_value().trim()))
+            });
+        HeaderInfo {
+            message_id,
+            received,
         }
-        info
     }
+}
+
+/// `Received:` (any case; RFC 5322 §4.5.3 allows blanks before the colon).
+fn is_received(line: &[u8]) -> bool {
+    let name = b"received";
+    line.len() > name.len()
+        && line
+            .get(..name.len())
+            .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        && line
+            .get(name.len()..)
+            .and_then(|rest| rest.iter().find(|&&b| b != b' ' && b != b'\t'))
+            == Some(&b':')
+}
+
+/// At most `MAX_MESSAGE_ID` characters.
+fn cut(value: &str) -> String {
+    let end = value
+        .char_indices()
+        .nth(MAX_MESSAGE_ID)
+        .map_or(value.len(), |(i, _)| i);
+    value.get(..end).unwrap_or_default().to_string()
 }
 
 #[cfg(test)]
@@ -122,6 +144,17 @@ mod tests {
         assert!(s.buf.len() <= MAX_HEADER);
         assert_eq!(s.finish().received, MAX_HEADER / line.len());
         assert!(s.finish().received > MAX_HOPS);
+    }
+
+    #[test]
+    fn loops_are_counted_even_when_mailparse_gives_up() {
+        // A first line that is a continuation: no parse, still counted.
+        let text = format!(" folded\n{}", "RECEIVED : x\n".repeat(51));
+        let info = scan(&[text.as_bytes(), b"\nbody\n"]);
+        assert_eq!(info.received, 51);
+        assert!(!is_received(b"Received-SPF: pass"));
+        assert!(!is_received(b"X-Received: x"));
+        assert!(is_received(b"received:x"));
     }
 
     #[test]

@@ -179,6 +179,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         self.queue(&Reply::new(220, "", greeting));
         loop {
             self.observer.state(self.state_name());
+            // Until a line comes, a reply (a timeout's 421) answers no command.
+            self.cmd = "-";
             // A transaction in progress finishes even when the daemon stops.
             let stop = self
                 .shutdown
@@ -249,7 +251,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         Flow::Continue
     }
 
-    /// Queue a closing 421 (logged as a refusal like any other).
+    /// Queue a reply that ends the session (a 421, or STARTTLS's 454), logged
+    /// as a refusal like any other.
     pub(super) fn close_with(&mut self, r: Reply) {
         self.refused(&r, None);
         self.queue(&r);

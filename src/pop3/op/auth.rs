@@ -24,6 +24,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
     /// RFC 1939 §7 USER.
     pub(in crate::pop3) fn user(&mut self, name: String) {
         if !self.cfg.plaintext_auth_allowed {
+            refused("encryption_required");
             self.err(Some(RespCode::Auth), PLAINTEXT_DISALLOWED);
             return;
         }
@@ -47,6 +48,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
 
     /// RFC 1939 §7 APOP: it needs the plaintext password stored; we keep hashes.
     pub(in crate::pop3) fn apop(&mut self) {
+        refused("not_implemented");
         self.err(None, "APOP not supported");
     }
 
@@ -70,10 +72,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             return Ok(Flow::Continue);
         };
         if mechanism != "PLAIN" {
+            refused("not_implemented");
             self.err(None, "Unsupported authentication mechanism");
             return Ok(Flow::Continue);
         }
         if !self.cfg.plaintext_auth_allowed {
+            refused("encryption_required");
             self.err(Some(RespCode::Auth), PLAINTEXT_DISALLOWED);
             return Ok(Flow::Continue);
         }
@@ -96,6 +100,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
         };
         // RFC 5034 §4: `*` cancels the exchange.
         if response.0 == b"*" {
+            refused("syntax");
             self.err(None, "Authentication cancelled");
             return Ok(Flow::Continue);
         }
@@ -107,6 +112,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             // No proxy logins: an authorization identity must name the same user.
             Err(SaslError::AuthzidMismatch) => return self.login_failed("").await,
             Err(_) => {
+                refused("syntax");
                 self.err(None, "Invalid SASL PLAIN response");
                 return Ok(Flow::Continue);
             }

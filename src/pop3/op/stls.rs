@@ -5,7 +5,7 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
 
-use crate::pop3::session::{Flow, Session};
+use crate::pop3::session::{Flow, Session, refused};
 use crate::pop3::state::State;
 use crate::pop3::store::Store;
 
@@ -15,6 +15,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
     /// came in plaintext and are dropped with the connection, never executed.
     pub(in crate::pop3) async fn stls(&mut self) -> io::Result<Flow> {
         let Some(upgrade) = self.starttls.clone() else {
+            refused("not_implemented");
             self.err(None, "STLS not available");
             return Ok(Flow::Continue);
         };
@@ -23,6 +24,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
                 pipelined = self.conn.buffered_input(),
                 "STLS refused: plaintext pipelined after it; closing"
             );
+            refused("sequence");
             self.err(None, "STLS refused: commands pipelined after STLS");
             return Ok(Flow::Close);
         }

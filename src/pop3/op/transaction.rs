@@ -7,7 +7,7 @@ use tracing::warn;
 
 use crate::pop3::command::Command;
 use crate::pop3::reply::{self, RespCode};
-use crate::pop3::session::{Flow, Session};
+use crate::pop3::session::{Flow, Session, refused};
 use crate::pop3::state::{Marks, State};
 use crate::pop3::store::{Mailbox, MessageInfo, Store, StoreError};
 
@@ -29,7 +29,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
                         self.ok("maildird signing off");
                     }
                     Err(_) => {
-                        warn!("pop3 update failed");
+                        warn!(reason = "storage", "pop3 update failed");
+                        refused("storage");
                         self.err(
                             Some(RespCode::SysTemp),
                             "Some deleted messages were not removed",
@@ -74,7 +75,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             }
             Command::List(Some(n)) => match message(mailbox.messages(), deleted, n) {
                 Ok(m) => reply::ok(out, &format!("{n} {}", m.size)),
-                Err(t) => reply::err(out, None, t),
+                Err(t) => no_such_message(out, t),
             },
             // RFC 1939 §7 UIDL.
             Command::Uidl(None) => {
@@ -87,7 +88,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             }
             Command::Uidl(Some(n)) => match message(mailbox.messages(), deleted, n) {
                 Ok(m) => reply::ok(out, &format!("{n} {}", m.uidl)),
-                Err(t) => reply::err(out, None, t),
+                Err(t) => no_such_message(out, t),
             },
             // RFC 1939 §5 RETR.
             Command::Retr(n) => match deleted.index(n) {
@@ -107,7 +108,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
                     }
                     Err(e) => read_error(out, e),
                 },
-                Err(t) => reply::err(out, None, t),
+                Err(t) => no_such_message(out, t),
             },
             // RFC 1939 §7 TOP.
             Command::Top { msg, lines } => match deleted.index(msg) {
@@ -118,12 +119,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
                     }
                     Err(e) => read_error(out, e),
                 },
-                Err(t) => reply::err(out, None, t),
+                Err(t) => no_such_message(out, t),
             },
             // RFC 1939 §5 DELE: only marks.
             Command::Dele(n) => match deleted.mark(n) {
                 Ok(()) => reply::ok(out, &format!("Message {n} deleted")),
-                Err(t) => reply::err(out, None, t),
+                Err(t) => no_such_message(out, t),
             },
             // RFC 1939 §5 NOOP.
             Command::Noop => reply::ok(out, ""),
@@ -134,7 +135,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
                 reply::ok(out, &format!("{count} messages ({size} octets)"));
             }
             // `state::check` let through only TRANSACTION commands.
-            _ => reply::err(out, None, "Command not allowed now"),
+            _ => {
+                refused("sequence");
+                reply::err(out, None, "Command not allowed now")
+            }
         }
         if conn.out_buf().len() > FLUSH_AT {
             conn.flush().await?;
@@ -146,9 +150,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
 /// The wire text of a failed read: generic (logs carry the details).
 fn read_error(out: &mut Vec<u8>, e: StoreError) {
     match e {
-        StoreError::Gone => reply::err(out, None, "Message no longer exists"),
-        _ => reply::err(out, Some(RespCode::SysTemp), "Cannot read message"),
+        StoreError::Gone => no_such_message(out, "Message no longer exists"),
+        _ => {
+            refused("storage");
+            reply::err(out, Some(RespCode::SysTemp), "Cannot read message")
+        }
     }
+}
+
+/// A message number that names no message (or one gone meanwhile).
+fn no_such_message(out: &mut Vec<u8>, text: &str) {
+    refused("no_such_message");
+    reply::err(out, None, text);
 }
 
 /// Messages not marked deleted, with their snapshot index.

@@ -146,9 +146,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         if total > self.cfg.max_message_size {
             let id = chunks.sink.id().to_string();
             chunks.sink.abort().await;
-            let r = too_big();
-            self.log_message_refused(&r, &tx.env, total, Some(&id), None);
-            return self.refuse_chunk_quietly(size, r).await;
+            return self
+                .skip_chunk(size, too_big(), |s, r| {
+                    s.log_message_refused(r, &tx.env, total, Some(&id), None)
+                })
+                .await;
         }
         let mut out = Vec::with_capacity(BATCH + 16 * 1024);
         let mut remaining = size;
@@ -176,8 +178,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 if let Err(r) = put(&mut chunks.sink, &out).await {
                     let id = chunks.sink.id().to_string();
                     chunks.sink.abort().await;
-                    self.log_message_refused(&r, &tx.env, total, Some(&id), None);
-                    return self.refuse_chunk_quietly(remaining, r).await;
+                    return self
+                        .skip_chunk(remaining, r, |s, r| {
+                            s.log_message_refused(r, &tx.env, total, Some(&id), None)
+                        })
+                        .await;
                 }
                 out.clear();
             }
@@ -231,24 +236,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         remaining: u64,
         r: Reply,
     ) -> io::Result<Flow> {
-        self.refused(&r, None);
-        self.refuse_chunk_quietly(remaining, r).await
+        self.skip_chunk(remaining, r, |s, r| s.refused(r, None))
+            .await
     }
 
-    /// `refuse_chunk` when the refusal is already logged.
-    async fn refuse_chunk_quietly(&mut self, remaining: u64, r: Reply) -> io::Result<Flow> {
+    /// `refuse_chunk` with the refusal's log line written by `log`, once the
+    /// answer is certain to be sent (not when the client went away meanwhile).
+    async fn skip_chunk(
+        &mut self,
+        remaining: u64,
+        r: Reply,
+        log: impl FnOnce(&Self, &Reply),
+    ) -> io::Result<Flow> {
         // A chunk larger than any message we accept is not worth reading just to
         // skip it (`BDAT 99999999999999`), and until it is skipped nothing the
         // client sends can be told from chunk data: answer, then say we close
         // (RFC 5321 §3.8: a server closes only after a 421) and close.
         if remaining > self.cfg.max_message_size {
             info!(size = remaining, "BDAT chunk too large to skip; closing");
+            log(self, &r);
             self.queue(&r);
             let text = format!(
                 "{} Error: BDAT chunk too large to skip; closing",
                 self.cfg.hostname
             );
-            self.queue(&Reply::new(421, "4.7.0", text));
+            self.close_with(Reply::new(421, "4.7.0", text));
             // The client may have pipelined chunk data we will not read.
             self.linger = true;
             return Ok(Flow::Close);
@@ -256,6 +268,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         if let Err(stop) = self.discard(remaining).await {
             return self.stopped(stop);
         }
+        log(self, &r);
         Ok(self.answer(r))
     }
 
@@ -306,7 +319,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
 
     /// The one log line of a message refused after DATA or BDAT began.
     pub(in crate::smtp) fn log_message_refused(
-        &mut self,
+        &self,
         r: &Reply,
         env: &Envelope,
         size: u64,

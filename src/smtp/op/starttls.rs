@@ -25,12 +25,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         };
         if self.conn.buffered_input() != 0 {
             info!(
-                session = self.info.id,
                 pipelined = self.conn.buffered_input(),
                 "STARTTLS refused: plaintext pipelined after it; closing"
             );
             // The pipelined bytes are dropped with the connection, never executed.
-            self.queue(&Reply::new(
+            self.close_with(Reply::new(
                 454,
                 "4.7.0",
                 "TLS not available: commands pipelined after STARTTLS",
