@@ -5,11 +5,12 @@
 //! removed, into the inbox or the `.Junk` folder, or refused.
 //!
 //! Memory: a message is held only while it is verified, at most
-//! `checks.max_concurrent` at once, each as its stored form plus its CRLF form
-//! (about 2 × its size): `max_concurrent × 2 × max_message_size` at worst.
+//! `checks.max_concurrent` at once, in its CRLF form (its size plus one byte
+//! per line): about `max_concurrent × max_message_size` at worst. The
+//! message file is then written from the scratch file, not from memory.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::smtp::{storage_failure, temp_failure, trace_headers};
-use crate::checks::header::{to_crlf, without_our_results};
+use crate::checks::header::{is_ours, to_crlf};
 use crate::checks::{Action, Checks, Verdict};
 use crate::maildir::Maildir;
 use crate::maildir::deliver::Delivery;
@@ -105,23 +106,23 @@ impl Staged {
             deadline,
         } = self;
         let id = name.id().to_string();
-        // Bounded: at most `max_concurrent` messages are in memory here.
-        let _slot = checks.slot().await;
-        let read = tokio::task::spawn_blocking(move || read_back(file, max_read)).await;
-        let message = match read {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => return Err(storage_failure(&e, Some(&id), "staged message")),
-            Err(e) => {
-                tracing::error!(id, error = %e, "staged read task failed");
-                return Err(temp_failure());
-            }
-        };
         let Some(ip) = info.peer.map(|p| p.ip().to_canonical()) else {
             return Err(temp_failure());
         };
-        let verdict = {
-            let wire = to_crlf(&message);
-            match tokio::time::timeout(
+        // The message is in memory only while it is verified, and at most
+        // `max_concurrent` messages are.
+        let (verdict, file) = {
+            let _slot = checks.slot().await;
+            let read = tokio::task::spawn_blocking(move || read_wire(file, max_read)).await;
+            let (wire, file) = match read {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return Err(storage_failure(&e, Some(&id), "staged message")),
+                Err(e) => {
+                    tracing::error!(id, error = %e, "staged read task failed");
+                    return Err(temp_failure());
+                }
+            };
+            let verdict = match tokio::time::timeout(
                 deadline,
                 checks.evaluate(ip, &info.helo, &env.mail_from, &wire),
             )
@@ -132,7 +133,8 @@ impl Staged {
                     tracing::warn!(id, "sender checks timed out");
                     checks.timed_out(&env.mail_from, &info.helo, ip)
                 }
-            }
+            };
+            (verdict, file)
         };
         let folder = match &verdict.action {
             Action::Deliver => None,
@@ -150,6 +152,7 @@ impl Staged {
             }
         };
         let auth = summary(&verdict);
+        // The message file: written from the scratch file, not from memory.
         let stored = tokio::task::spawn_blocking(move || {
             let targets = match folder {
                 Some(f) => targets
@@ -169,10 +172,7 @@ impl Staged {
                 Timestamp::now(),
             );
             delivery.write(headers.as_bytes())?;
-            for part in without_our_results(&message, &host) {
-                delivery.write(part)?;
-            }
-            drop(message);
+            copy_without_our_results(file, &mut delivery, &host)?;
             let id = delivery.id().to_string();
             let paths = delivery.commit(&targets)?;
             Ok::<_, io::Error>((id, paths))
@@ -194,8 +194,9 @@ impl Staged {
     }
 }
 
-/// The staged body, read back whole (at most `max_read` bytes).
-fn read_back(file: BufWriter<File>, max_read: u64) -> io::Result<Vec<u8>> {
+/// The staged body read back once, in its wire form (CRLF line ends, what
+/// DKIM signed; at most `max_read` bytes stored), and the file.
+fn read_wire(file: BufWriter<File>, max_read: u64) -> io::Result<(Vec<u8>, File)> {
     let file = file.into_inner().map_err(|e| e.into_error())?;
     let len = file.metadata()?.len();
     if len > max_read {
@@ -203,9 +204,59 @@ fn read_back(file: BufWriter<File>, max_read: u64) -> io::Result<Vec<u8>> {
             "staged message of {len} bytes is over {max_read}"
         )));
     }
-    let mut buf = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
-    file.read_exact_at(&mut buf, 0)?;
-    Ok(buf)
+    let len = usize::try_from(len).map_err(io::Error::other)?;
+    let mut wire = Vec::with_capacity(len + len / 16);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut off = 0u64;
+    loop {
+        let n = file.read_at(&mut chunk, off)?;
+        if n == 0 {
+            break;
+        }
+        wire.extend_from_slice(&to_crlf(chunk.get(..n).unwrap_or_default()));
+        off += n as u64;
+    }
+    Ok((wire, file))
+}
+
+/// Copy the staged message into `delivery`, without any
+/// `Authentication-Results:` of its header section that claims our
+/// authserv-id. Line by line in the header section (lines are bounded by
+/// `max_text_line`), then in blocks.
+fn copy_without_our_results(
+    file: File,
+    delivery: &mut Delivery,
+    authserv_id: &str,
+) -> io::Result<()> {
+    let mut r = BufReader::with_capacity(64 * 1024, file);
+    r.seek(SeekFrom::Start(0))?;
+    let mut line = Vec::new();
+    let mut dropping = false;
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        if line == b"\n" {
+            delivery.write(&line)?;
+            break;
+        }
+        if !matches!(line.first(), Some(b' ' | b'\t')) {
+            dropping = is_ours(&line, authserv_id);
+        }
+        if !dropping {
+            delivery.write(&line)?;
+        }
+    }
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        delivery.write(buf)?;
+        let n = buf.len();
+        r.consume(n);
+    }
 }
 
 fn summary(v: &Verdict) -> AuthSummary {

@@ -1,7 +1,7 @@
 //! The message-side pure helpers of the checks: the wire (CRLF) form the
-//! verifiers read, and the header section without any
-//! `Authentication-Results:` that claims our authserv-id (RFC 8601 §5: such a
-//! header from outside is a forgery and is removed).
+//! verifiers read, and which `Authentication-Results:` claims our
+//! authserv-id (RFC 8601 §5: such a header from outside is a forgery and is
+//! removed).
 
 /// `message` (LF line ends, as stored) with CRLF line ends, as it came over
 /// SMTP: what DKIM signed.
@@ -20,36 +20,9 @@ pub fn to_crlf(message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The parts of `message` (LF line ends) to store, in order: every header
-/// field except an `Authentication-Results:` whose authserv-id is
-/// `authserv_id` (with its folded lines), then the blank line and the body.
-pub fn without_our_results<'a>(message: &'a [u8], authserv_id: &str) -> Vec<&'a [u8]> {
-    let mut parts = Vec::new();
-    let mut rest = message;
-    let mut dropping = false;
-    while !rest.is_empty() {
-        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
-        let (line, tail) = rest.split_at(end);
-        if line == b"\n" {
-            // The header section ends here: keep the rest as it is.
-            parts.push(rest);
-            return parts;
-        }
-        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
-        if !continuation {
-            dropping = is_ours(line, authserv_id);
-        }
-        if !dropping {
-            parts.push(line);
-        }
-        rest = tail;
-    }
-    parts
-}
-
 /// Is `line` the first line of an `Authentication-Results:` field naming
 /// `authserv_id` (case-insensitive, RFC 8601 §2.5)?
-fn is_ours(line: &[u8], authserv_id: &str) -> bool {
+pub fn is_ours(line: &[u8], authserv_id: &str) -> bool {
     let name = b"authentication-results";
     let Some(value) = line
         .get(..name.len())
@@ -110,33 +83,31 @@ mod tests {
     }
 
     #[test]
-    fn forged_results_for_us_are_removed_others_kept() {
-        let msg = b"Received: x\n\
-            Authentication-Results: MX.test;\n\tspf=pass smtp.mailfrom=a@b\n\
-            Authentication-Results: other.example; dkim=pass\n\
-            authentication-results :mx.test (forged); dmarc=pass\n\
-            Subject: hi\n\
-            \n\
-            Authentication-Results: mx.test; in the body stays\n";
-        let kept: Vec<u8> = without_our_results(msg, "mx.test").concat();
-        assert_eq!(
-            String::from_utf8(kept).unwrap(),
-            "Received: x\n\
-             Authentication-Results: other.example; dkim=pass\n\
-             Subject: hi\n\
-             \n\
-             Authentication-Results: mx.test; in the body stays\n"
-        );
-    }
-
-    #[test]
-    fn a_prefix_of_our_name_is_not_ours() {
-        let msg = b"Authentication-Results: mx.test.evil; x\nA: b\n\nbody";
-        assert_eq!(without_our_results(msg, "mx.test").concat(), msg.to_vec());
-        // No body, no blank line: all kept.
-        assert_eq!(
-            without_our_results(b"A: b\n", "mx.test").concat(),
-            b"A: b\n"
-        );
+    fn our_results_are_recognised_in_any_spelling() {
+        for ours in [
+            &b"Authentication-Results: mx.test; spf=pass\n"[..],
+            b"authentication-results :MX.test (forged); dmarc=pass\n",
+            b"Authentication-Results:\tmx.test;\n",
+            b"Authentication-Results: mx.test\n",
+        ] {
+            assert!(
+                is_ours(ours, "mx.test"),
+                "{}",
+                String::from_utf8_lossy(ours)
+            );
+        }
+        for theirs in [
+            &b"Authentication-Results: other.example; dkim=pass\n"[..],
+            b"Authentication-Results: mx.test.evil; x\n",
+            b"X-Authentication-Results: mx.test; x\n",
+            b"Authentication-Results-X: mx.test\n",
+            b" mx.test; continuation\n",
+        ] {
+            assert!(
+                !is_ours(theirs, "mx.test"),
+                "{}",
+                String::from_utf8_lossy(theirs)
+            );
+        }
     }
 }
