@@ -88,9 +88,11 @@ impl Staged {
         self.file.write_all(bytes)
     }
 
-    /// Check, then store (or refuse). `targets` and `mailboxes` in the same order.
+    /// Append `last` (the final batch), check, then store (or refuse).
+    /// `targets` and `mailboxes` in the same order.
     pub async fn commit(
         self,
+        last: Vec<u8>,
         targets: Vec<Maildir>,
         mailboxes: Vec<String>,
     ) -> Result<Stored, Reply> {
@@ -109,11 +111,23 @@ impl Staged {
         let Some(ip) = info.peer.map(|p| p.ip().to_canonical()) else {
             return Err(temp_failure());
         };
+        // SPF and iprev need no message: done before a slot is taken.
+        let sender = tokio::time::timeout(
+            deadline,
+            checks.check_sender(ip, &info.helo, &env.mail_from),
+        )
+        .await
+        .ok();
         // The message is in memory only while it is verified, and at most
         // `max_concurrent` messages are.
         let (verdict, file) = {
             let _slot = checks.slot().await;
-            let read = tokio::task::spawn_blocking(move || read_wire(file, max_read)).await;
+            let read = tokio::task::spawn_blocking(move || {
+                let mut file = file;
+                file.write_all(&last)?;
+                read_wire(file, max_read)
+            })
+            .await;
             let (wire, file) = match read {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => return Err(storage_failure(&e, Some(&id), "staged message")),
@@ -122,18 +136,19 @@ impl Staged {
                     return Err(temp_failure());
                 }
             };
-            let verdict = match tokio::time::timeout(
-                deadline,
-                checks.evaluate(ip, &info.helo, &env.mail_from, &wire),
-            )
-            .await
-            {
-                Ok(v) => v,
-                Err(_) => {
-                    tracing::warn!(id, "sender checks timed out");
-                    checks.timed_out(&env.mail_from, &info.helo, ip)
-                }
+            let evaluated = match &sender {
+                Some(sender) => tokio::time::timeout(
+                    deadline,
+                    checks.evaluate(sender, ip, &info.helo, &env.mail_from, &wire),
+                )
+                .await
+                .ok(),
+                None => None,
             };
+            let verdict = evaluated.unwrap_or_else(|| {
+                tracing::warn!(id, "sender checks timed out");
+                checks.timed_out(&env.mail_from, &info.helo, ip)
+            });
             (verdict, file)
         };
         let folder = match &verdict.action {

@@ -311,17 +311,7 @@ impl BodySink for MaildirSink {
         let id = mem::take(&mut self.id);
         let mut delivery = match body {
             Body::Direct(d) => d,
-            Body::Staged(mut s) => {
-                let written = tokio::task::spawn_blocking(move || s.write(&buf).map(|()| s)).await;
-                return match written {
-                    Ok(Ok(s)) => s.commit(targets, mailboxes).await,
-                    Ok(Err(e)) => Err(storage_failure(&e, Some(&id), "maildir write")),
-                    Err(e) => {
-                        tracing::error!(id, error = %e, "delivery task failed");
-                        Err(temp_failure())
-                    }
-                };
-            }
+            Body::Staged(s) => return s.commit(buf, targets, mailboxes).await,
         };
         let done = tokio::task::spawn_blocking(move || {
             delivery.write(&buf)?;

@@ -38,6 +38,12 @@ pub struct Checks {
     slots: Arc<Semaphore>,
 }
 
+/// SPF and iprev: what is known of the sender before the message is read.
+pub struct SenderResults {
+    spf: mail_auth::SpfOutput,
+    iprev: mail_auth::IprevOutput,
+}
+
 /// What the checks concluded about one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
@@ -120,32 +126,38 @@ impl Checks {
         self.slots.clone().acquire_owned().await.ok()
     }
 
-    /// Run every check on `message` (CRLF line ends, as received) from
-    /// `ip`, which said `helo` and `MAIL FROM:<mail_from>`.
-    pub async fn evaluate(
-        &self,
-        ip: IpAddr,
-        helo: &str,
-        mail_from: &str,
-        message: &[u8],
-    ) -> Verdict {
+    /// The checks of the client and its envelope, which need no message:
+    /// SPF and iprev (run before a verification slot is taken).
+    pub async fn check_sender(&self, ip: IpAddr, helo: &str, mail_from: &str) -> SenderResults {
         let host = self.hostname.as_str();
         let spf_params = if mail_from.is_empty() {
             SpfParameters::verify_ehlo(ip, helo, host)
         } else {
             SpfParameters::verify_mail_from(ip, helo, host, mail_from)
         };
+        let (spf, iprev) =
+            tokio::join!(self.auth.verify_spf(spf_params), self.auth.verify_iprev(ip));
+        SenderResults { spf, iprev }
+    }
+
+    /// The checks of `message` (CRLF line ends, as received): DKIM and
+    /// DMARC, and the verdict with `sender`'s results, from `ip`, which said
+    /// `helo` and `MAIL FROM:<mail_from>`.
+    pub async fn evaluate(
+        &self,
+        sender: &SenderResults,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        message: &[u8],
+    ) -> Verdict {
+        let host = self.hostname.as_str();
+        let (spf, iprev) = (&sender.spf, &sender.iprev);
         let parsed = AuthenticatedMessage::parse(message);
-        let (spf, iprev, dkim) = tokio::join!(
-            self.auth.verify_spf(spf_params),
-            self.auth.verify_iprev(ip),
-            async {
-                match &parsed {
-                    Some(m) => self.auth.verify_dkim(m).await,
-                    None => Vec::new(),
-                }
-            }
-        );
+        let dkim = match &parsed {
+            Some(m) => self.auth.verify_dkim(m).await,
+            None => Vec::new(),
+        };
         let mail_from_domain = match mail_from.rsplit_once('@') {
             Some((_, d)) => d,
             None => helo,
@@ -153,7 +165,7 @@ impl Checks {
         let dmarc = match &parsed {
             Some(m) => Some(
                 self.auth
-                    .verify_dmarc(DmarcParameters::new(m, &dkim, mail_from_domain, &spf))
+                    .verify_dmarc(DmarcParameters::new(m, &dkim, mail_from_domain, spf))
                     .await,
             ),
             None => None,
@@ -165,7 +177,7 @@ impl Checks {
             .unwrap_or_default();
         // spf; dkim (`none` when unsigned, RFC 8601 §2.7.1); dmarc; iprev.
         let mut text = AuthenticationResults::new(host)
-            .with_spf_mailfrom_result(&spf, ip, mail_from, helo)
+            .with_spf_mailfrom_result(spf, ip, mail_from, helo)
             .with_dkim_results(&dkim, header_from)
             .to_string();
         if dkim.is_empty() {
@@ -175,7 +187,7 @@ impl Checks {
         if let Some(d) = &dmarc {
             rest = rest.with_dmarc_result(d);
         }
-        text.push_str(&rest.with_iprev_result(&iprev, ip).to_string());
+        text.push_str(&rest.with_iprev_result(iprev, ip).to_string());
         let results = Results {
             spf: spf_str(spf.result()),
             dkim: dkim.iter().map(|d| dkim_str(d.result())).collect(),

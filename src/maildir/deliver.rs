@@ -305,8 +305,15 @@ pub fn staging_maildir(targets: &[Maildir]) -> io::Result<&Maildir> {
 
 /// A private scratch file in `md/tmp/`, unlinked at once: it lives as long as
 /// its descriptor, and a crash leaves nothing behind.
-/// Mode 0600 even in a shared Maildir: no Unix account ever opens it.
+/// Mode 0600 even in a shared Maildir: no Unix account ever opens it. An
+/// unnamed `O_TMPFILE` where the filesystem has it (no directory entry to
+/// make and remove), else a named file unlinked at once.
 pub fn scratch_file(md: &Maildir, host: &str) -> io::Result<File> {
+    match fsat::create_unnamed(md.dir(Sub::Tmp), FILE_MODE) {
+        Ok(file) => return Ok(file),
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
+        Err(e) => return Err(e),
+    }
     let mut last_err = None;
     for _ in 0..NAME_ATTEMPTS {
         let name = UniqueName::generate(host);

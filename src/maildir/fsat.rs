@@ -109,6 +109,24 @@ pub fn create_excl(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<Fil
     Ok(File::from(fd))
 }
 
+/// An unnamed regular file (`O_TMPFILE`) on the filesystem of `dir`, mode
+/// `mode`: it has no name to open, clobber or sweep, and goes with its last
+/// descriptor. `Unsupported` where the filesystem has no `O_TMPFILE`.
+pub fn create_unnamed(dir: BorrowedFd<'_>, mode: u32) -> io::Result<File> {
+    match rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    ) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::ISDIR => {
+            Err(io::Error::new(io::ErrorKind::Unsupported, e))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `lstat` of `name` in `dir`.
 pub fn stat_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<Stat> {
     Ok(rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?)
