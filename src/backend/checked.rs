@@ -221,7 +221,8 @@ fn read_wire(file: BufWriter<File>, max_read: u64) -> io::Result<(Vec<u8>, File)
     }
     let len = usize::try_from(len).map_err(io::Error::other)?;
     let mut wire = Vec::with_capacity(len + len / 16);
-    let mut chunk = vec![0u8; 64 * 1024];
+    // Sized to the message: most are far smaller than 64 KiB.
+    let mut chunk = vec![0u8; len.clamp(1, 64 * 1024)];
     let mut off = 0u64;
     loop {
         let n = file.read_at(&mut chunk, off)?;
@@ -243,7 +244,8 @@ fn copy_without_our_results(
     delivery: &mut Delivery,
     authserv_id: &str,
 ) -> io::Result<()> {
-    let mut r = BufReader::with_capacity(64 * 1024, file);
+    let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+    let mut r = BufReader::with_capacity(len.clamp(1, 64 * 1024), file);
     r.seek(SeekFrom::Start(0))?;
     let mut line = Vec::new();
     let mut dropping = false;
