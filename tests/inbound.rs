@@ -1,0 +1,724 @@
+//! Inbound sender checks end to end (issue 16; DESIGN.md §7): the real daemon with
+//! `[checks]` and `[dns] nameservers` pointing at a real unbound on loopback that
+//! serves the test zones (`inbound/dns.rs`), mail signed by dkimsign and sent by
+//! swaks from 127.0.0.2 (in pass.test's SPF record, PTR mail.pass.test) or
+//! 127.0.0.3 (in no record, no PTR) or 127.0.0.4 (PTR that does not resolve back),
+//! and every `Authentication-Results:` verdict of the daemon compared with what
+//! pyspf, dkimpy and authcheck.py's RFC 8601/7489 rules say about the same message
+//! against the same DNS server (`inbound/auth.rs`).
+//!
+//! The zones: pass.test (`-all`, DKIM keys `sel` rsa and `ed` ed25519, DMARC
+//! p=reject), soft.test (`~all`), neutral.test (`?all`), none.test (no SPF),
+//! perm.test (11 nested includes: RFC 7208 §4.6.4), quar.test (DMARC p=quarantine).
+
+#[path = "inbound/auth.rs"]
+mod auth;
+mod common;
+#[path = "inbound/dns.rs"]
+mod dns;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use auth::*;
+use common::*;
+use dns::*;
+
+/// Bound of one swaks run when a DNS server may be down (the daemon's resolver
+/// timeouts come first).
+const SEND_LIMIT: Duration = Duration::from_secs(90);
+
+/// HELO name of every test client (client.test has an A record, no SPF).
+const HELO: &str = "client.test";
+
+/// One test's world: env with alice, DKIM keys, unbound serving the zones.
+struct World {
+    env: TestEnv,
+    dns: Unbound,
+    keys: DkimKeys,
+    table: Table,
+}
+
+impl World {
+    fn new() -> World {
+        let env = TestEnv::new();
+        add_user(&env, "alice", PW);
+        let keys = DkimKeys::generate(&env.subdir("dkim"));
+        let dns = Unbound::start(&env.subdir("dns"), &test_zones(&keys));
+        World {
+            env,
+            dns,
+            keys,
+            table: Table::default(),
+        }
+    }
+
+    /// The env's config plus `[dns]` (our unbound) and `[checks]` with `checks`.
+    fn config(&self, name: &str, checks: &str) -> PathBuf {
+        self.env.config_with(
+            name,
+            &format!(
+                "\n[dns]\nnameservers = [\"{}\"]\n\n[checks]\n{checks}\n",
+                self.dns.addr()
+            ),
+        )
+    }
+
+    fn rsa(&self, canon: (&'static str, &'static str)) -> Signing<'_> {
+        Signing {
+            selector: "sel",
+            domain: "pass.test",
+            key: &self.keys.rsa_key,
+            alg: "rsa-sha256",
+            canon,
+        }
+    }
+
+    fn ed(&self) -> Signing<'_> {
+        Signing {
+            selector: "ed",
+            domain: "pass.test",
+            key: &self.keys.ed_key,
+            alg: "ed25519-sha256",
+            canon: ("relaxed", "relaxed"),
+        }
+    }
+
+    /// The message as sent, kept for the independent verdict.
+    fn keep(&self, case: &str, msg: &[u8]) -> PathBuf {
+        self.env.write_file(&format!("case-{case}.eml"), msg)
+    }
+
+    /// Sends `msg` from `src`, expects it accepted into `new/`, and compares our
+    /// verdicts with the independent ones (recorded in the table). Returns the
+    /// stored bytes and our parsed results.
+    fn delivered_case(
+        &self,
+        d: &mut Daemon,
+        case: &str,
+        src: &str,
+        mailfrom: &str,
+        msg: &[u8],
+    ) -> (Vec<u8>, Ours) {
+        let out = swaks_send(
+            &self.env,
+            self.env.smtp_port,
+            src,
+            HELO,
+            mailfrom,
+            msg,
+            SEND_LIMIT,
+        );
+        assert!(
+            out.accepted(),
+            "case {case}: not accepted: {}\n{}",
+            out.reply,
+            out.transcript
+        );
+        let stored = stored_by_subject(&self.env.maildir("alice").join("new"), case)
+            .unwrap_or_else(|| panic!("case {case}: no message in alice/new"));
+        let ours = our_results(&stored, &self.env.hostname);
+        let theirs = independent(self.dns.port, &self.keep(case, msg), src, mailfrom, HELO);
+        self.table.compare(case, &ours, &theirs);
+        // The delivery log line carries the same verdicts (contract: spf= dkim=
+        // dmarc= iprev= fields on "message accepted").
+        let id = out.reply.rsplit(' ').next().unwrap_or_default().to_owned();
+        let line = d.wait_stderr(&format!("id={id}"));
+        let line = if line.contains("message accepted") {
+            line
+        } else {
+            d.log()
+                .lines()
+                .find(|l| l.contains("message accepted") && l.contains(&id))
+                .unwrap_or_else(|| panic!("no `message accepted` line for {id}:\n{}", d.log()))
+                .to_owned()
+        };
+        for (method, v) in [
+            ("spf", &ours.spf),
+            ("dmarc", &ours.dmarc),
+            ("iprev", &ours.iprev),
+        ] {
+            let want = format!("{method}={}", Ours::one(v));
+            assert!(
+                log_has_field(&line, &want),
+                "case {case}: log line lacks {want}: {line}"
+            );
+        }
+        (stored, ours)
+    }
+}
+
+/// `key=value` in a tracing line, also when the value is quoted.
+fn log_has_field(line: &str, kv: &str) -> bool {
+    let (k, v) = kv.split_once('=').expect("k=v");
+    line.split_whitespace().any(|f| {
+        f == kv
+            || f == format!("{k}=\"{v}\"")
+            || f.strip_prefix(&format!("{k}="))
+                .is_some_and(|x| x.trim_matches('"').starts_with(v))
+    })
+}
+
+/// The stored message whose Subject is `inbound case CASE` in `dir`.
+fn stored_by_subject(dir: &std::path::Path, case: &str) -> Option<Vec<u8>> {
+    let want = format!("\nSubject: inbound case {case}\n");
+    read_files(dir)
+        .into_iter()
+        .map(|(_, b)| b)
+        .find(|b| String::from_utf8_lossy(b).contains(&want))
+}
+
+/// The fixture on its own, without the daemon: unbound serves the zones (long
+/// TXT split correctly, PTR overriding the built-in 127.in-addr.arpa zone),
+/// pyspf/dkimpy/authcheck give the expected verdicts for every case the daemon
+/// tests use, a stopped unbound is a temperror, and swaks really sends from the
+/// source address it is given.
+#[test]
+fn fixture_unbound_pyspf_dkimpy_give_the_expected_verdicts() {
+    let w = World::new();
+    let q = |name: &str, t: &str| authcheck(w.dns.port, &["query", name, t]);
+    // The 2048-bit key comes back whole (several strings joined).
+    let key = q("sel._domainkey.pass.test", "TXT");
+    let joined: String = key.trim().split('"').skip(1).step_by(2).collect();
+    assert_eq!(joined, w.keys.rsa_txt, "TXT strings: {key}");
+    assert!(
+        w.keys.rsa_txt.len() > 255,
+        "RSA TXT is long enough to need splitting"
+    );
+    assert_eq!(q("2.0.0.127.in-addr.arpa", "PTR").trim(), "mail.pass.test.");
+    assert_eq!(q("3.0.0.127.in-addr.arpa", "PTR").trim(), "");
+    assert_eq!(q("mail.pass.test", "A").trim(), "127.0.0.2");
+
+    let spf = |ip: &str, from: &str| {
+        authcheck(w.dns.port, &["spf", ip, from, HELO])
+            .trim()
+            .to_owned()
+    };
+    for (ip, from, want) in [
+        ("127.0.0.2", "x@pass.test", "pass"),
+        ("127.0.0.3", "x@pass.test", "fail"),
+        ("127.0.0.3", "x@soft.test", "softfail"),
+        ("127.0.0.3", "x@neutral.test", "neutral"),
+        ("127.0.0.3", "x@none.test", "none"),
+        ("127.0.0.2", "x@perm.test", "permerror"),
+    ] {
+        let got = spf(ip, from);
+        w.table
+            .add(&format!("spf {from} from {ip}"), "spf", want, &got, "pyspf");
+    }
+
+    let base = plain_message("fixture", "x@pass.test");
+    let signed = [
+        (
+            "rsa relaxed",
+            dkimsign(&base, w.rsa(("relaxed", "relaxed"))),
+            "pass",
+        ),
+        ("ed25519", dkimsign(&base, w.ed()), "pass"),
+        (
+            "rsa simple",
+            dkimsign(&base, w.rsa(("simple", "simple"))),
+            "pass",
+        ),
+        (
+            "tampered",
+            tamper(&dkimsign(&base, w.rsa(("relaxed", "relaxed")))),
+            "fail",
+        ),
+        ("unsigned", base.clone(), "none"),
+    ];
+    for (case, msg, want) in signed {
+        let f = w.keep(&case.replace(' ', "-"), &msg);
+        let v = independent(w.dns.port, &f, "127.0.0.2", "x@pass.test", HELO);
+        w.table.add(
+            &format!("dkim {case}"),
+            "dkim",
+            want,
+            &v.dkim_word(),
+            "dkimpy",
+        );
+        w.table.add(
+            &format!("dkim {case}"),
+            "dmarc",
+            "pass p=reject",
+            &format!("{} p={}", v.dmarc, v.policy),
+            "authcheck",
+        );
+        w.table.add(
+            &format!("dkim {case}"),
+            "iprev",
+            "pass",
+            &v.iprev,
+            "authcheck",
+        );
+    }
+    let f = w.keep("dmarc-fail", &base);
+    let v = independent(w.dns.port, &f, "127.0.0.3", "x@pass.test", HELO);
+    w.table.add(
+        "unsigned from 127.0.0.3",
+        "dmarc",
+        "fail p=reject",
+        &format!("{} p={}", v.dmarc, v.policy),
+        "authcheck",
+    );
+    w.table.add(
+        "unsigned from 127.0.0.3",
+        "iprev",
+        "permerror",
+        &v.iprev,
+        "authcheck",
+    );
+    let v = independent(w.dns.port, &f, "127.0.0.4", "x@pass.test", HELO);
+    w.table.add(
+        "unsigned from 127.0.0.4",
+        "iprev",
+        "fail",
+        &v.iprev,
+        "authcheck",
+    );
+
+    // DNS down.
+    let mut dns = w.dns;
+    dns.stop();
+    let v = independent(dns.port, &f, "127.0.0.2", "x@pass.test", HELO);
+    w.table
+        .add("dns stopped", "spf", "temperror", &v.spf, "pyspf");
+    w.table
+        .add("dns stopped", "iprev", "temperror", &v.iprev, "authcheck");
+    w.table
+        .print_and_assert_as("fixture: expected vs independent verdicts", "expected");
+
+    // swaks binds the source address it is given (the SPF/iprev cases depend on it).
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let env = &w.env;
+    let peer = std::thread::scope(|s| {
+        let h = s.spawn(|| swaks_send(env, port, "127.0.0.3", HELO, "x@pass.test", &base, WAIT));
+        let (mut c, peer) = l.accept().expect("accept");
+        std::io::Write::write_all(&mut c, b"554 5.3.2 not now\r\n").expect("write");
+        drop(c);
+        let out = h.join().expect("swaks thread");
+        assert!(out.reply.starts_with("554"), "{}", out.transcript);
+        peer
+    });
+    assert_eq!(
+        peer.ip().to_string(),
+        "127.0.0.3",
+        "swaks --local-interface"
+    );
+}
+
+/// Changes one body character after signing (the body hash no longer matches).
+fn tamper(signed: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(signed).into_owned();
+    let i = text.find("\r\n\r\n").expect("header end") + 4;
+    let (head, body) = text.split_at(i);
+    let body = body.replacen("Body of case", "B0dy of case", 1);
+    assert_ne!(body, text[i..], "tamper changed nothing");
+    format!("{head}{body}").into_bytes()
+}
+
+/// The config of a daemon that records every verdict (no policy action).
+const RECORD_ALL: &str =
+    "spf = \"record\"\ndkim = \"record\"\ndmarc = \"record\"\ntemperror = \"record\"\n";
+
+/// SPF (RFC 7208) for each result word against pyspf on the same client IP,
+/// MAIL FROM and DNS; a stopped DNS server is `spf=temperror` under
+/// `temperror = "record"` and `451 4.4.3` under `"defer"`.
+#[test]
+fn spf_verdicts_match_pyspf() {
+    let mut w = World::new();
+    let cfg = w.config("record.toml", RECORD_ALL);
+    let mut d = Daemon::start_with(&w.env, &cfg);
+    for (case, src, from) in [
+        ("spf-pass", "127.0.0.2", "x@pass.test"),
+        ("spf-fail", "127.0.0.3", "x@pass.test"),
+        ("spf-softfail", "127.0.0.3", "x@soft.test"),
+        ("spf-neutral", "127.0.0.3", "x@neutral.test"),
+        ("spf-none", "127.0.0.3", "x@none.test"),
+        ("spf-permerror", "127.0.0.2", "x@perm.test"),
+        ("iprev-fail", "127.0.0.4", "x@pass.test"),
+    ] {
+        w.delivered_case(&mut d, case, src, from, &plain_message(case, from));
+    }
+
+    // DNS down. temp.test and 127.0.0.5 were never asked for, so no resolver
+    // cache can answer for the server.
+    w.dns.stop();
+    let msg = plain_message("spf-temperror", "x@temp.test");
+    let (_, ours) = w.delivered_case(&mut d, "spf-temperror", "127.0.0.5", "x@temp.test", &msg);
+    assert_eq!(Ours::one(&ours.spf), "temperror", "{}", ours.raw);
+    d.stop();
+
+    let cfg = w.config(
+        "defer.toml",
+        "spf = \"record\"\ndkim = \"record\"\ndmarc = \"record\"\ntemperror = \"defer\"\n",
+    );
+    let _d = Daemon::start_with(&w.env, &cfg);
+    let msg = plain_message("spf-defer", "x@temp.test");
+    let out = swaks_send(
+        &w.env,
+        w.env.smtp_port,
+        "127.0.0.5",
+        HELO,
+        "x@temp.test",
+        &msg,
+        SEND_LIMIT,
+    );
+    // The contract maps a temperror under "defer" to 451 4.4.3, anything else
+    // to the usual acceptance.
+    let theirs = authcheck(w.dns.port, &["spf", "127.0.0.5", "x@temp.test", HELO]);
+    let want = match theirs.trim() {
+        "temperror" => "451 4.4.3".to_owned(),
+        other => format!("250 (spf={other})"),
+    };
+    w.table.add(
+        "spf-temperror, defer",
+        "reply",
+        &reply_code(&out.reply),
+        &want,
+        "pyspf",
+    );
+    assert!(
+        stored_by_subject(&w.env.maildir("alice").join("new"), "spf-defer").is_none(),
+        "a deferred message was stored: {}",
+        out.transcript
+    );
+    w.table.print_and_assert("SPF: maildird vs pyspf");
+}
+
+/// "451 4.4.3" from "451 4.4.3 text...".
+fn reply_code(reply: &str) -> String {
+    reply
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// DKIM (RFC 6376, RFC 8463) for signatures made by dkimsign against dkimpy on
+/// the same bytes and key records: rsa-sha256 relaxed/relaxed and simple/simple,
+/// ed25519-sha256, a body changed after signing, and no signature.
+#[test]
+fn dkim_verdicts_match_dkimpy() {
+    let w = World::new();
+    let cfg = w.config("record.toml", RECORD_ALL);
+    let mut d = Daemon::start_with(&w.env, &cfg);
+    let from = "x@pass.test";
+    let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        (
+            "dkim-rsa-relaxed",
+            dkimsign(
+                &plain_message("dkim-rsa-relaxed", from),
+                w.rsa(("relaxed", "relaxed")),
+            ),
+            Some("sel"),
+        ),
+        (
+            "dkim-ed25519",
+            dkimsign(&plain_message("dkim-ed25519", from), w.ed()),
+            Some("ed"),
+        ),
+        (
+            "dkim-rsa-simple",
+            dkimsign(
+                &plain_message("dkim-rsa-simple", from),
+                w.rsa(("simple", "simple")),
+            ),
+            Some("sel"),
+        ),
+        (
+            "dkim-body-tampered",
+            tamper(&dkimsign(
+                &plain_message("dkim-body-tampered", from),
+                w.rsa(("relaxed", "relaxed")),
+            )),
+            Some("sel"),
+        ),
+        ("dkim-unsigned", plain_message("dkim-unsigned", from), None),
+    ];
+    for (case, msg, selector) in cases {
+        let (_, ours) = w.delivered_case(&mut d, case, "127.0.0.2", from, &msg);
+        match selector {
+            // RFC 8601 §2.7.1: the signing domain and selector are named.
+            Some(s) => assert!(
+                ours.raw.contains("header.d=pass.test")
+                    && ours.raw.contains(&format!("header.s={s}")),
+                "case {case}: dkim result without header.d=pass.test header.s={s}: {}",
+                ours.raw
+            ),
+            None => assert_eq!(ours.dkim, ["none"], "case {case}: {}", ours.raw),
+        }
+    }
+    w.table.print_and_assert("DKIM: maildird vs dkimpy");
+}
+
+/// RFC 8601 §5: an incoming Authentication-Results with our authserv-id is a
+/// forgery and goes; one from another ADMD stays, untouched.
+#[test]
+fn forged_authentication_results_are_stripped() {
+    let w = World::new();
+    let cfg = w.config("record.toml", RECORD_ALL);
+    let mut d = Daemon::start_with(&w.env, &cfg);
+    let other = "Authentication-Results: relay.other.test; spf=pass smtp.mailfrom=x@pass.test";
+    let forged = [
+        "Authentication-Results: mx.test; spf=pass smtp.mailfrom=x@pass.test;",
+        "\tdkim=pass header.d=pass.test; dmarc=pass header.from=pass.test",
+        // Case differs: authserv-ids compare as domain names.
+        "Authentication-Results: MX.TEST; iprev=pass policy.iprev=127.0.0.3",
+    ];
+    let base = plain_message("forged-ar", "x@pass.test");
+    let mut msg = Vec::new();
+    for l in forged
+        .iter()
+        .take(2)
+        .chain([&other])
+        .chain(forged.iter().skip(2))
+    {
+        msg.extend_from_slice(l.as_bytes());
+        msg.extend_from_slice(b"\r\n");
+    }
+    msg.extend_from_slice(&base);
+    // From 127.0.0.3 unsigned: every honest verdict differs from the forged ones.
+    let (stored, ours) = w.delivered_case(&mut d, "forged-ar", "127.0.0.3", "x@pass.test", &msg);
+    let ars = auth_results(&stored);
+    let text = String::from_utf8_lossy(&stored);
+    assert_eq!(
+        ars.iter()
+            .filter(|(id, _)| id.eq_ignore_ascii_case("mx.test"))
+            .count(),
+        1,
+        "forged A-R kept next to ours:\n{text}"
+    );
+    assert_eq!(Ours::one(&ours.spf), "fail", "{}", ours.raw);
+    assert_eq!(Ours::one(&ours.dmarc), "fail", "{}", ours.raw);
+    assert!(
+        ars.iter()
+            .any(|(id, rest)| id == "relay.other.test"
+                && rest == "spf=pass smtp.mailfrom=x@pass.test"),
+        "the other ADMD's A-R is gone or changed:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("\n{other}\n")),
+        "the other ADMD's A-R is not byte-identical:\n{text}"
+    );
+    // Ours is at the top: before the message's first own field.
+    let ours_at = text.find("Authentication-Results: mx.test;").expect("ours");
+    let theirs_at = text.find(other).expect("theirs");
+    assert!(
+        ours_at < theirs_at,
+        "our A-R is not above the message's fields:\n{text}"
+    );
+    w.table
+        .print_and_assert("forged A-R: maildird vs independent");
+}
+
+/// DMARC (RFC 7489): `From: x@pass.test` (p=reject) from 127.0.0.3 without a
+/// signature fails. Under `dmarc = "junk"` it lands in the Maildir++ folder
+/// `.Junk` (with `maildirfolder`), which POP3 does not serve and mutt opens;
+/// under `dmarc = "reject"` it is refused with 550 5.7.1 and stored nowhere,
+/// while a signed message from the same domain is still accepted.
+#[test]
+fn dmarc_reject_policy_refuses_and_junk_files_into_junk_folder() {
+    let w = World::new();
+    let from = "x@pass.test";
+    let junk_dir = w.env.maildir("alice").join(".Junk");
+
+    // junk
+    let cfg = w.config(
+        "junk.toml",
+        "spf = \"record\"\ndkim = \"record\"\ndmarc = \"junk\"\n",
+    );
+    let mut d = Daemon::start_with(&w.env, &cfg);
+    let msg = plain_message("dmarc-junk", from);
+    let out = swaks_send(
+        &w.env,
+        w.env.smtp_port,
+        "127.0.0.3",
+        HELO,
+        from,
+        &msg,
+        SEND_LIMIT,
+    );
+    assert!(
+        out.accepted(),
+        "junked mail is accepted: {}\n{}",
+        out.reply,
+        out.transcript
+    );
+    let stored = stored_by_subject(&junk_dir.join("new"), "dmarc-junk").unwrap_or_else(|| {
+        panic!(
+            "no message in .Junk/new; new/ has {:?}",
+            read_new(&w.env, "alice")
+                .iter()
+                .map(|f| &f.0)
+                .collect::<Vec<_>>()
+        )
+    });
+    assert!(
+        read_new(&w.env, "alice").is_empty(),
+        "junked mail also in new/"
+    );
+    assert!(
+        junk_dir.join("maildirfolder").is_file(),
+        ".Junk/maildirfolder missing"
+    );
+    for sub in ["cur", "tmp"] {
+        assert!(junk_dir.join(sub).is_dir(), ".Junk/{sub} missing");
+    }
+    let ours = our_results(&stored, &w.env.hostname);
+    let theirs = independent(
+        w.dns.port,
+        &w.keep("dmarc-junk", &msg),
+        "127.0.0.3",
+        from,
+        HELO,
+    );
+    assert_eq!(
+        (theirs.dmarc.as_str(), theirs.policy.as_str()),
+        ("fail", "reject")
+    );
+    w.table.compare("dmarc-junk", &ours, &theirs);
+    let id = out.reply.rsplit(' ').next().unwrap_or_default().to_owned();
+    let line = d
+        .log()
+        .lines()
+        .find(|l| l.contains("message accepted") && l.contains(&id))
+        .map(str::to_owned)
+        .unwrap_or_else(|| d.wait_stderr("message accepted"));
+    assert!(
+        log_has_field(&line, "folder=.Junk") && log_has_field(&line, "dmarc=fail"),
+        "log line lacks folder=\".Junk\" dmarc=fail: {line}"
+    );
+    // POP3 serves the inbox only.
+    let pop = pop3_dump(w.env.pop3_port, "alice", PW, &["quit"]);
+    assert_eq!(
+        pop.stat.0, 0,
+        "POP3 lists the junked message: {}",
+        pop.stdout
+    );
+    mutt_opens_junk(&w.env, "inbound case dmarc-junk");
+    d.stop();
+
+    // reject
+    let cfg = w.config(
+        "reject.toml",
+        "spf = \"record\"\ndkim = \"record\"\ndmarc = \"reject\"\n",
+    );
+    let mut d = Daemon::start_with(&w.env, &cfg);
+    let msg = plain_message("dmarc-reject", from);
+    let out = swaks_send(
+        &w.env,
+        w.env.smtp_port,
+        "127.0.0.3",
+        HELO,
+        from,
+        &msg,
+        SEND_LIMIT,
+    );
+    let theirs = independent(
+        w.dns.port,
+        &w.keep("dmarc-reject", &msg),
+        "127.0.0.3",
+        from,
+        HELO,
+    );
+    let want = if theirs.dmarc == "fail" && theirs.policy == "reject" {
+        "550 5.7.1"
+    } else {
+        "250 2.0.0"
+    };
+    w.table.add(
+        "dmarc-reject",
+        "reply",
+        &reply_code(&out.reply),
+        want,
+        "authcheck",
+    );
+    assert!(
+        stored_by_subject(&w.env.maildir("alice").join("new"), "dmarc-reject").is_none()
+            && stored_by_subject(&junk_dir.join("new"), "dmarc-reject").is_none(),
+        "a refused message was stored"
+    );
+    // The same domain with an aligned signature passes DMARC and is delivered.
+    let signed = dkimsign(
+        &plain_message("dmarc-signed", from),
+        w.rsa(("relaxed", "relaxed")),
+    );
+    w.delivered_case(&mut d, "dmarc-signed", "127.0.0.3", from, &signed);
+    w.table.print_and_assert("DMARC: maildird vs independent");
+}
+
+/// mutt (under tmux) shows `.Junk` in its folder browser of the Maildir and opens
+/// it as a mailbox listing `subject`.
+fn mutt_opens_junk(env: &TestEnv, subject: &str) {
+    let tmux_bin = require_tool("tmux", "tmux");
+    let mutt = require_tool("mutt", "mutt");
+    let home = env.subdir("mutt-home");
+    // mutt asks to create ~/Mail (its default `folder`) when it is missing.
+    std::fs::create_dir_all(home.join("Mail")).expect("mkdir ~/Mail");
+    let maildir = env.maildir("alice");
+    let muttrc = env.write_config(
+        "muttrc",
+        &format!(
+            "set folder=\"{m}\"\nset spoolfile=\"{m}\"\n\
+             set mask=\".\"\nset sort_browser=alpha\n\
+             set move=no\nset confirmappend=no\n\
+             set header_cache=\"\"\nset message_cachedir=\"\"\n",
+            m = maildir.display()
+        ),
+    );
+    let tmux = Tmux {
+        bin: tmux_bin,
+        sock: env.path().join("tmux.sock"),
+    };
+    let o = run(
+        tmux.cmd()
+            .args(["new-session", "-d", "-s", "mutt", "-x", "160", "-y", "40"])
+            .arg(format!(
+                "HOME={} TERM=screen exec {} -n -F {} -f {}",
+                home.display(),
+                mutt.display(),
+                muttrc.display(),
+                maildir.display()
+            )),
+        b"",
+    );
+    assert_ok(&o, "tmux new-session");
+    tmux.wait_screen("the (empty) inbox", |s| s.contains("Msgs:0"));
+    tmux.keys(&["c"]);
+    tmux.wait_screen("the change-folder prompt", |s| s.contains("Open mailbox"));
+    tmux.keys(&["?"]);
+    tmux.wait_screen("the folder browser listing .Junk/", |s| {
+        s.lines().any(|l| l.trim_end().ends_with(" .Junk/"))
+    });
+    tmux.keys(&["q"]);
+    tmux.wait_screen("the index again", |s| !s.contains(".Junk/"));
+    tmux.keys(&["c"]);
+    tmux.wait_screen("the change-folder prompt", |s| s.contains("Open mailbox"));
+    tmux.keys(&["=.Junk", "Enter"]);
+    tmux.wait_screen("the .Junk index", |s| {
+        s.contains(subject) && s.contains("=.Junk") && s.contains("Msgs:1")
+    });
+    tmux.keys(&["q"]);
+    let deadline = std::time::Instant::now() + WAIT;
+    while tmux.alive() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mutt did not quit:\n{}",
+            tmux.capture().unwrap_or_default()
+        );
+        if let Some(s) = tmux.capture() {
+            if s.contains("yes/no")
+                || s.contains("no/yes")
+                || s.contains("[no]")
+                || s.contains("[yes]")
+            {
+                tmux.keys(&["n"]);
+            }
+        }
+        // Exit poll: tmux gives no event for "the pane's process ended".
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
