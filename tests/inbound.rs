@@ -19,6 +19,7 @@ mod dns;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use auth::*;
@@ -721,4 +722,160 @@ fn mutt_opens_junk(env: &TestEnv, subject: &str) {
         // Exit poll: tmux gives no event for "the pane's process ended".
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The openspf RFC 7208 test suite (shipped by python3-spf) through the daemon:
+/// per scenario an unbound with its zone data and a daemon whose smtp listener
+/// takes a PROXY v1 header, so each test's client address (1.2.3.4, IPv6, ...)
+/// reaches the SPF check. A test counts where the fixture represents it
+/// faithfully, i.e. where pyspf on the same unbound gets one of the suite's
+/// results (the rest: names unbound's config cannot spell, TIMEOUT for one
+/// record type only); there the daemon must too.
+#[test]
+fn rfc7208_test_suite_matches_where_pyspf_does() {
+    let suite = PathBuf::from("/usr/share/doc/python3-spf/rfc7208-tests.yml.gz");
+    assert!(
+        suite.is_file(),
+        "{} missing: install the Debian package `python3-spf`",
+        suite.display()
+    );
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let py = debian_python();
+    let tool = tools_dir().join("rfc7208.py");
+    let o = run(
+        Command::new(&py).arg(&tool).arg("scenarios").arg(&suite),
+        b"",
+    );
+    assert_ok(&o, "rfc7208.py scenarios");
+    let scenarios: serde_json::Value = serde_json::from_slice(&o.stdout).expect("scenarios JSON");
+    let base = std::fs::read_to_string(env.config())
+        .expect("config")
+        .replace(
+            "protocol = \"smtp\"\n",
+            "protocol = \"smtp\"\nfilters = [\"proxy\"]\n",
+        );
+    let (mut total, mut counted, mut agree) = (0, 0, 0);
+    let mut rows = String::new();
+    let mut bad = Vec::new();
+    for (i, sc) in scenarios.as_array().expect("list").iter().enumerate() {
+        let desc = sc["description"].as_str().unwrap_or("?");
+        let dns = Unbound::start(
+            &env.subdir(&format!("rfc7208-{i}")),
+            sc["zone"].as_str().expect("zone"),
+        );
+        // A fresh daemon per scenario: the scenarios reuse names with other data,
+        // and a resolver cache must not carry answers over.
+        let cfg = env.write_config(
+            &format!("rfc7208-{i}.toml"),
+            &format!(
+                "{base}\n[filter.proxy]\ntrusted = [\"127.0.0.1\"]\n\n[dns]\nnameservers = [\"{}\"]\n\n[checks]\n{RECORD_ALL}",
+                dns.addr()
+            ),
+        );
+        let d = Daemon::start_with(&env, &cfg);
+        let tests: Vec<serde_json::Value> = sc["tests"]
+            .as_array()
+            .expect("tests")
+            .iter()
+            .map(|t| {
+                let mut t = t.clone();
+                t["subject"] = format!("rfc7208 {i} {}", t["name"].as_str().unwrap_or("")).into();
+                t
+            })
+            .collect();
+        let tests_file = env.write_file(
+            &format!("rfc7208-{i}.json"),
+            serde_json::to_string(&tests).expect("json").as_bytes(),
+        );
+        let o = run_timeout(
+            Command::new(&py)
+                .env("PYTHONDONTWRITEBYTECODE", "1")
+                .arg(&tool)
+                .arg("run")
+                .arg(dns.port.to_string())
+                .arg(env.smtp_port.to_string())
+                .arg(&tests_file),
+            b"",
+            Duration::from_secs(600),
+        );
+        assert_ok(&o, &format!("rfc7208.py run (scenario {desc})"));
+        let results: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).expect("results");
+        for (t, r) in tests.iter().zip(&results) {
+            total += 1;
+            let name = t["name"].as_str().unwrap_or("?");
+            let expect: Vec<&str> = t["expect"]
+                .as_array()
+                .expect("expect")
+                .iter()
+                .filter_map(|e| e.as_str())
+                .collect();
+            let pyspf = r["pyspf"].as_str().unwrap_or("?");
+            let reply = r["reply"].as_str().unwrap_or("?");
+            let ours = if reply.starts_with("250") {
+                let subject = t["subject"].as_str().expect("subject");
+                let stored = read_files(&env.maildir("alice").join("new"))
+                    .into_iter()
+                    .map(|(_, b)| b)
+                    .find(|b| {
+                        String::from_utf8_lossy(b).contains(&format!("\nSubject: {subject}\n"))
+                    });
+                match stored {
+                    Some(b) => Ours::one(&our_results(&b, &env.hostname).spf),
+                    None => "(not stored)".into(),
+                }
+            } else {
+                format!("(refused: {reply})")
+            };
+            // The suite tests check_host(), not SMTP syntax: a MAIL FROM or EHLO
+            // argument the daemon refuses (RFC 5321 §4.1.2) has no SPF verdict.
+            let smtp_syntax = ["EHLO ->", "MAIL FROM ->", "RCPT TO ->"]
+                .iter()
+                .any(|p| reply.starts_with(p));
+            let faithful = expect.contains(&pyspf) && !smtp_syntax;
+            let ok = expect.contains(&ours.as_str());
+            if faithful {
+                counted += 1;
+                if ok {
+                    agree += 1;
+                } else {
+                    bad.push(format!(
+                        "{desc} / {name}: suite {expect:?}, pyspf {pyspf}, maildird {ours}"
+                    ));
+                }
+            }
+            rows += &format!(
+                "{:<40} {:<22} {:<10} {:<12}{}\n",
+                format!("{i}/{name}"),
+                expect.join("|"),
+                pyspf,
+                ours,
+                if smtp_syntax {
+                    "   (not an SMTP-valid argument)"
+                } else if !faithful {
+                    "   (fixture cannot represent it)"
+                } else if ok {
+                    ""
+                } else {
+                    "   <-- MISMATCH"
+                }
+            );
+        }
+        d.stop();
+        drop(dns);
+    }
+    println!(
+        "\n== RFC 7208 test suite: {total} tests, {counted} representable, maildird agrees on {agree}\n\
+         {:<40} {:<22} {:<10} {:<12}\n{rows}",
+        "scenario/test", "suite", "pyspf", "maildird"
+    );
+    assert!(
+        counted >= 180,
+        "only {counted} of {total} suite tests representable"
+    );
+    assert!(
+        bad.is_empty(),
+        "maildird differs from the RFC 7208 suite:\n{}",
+        bad.join("\n")
+    );
 }

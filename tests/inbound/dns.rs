@@ -198,7 +198,7 @@ impl Unbound {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Polls (bounded by `WAIT`) with a `pass.test TXT` query until an answer
+    /// Polls (bounded by `WAIT`) with a `pass.test TXT` query until a response
     /// with our id comes back.
     fn wait_answering(&mut self) {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
@@ -220,14 +220,9 @@ impl Unbound {
             // The read timeout above is the retry interval: unbound gives no other
             // readiness signal in foreground mode.
             if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                // Any answer (the suite's zones need not have pass.test): the
+                // zone data itself is checked by the tests.
                 if n >= 12 && buf[..2] == id.to_be_bytes() && buf[2] & 0x80 != 0 {
-                    let rcode = buf[3] & 0x0f;
-                    let ancount = u16::from_be_bytes([buf[6], buf[7]]);
-                    assert!(
-                        rcode == 0 && ancount >= 1,
-                        "unbound answered pass.test TXT with rcode {rcode}, {ancount} answers\n{}",
-                        self.log()
-                    );
                     return;
                 }
             }

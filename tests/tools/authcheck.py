@@ -27,26 +27,24 @@ import dns.reversename
 import dkim
 import spf
 
-PORT = int(sys.argv[1])
 # One-shot resolver; a stopped server (ECONNREFUSED) or silence ends in
 # NoNameservers/Timeout within LIFETIME: both mean temperror.
 LIFETIME = 5.0
+RES = None
 
 
-def resolver():
+def configure(port):
+    """Points our lookups, and pyspf's and dkimpy's (they call the module-level
+    dns.resolver functions, i.e. the default resolver), at 127.0.0.1:PORT."""
+    global RES
     r = dns.resolver.Resolver(configure=False)
     r.nameservers = ["127.0.0.1"]
-    r.port = PORT
+    r.port = port
     r.timeout = LIFETIME
     r.lifetime = LIFETIME
     r.cache = None
-    return r
-
-
-RES = resolver()
-# pyspf and dkimpy call the module-level dns.resolver.query/resolve, which use
-# the default resolver: point it at the test server.
-dns.resolver.default_resolver = RES
+    RES = r
+    dns.resolver.default_resolver = r
 
 
 class TempFail(Exception):
@@ -182,6 +180,7 @@ def from_domain_of(msg):
 
 
 def main():
+    configure(int(sys.argv[1]))
     cmd = sys.argv[2]
     if cmd == "query":
         for a in lookup(sys.argv[3], sys.argv[4]):
