@@ -879,3 +879,84 @@ fn rfc7208_test_suite_matches_where_pyspf_does() {
         bad.join("\n")
     );
 }
+
+/// Checks run on `smtp` listeners only: the same message that the smtp listener
+/// refuses under `reject`/`defer` policies is accepted on an (implicit-TLS,
+/// authenticated) submission listener of the same daemon, without an
+/// Authentication-Results header of ours.
+#[test]
+fn checks_do_not_run_on_submission() {
+    let w = World::new();
+    let openssl = require_tool("openssl", "openssl");
+    let pki = w.env.subdir("pki");
+    assert_ok(
+        &run(
+            Command::new(openssl)
+                .current_dir(&pki)
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
+                .args(["-keyout", "key.pem", "-out", "cert.pem", "-days", "2"])
+                .args(["-subj", "/CN=localhost"]),
+            b"",
+        ),
+        "openssl req",
+    );
+    let submissions = free_port();
+    let cfg = w.env.config_with(
+        "submission.toml",
+        &format!(
+            "\n[[listener]]\nname = \"submissions\"\nprotocol = \"submission\"\n\
+             bind = \"127.0.0.1:{submissions}\"\nfilters = [\"tls\"]\n\n\
+             [tls]\ncert = \"pki/cert.pem\"\nkey = \"pki/key.pem\"\n\n\
+             [dns]\nnameservers = [\"{}\"]\n\n[checks]\n\
+             spf = \"reject\"\ndkim = \"reject\"\ndmarc = \"reject\"\ntemperror = \"defer\"\n",
+            w.dns.addr()
+        ),
+    );
+    let _d = Daemon::start_with(&w.env, &cfg);
+    let from = "x@pass.test";
+    // smtp: SPF fail from 127.0.0.3 under spf = "reject".
+    let msg = plain_message("smtp-refused", from);
+    let out = swaks_send(
+        &w.env,
+        w.env.smtp_port,
+        "127.0.0.3",
+        HELO,
+        from,
+        &msg,
+        SEND_LIMIT,
+    );
+    assert!(
+        out.reply.starts_with("550 5.7.23"),
+        "smtp listener: {}\n{}",
+        out.reply,
+        out.transcript
+    );
+    // submission: the same sender and source, authenticated.
+    let msg = plain_message("submission-unchecked", from);
+    let swaks = require_tool("swaks", "swaks");
+    let o = run_timeout(
+        Command::new(swaks)
+            .args(["--server", "127.0.0.1", "--port", &submissions.to_string()])
+            .args(["--tls-on-connect", "--local-interface", "127.0.0.3"])
+            .args([
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "alice",
+                "--auth-password",
+                PW,
+            ])
+            .args(["--helo", HELO, "--from", from, "--to", "alice@example.org"])
+            .args(["--data", &swaks_data(&w.env, &msg)]),
+        b"",
+        SEND_LIMIT,
+    );
+    assert_ok(&o, "swaks on the submission listener");
+    let stored = stored_by_subject(&w.env.maildir("alice").join("new"), "submission-unchecked")
+        .unwrap_or_else(|| panic!("submitted message not stored\n{}", show(&o)));
+    let ars = auth_results(&stored);
+    assert!(
+        !ars.iter().any(|(id, _)| id.eq_ignore_ascii_case("mx.test")),
+        "checks ran on submission: {ars:?}"
+    );
+}

@@ -27,6 +27,7 @@ pub fn debian_python() -> PathBuf {
                 ("dkim", "python3-dkim"),
                 ("spf", "python3-spf"),
                 ("nacl", "python3-nacl"),
+                ("yaml", "python3-yaml"),
             ] {
                 let o = run(
                     Command::new(&p).args(["-c", &format!("import {module}")]),
