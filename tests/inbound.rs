@@ -137,6 +137,7 @@ impl World {
         };
         for (method, v) in [
             ("spf", &ours.spf),
+            ("dkim", &ours.dkim[..ours.dkim.len().min(1)].to_vec()),
             ("dmarc", &ours.dmarc),
             ("iprev", &ours.iprev),
         ] {
