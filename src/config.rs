@@ -53,6 +53,12 @@ pub struct Config {
     /// The OpenMetrics endpoint; off when absent.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// The resolver of the sender checks.
+    #[serde(default)]
+    pub dns: DnsConfig,
+    /// Sender checks (SPF, DKIM, DMARC, iprev) on smtp listeners; off when absent.
+    #[serde(default)]
+    pub checks: Option<ChecksConfig>,
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
     /// Per-filter settings by filter name (`[filter.log]`, `[filter.exec.NAME]`).
@@ -95,6 +101,82 @@ impl Source {
             table = next.get_ref().as_table();
         }
         Some(format!("{}:{}", self.origin, line_of(&self.text, at?)))
+    }
+}
+
+/// `[dns]`: the resolver of the sender checks (maildird.toml(5), DNS).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers (address and port); empty: those of `/etc/resolv.conf`.
+    pub nameservers: Vec<std::net::SocketAddr>,
+    /// One query's timeout (each server is tried twice).
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a failed check does (maildird.toml(5), CHECKS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckPolicy {
+    /// Only the `Authentication-Results:` header.
+    Record,
+    /// Refuse the message (`550`).
+    Reject,
+    /// Deliver it into the `.Junk` folder.
+    Junk,
+}
+
+/// What a temporary DNS failure during the checks does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TempErrorPolicy {
+    /// Deliver with `temperror` recorded.
+    Record,
+    /// `451 4.4.3`: the client tries again later.
+    Defer,
+}
+
+/// `[checks]`: inbound sender authentication (RFC 7208, 6376, 7489, 8601).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChecksConfig {
+    pub spf: CheckPolicy,
+    pub dkim: CheckPolicy,
+    pub dmarc: CheckPolicy,
+    pub temperror: TempErrorPolicy,
+    /// Messages verified at once; each is held in memory while it is.
+    pub max_concurrent: usize,
+}
+
+impl Default for ChecksConfig {
+    fn default() -> Self {
+        ChecksConfig {
+            spf: CheckPolicy::Record,
+            dkim: CheckPolicy::Record,
+            dmarc: CheckPolicy::Record,
+            temperror: TempErrorPolicy::Record,
+            max_concurrent: 4,
+        }
+    }
+}
+
+impl CheckPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckPolicy::Record => "record",
+            CheckPolicy::Reject => "reject",
+            CheckPolicy::Junk => "junk",
+        }
     }
 }
 
@@ -479,6 +561,12 @@ impl Config {
         if l.max_connections == 0 || l.max_connections_per_ip == 0 || l.hash_concurrency == 0 {
             return Err("limits: connection caps and hash_concurrency must be at least 1".into());
         }
+        if self.checks.as_ref().is_some_and(|c| c.max_concurrent == 0) {
+            return Err("checks.max_concurrent must be at least 1".into());
+        }
+        if self.dns.timeout.is_zero() {
+            return Err("dns.timeout must be more than 0".into());
+        }
         if !(1..=32).contains(&l.ipv4_prefix) {
             return Err(format!(
                 "limits.ipv4_prefix must be 1 to 32, not {}",
@@ -610,6 +698,30 @@ mod effective {
                 q(&t.cert),
                 q(&t.key),
                 dur(t.handshake_timeout)
+            );
+        }
+        if let Some(m) = &c.metrics {
+            let _ = writeln!(s, "\n[metrics]\nbind = \"{}\"", m.bind);
+        }
+        let servers: Vec<String> = c.dns.nameservers.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "\n[dns]\nnameservers = {servers:?}\ntimeout = {}",
+            dur(c.dns.timeout)
+        );
+        if let Some(k) = &c.checks {
+            let _ = writeln!(
+                s,
+                "\n[checks]\nspf = \"{}\"\ndkim = \"{}\"\ndmarc = \"{}\"\ntemperror = \"{}\"\nmax_concurrent = {}",
+                k.spf.as_str(),
+                k.dkim.as_str(),
+                k.dmarc.as_str(),
+                if k.temperror == TempErrorPolicy::Defer {
+                    "defer"
+                } else {
+                    "record"
+                },
+                k.max_concurrent
             );
         }
         for li in &c.listeners {

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod bounded;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod conn;

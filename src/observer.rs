@@ -9,8 +9,16 @@ pub trait Observer: Send + Sync {
     fn state(&self, _state: &'static str) {}
     /// A login attempt; `user` as the client gave it.
     fn auth(&self, _user: &str, _mechanism: &str, _ok: bool) {}
-    /// A message accepted (250): its id, recipients and size.
-    fn delivered(&self, _id: &str, _recipients: usize, _size: u64) {}
+    /// A message accepted (250): its id, recipients and size, and the sender
+    /// checks' verdicts when they ran.
+    fn delivered(
+        &self,
+        _id: &str,
+        _recipients: usize,
+        _size: u64,
+        _auth: Option<&crate::smtp::backend::AuthSummary>,
+    ) {
+    }
 }
 
 /// An `Observer` that ignores everything.

@@ -1,6 +1,7 @@
 //! The composition of `auth` and `maildir` behind the protocol seams:
 //! `smtp::Backend` (in `smtp.rs`) and `pop3::Store` (in `pop3.rs`).
 
+pub mod checked;
 pub mod pop3;
 pub mod recipients;
 pub mod smtp;
@@ -87,6 +88,8 @@ pub struct Backend {
     hash_permits: Semaphore,
     /// Back-off per client IP and per user across connections.
     throttle: Arc<throttle::AuthThrottle>,
+    /// Sender checks on smtp listeners (`[checks]`); None when off.
+    pub checks: Option<Arc<crate::checks::Checks>>,
 }
 
 impl Backend {
@@ -104,7 +107,9 @@ impl Backend {
         })?;
         let permits = config.limits.hash_concurrency;
         let net = ClientNet::from_limits(&config.limits);
+        let checks = crate::checks::Checks::from_config(&config)?;
         Ok(Backend {
+            checks,
             config,
             users,
             aliases,

@@ -10,9 +10,10 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
 use super::Backend;
+use super::checked::{StageParams, Staged};
 use super::recipients::resolve;
 use crate::auth::{Role, validate_name};
-use crate::maildir::deliver::Delivery;
+use crate::maildir::deliver::{Delivery, scratch_file, staging_maildir};
 use crate::maildir::{Maildir, fsat, is_no_space};
 use crate::smtp::backend::{
     Authenticated, Backend as SmtpBackend, BodySink, Envelope, SessionInfo, Stored,
@@ -23,14 +24,14 @@ use crate::smtp::reply::Reply;
 /// one thread hop per batch, not per line, and bounded memory per message.
 const BATCH: usize = 64 * 1024;
 
-fn temp_failure() -> Reply {
+pub(super) fn temp_failure() -> Reply {
     Reply::new(451, "4.3.0", "Temporary failure")
 }
 
 /// Wire text stays generic; the log gets the error (STYLE.md "wire text
 /// generic"). `id`: the message, once it has one. The session span names the
 /// session and the client.
-fn storage_failure(e: &io::Error, id: Option<&str>, what: &str) -> Reply {
+pub(super) fn storage_failure(e: &io::Error, id: Option<&str>, what: &str) -> Reply {
     let id = id.map(tracing::field::display);
     if is_no_space(e) {
         tracing::error!(id, error = %e, "{what}: no space left");
@@ -95,28 +96,46 @@ impl SmtpBackend for Backend {
         let delivered_to = (self.config.smtp.delivered_to && mailboxes.len() == 1)
             .then(|| env.rcpts.first().map(|(addr, _)| addr.clone()))
             .flatten();
+        // Checks on: mail from outside (not an authenticated submission)
+        // over the network (a local pipe has no address to check).
+        let checks = self
+            .checks
+            .clone()
+            .filter(|_| info.auth_user.is_none() && info.peer.is_some());
+        let stage = checks.map(|checks| StageParams {
+            checks,
+            info: info.clone(),
+            env: env.clone(),
+            host: self.config.hostname.clone(),
+            delivered_to: delivered_to.clone(),
+            max_read: super::pop3::max_read(self.config.limits.max_message_size),
+            deadline: crate::checks::deadline(&self.config),
+        });
         let (info, env) = (info.clone(), env.clone());
         let host = self.config.hostname.clone();
-        let started =
-            tokio::task::spawn_blocking(move || -> io::Result<(Delivery, Vec<Maildir>)> {
-                let targets = paths
-                    .iter()
-                    .map(|p| Maildir::ensure(p))
-                    .collect::<io::Result<Vec<Maildir>>>()?;
-                let mut delivery = Delivery::begin(&targets, &host)?;
-                let delivered_to = delivered_to.as_deref();
-                let headers = trace_headers(
-                    &info,
-                    &env,
-                    &host,
-                    delivery.id(),
-                    delivered_to,
-                    Timestamp::now(),
-                );
-                delivery.write(headers.as_bytes())?;
-                Ok((delivery, targets))
-            })
-            .await;
+        let started = tokio::task::spawn_blocking(move || -> io::Result<(Body, Vec<Maildir>)> {
+            let targets = paths
+                .iter()
+                .map(|p| Maildir::ensure(p))
+                .collect::<io::Result<Vec<Maildir>>>()?;
+            if let Some(p) = stage {
+                let scratch = scratch_file(staging_maildir(&targets)?, &host)?;
+                return Ok((Body::Staged(Box::new(Staged::new(scratch, p))), targets));
+            }
+            let mut delivery = Delivery::begin(&targets, &host)?;
+            let headers = trace_headers(
+                &info,
+                &env,
+                &host,
+                delivery.id(),
+                delivered_to.as_deref(),
+                None,
+                Timestamp::now(),
+            );
+            delivery.write(headers.as_bytes())?;
+            Ok((Body::Direct(delivery), targets))
+        })
+        .await;
         match started {
             Ok(Ok((delivery, targets))) => Ok(MaildirSink {
                 id: delivery.id().to_string(),
@@ -154,17 +173,22 @@ fn header_safe(s: &str) -> String {
 
 /// `Return-Path:`, optional `Delivered-To:` and `Received:` (RFC 5321 §4.4,
 /// RFC 5322 §3.6.7), with LF line endings as stored in the Maildir.
+/// `auth`: an `Authentication-Results:` header to put above `Received:`.
 pub fn trace_headers(
     info: &SessionInfo,
     env: &Envelope,
     hostname: &str,
     id: &str,
     delivered_to: Option<&str>,
+    auth: Option<&str>,
     now: Timestamp,
 ) -> String {
     let mut h = format!("Return-Path: <{}>\n", header_safe(&env.mail_from));
     if let Some(rcpt) = delivered_to {
         h.push_str(&format!("Delivered-To: {}\n", header_safe(rcpt)));
+    }
+    if let Some(a) = auth {
+        h.push_str(a);
     }
     let helo = if info.helo.is_empty() {
         "unknown".to_string()
@@ -190,13 +214,40 @@ pub fn trace_headers(
     h
 }
 
+/// Where a message's body goes while it arrives.
+#[derive(Debug)]
+enum Body {
+    /// Straight into the message file (trace headers already in it).
+    Direct(Delivery),
+    /// Into a scratch file, checked before the message file is written.
+    Staged(Box<Staged>),
+}
+
+impl Body {
+    fn id(&self) -> &str {
+        match self {
+            Body::Direct(d) => d.id(),
+            Body::Staged(s) => s.id(),
+        }
+    }
+
+    /// Append body bytes (blocking).
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Body::Direct(d) => d.write(bytes),
+            Body::Staged(s) => s.write(bytes),
+        }
+    }
+}
+
 /// A message on its way into Maildir: bytes are batched, then written by a
-/// blocking task. Dropped without `commit`, its `Delivery` removes the tmp file.
+/// blocking task. Dropped without `commit`, its `Delivery` removes the tmp
+/// file (a staged body's scratch file was never linked).
 #[derive(Debug)]
 pub struct MaildirSink {
     id: String,
     /// None after a failed write: every later call answers 451.
-    delivery: Option<Delivery>,
+    delivery: Option<Body>,
     buf: Vec<u8>,
     targets: Vec<Maildir>,
     /// The mailbox name of each target, in the same order.
@@ -251,12 +302,27 @@ impl BodySink for MaildirSink {
     /// 250 means durable (maildird(8), MAILDIR): fsync, link into every `new/`,
     /// fsync them; only then Ok.
     async fn commit(mut self) -> Result<Stored, Reply> {
-        let Some(mut delivery) = self.delivery.take() else {
+        let Some(body) = self.delivery.take() else {
             return Err(temp_failure());
         };
         let buf = mem::take(&mut self.buf);
         let targets = mem::take(&mut self.targets);
+        let mailboxes = mem::take(&mut self.mailboxes);
         let id = mem::take(&mut self.id);
+        let mut delivery = match body {
+            Body::Direct(d) => d,
+            Body::Staged(mut s) => {
+                let written = tokio::task::spawn_blocking(move || s.write(&buf).map(|()| s)).await;
+                return match written {
+                    Ok(Ok(s)) => s.commit(targets, mailboxes).await,
+                    Ok(Err(e)) => Err(storage_failure(&e, Some(&id), "maildir write")),
+                    Err(e) => {
+                        tracing::error!(id, error = %e, "delivery task failed");
+                        Err(temp_failure())
+                    }
+                };
+            }
+        };
         let done = tokio::task::spawn_blocking(move || {
             delivery.write(&buf)?;
             delivery.commit(&targets)
@@ -264,28 +330,12 @@ impl BodySink for MaildirSink {
         .await;
         match done {
             Ok(Ok(paths)) => Ok(Stored {
-                files: mem::take(&mut self.mailboxes)
-                    .into_iter()
-                    .zip(paths)
-                    .collect(),
+                id,
+                files: mailboxes.into_iter().zip(paths).collect(),
+                auth: None,
+                folder: None,
             }),
-            Ok(Err(e)) => match crate::maildir::deliver::RollbackFailed::of(&e) {
-                // Some copies stayed in new/ after a failure: say which, in the
-                // log and (by id) in the reply, so a duplicate after the
-                // client's retry can be explained.
-                Some(r) => {
-                    tracing::error!(id = %r.id, remaining = ?r.remaining, error = %r.error, "maildir commit failed and its rollback too");
-                    Err(Reply::new(
-                        451,
-                        "4.3.0",
-                        format!(
-                            "Temporary failure; copies of {} may have been delivered",
-                            r.id
-                        ),
-                    ))
-                }
-                None => Err(storage_failure(&e, Some(&id), "maildir commit")),
-            },
+            Ok(Err(e)) => Err(commit_failure(&e, &id)),
             Err(e) => {
                 tracing::error!(id = %id, error = %e, "delivery task failed");
                 Err(temp_failure())
@@ -297,6 +347,27 @@ impl BodySink for MaildirSink {
         if let Some(delivery) = self.delivery.take() {
             let _ = tokio::task::spawn_blocking(move || drop(delivery)).await;
         }
+    }
+}
+
+/// The reply to a failed commit (details in the log).
+pub(super) fn commit_failure(e: &io::Error, id: &str) -> Reply {
+    match crate::maildir::deliver::RollbackFailed::of(e) {
+        // Some copies stayed in new/ after a failure: say which, in the
+        // log and (by id) in the reply, so a duplicate after the
+        // client's retry can be explained.
+        Some(r) => {
+            tracing::error!(id = %r.id, remaining = ?r.remaining, error = %r.error, "maildir commit failed and its rollback too");
+            Reply::new(
+                451,
+                "4.3.0",
+                format!(
+                    "Temporary failure; copies of {} may have been delivered",
+                    r.id
+                ),
+            )
+        }
+        None => storage_failure(e, Some(id), "maildir commit"),
     }
 }
 
@@ -373,6 +444,7 @@ mod tests {
                 "mx.example.org",
                 "1795315389.M42P1234Q7R0000beef",
                 Some("alice@example.org"),
+                None,
                 now
             ),
             "Return-Path: <sender@remote.example>\n\
@@ -387,7 +459,7 @@ mod tests {
         let mut i = info(None);
         i.helo = "evil\r\nX-Injected: 1".into();
         assert_eq!(
-            trace_headers(&i, &two, "mx.example.org", "X1", None, now),
+            trace_headers(&i, &two, "mx.example.org", "X1", None, None, now),
             "Return-Path: <>\n\
              Received: from evil??X-Injected: 1 (unknown)\n\
              \tby mx.example.org (maildird) with ESMTPS id X1;\n\
@@ -400,12 +472,21 @@ mod tests {
             "h",
             "X",
             None,
+            None,
             now,
         );
         assert!(h.contains("from client.example ([192.0.2.9])\n"), "{h}");
-        let h = trace_headers(&info(Some("[2001:db8::1]:25")), &two, "h", "X", None, now);
+        let h = trace_headers(
+            &info(Some("[2001:db8::1]:25")),
+            &two,
+            "h",
+            "X",
+            None,
+            None,
+            now,
+        );
         assert!(h.contains("([IPv6:2001:db8::1])\n"), "{h}");
-        let h = trace_headers(&info(Some("[::1]:25")), &two, "h", "X", None, now);
+        let h = trace_headers(&info(Some("[::1]:25")), &two, "h", "X", None, None, now);
         assert!(h.contains("([IPv6:::1])\n"), "{h}");
     }
 

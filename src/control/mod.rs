@@ -126,6 +126,15 @@ pub struct EventFields {
     pub bytes_out: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Delivery with sender checks on: the verdicts (`pass`, `fail`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spf: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dkim: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmarc: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iprev: Option<String>,
 }
 
 impl EventFields {
@@ -142,6 +151,10 @@ impl EventFields {
             num("bytes_in", self.bytes_in),
             num("bytes_out", self.bytes_out),
             text("reason", &self.reason),
+            text("spf", &self.spf),
+            text("dkim", &self.dkim),
+            text("dmarc", &self.dmarc),
+            text("iprev", &self.iprev),
         ]
         .into_iter()
         .flatten()
@@ -400,13 +413,26 @@ impl SessionGuard {
 
     /// A message was delivered: its id (empty when unknown), how many
     /// recipients got it and its size in bytes.
-    pub fn delivery(&self, id: &str, recipients: usize, size: u64) {
+    pub fn delivery(
+        &self,
+        id: &str,
+        recipients: usize,
+        size: u64,
+        auth: Option<&crate::smtp::backend::AuthSummary>,
+    ) {
+        let verdict = |f: fn(&crate::smtp::backend::AuthSummary) -> &'static str| {
+            auth.map(|a| f(a).to_string())
+        };
         self.emit(
             EventKind::Delivery,
             EventFields {
                 id: Some(id.to_string()).filter(|i| !i.is_empty()),
                 recipients: Some(recipients as u64),
                 size: Some(size),
+                spf: verdict(|a| a.spf),
+                dkim: verdict(|a| a.dkim),
+                dmarc: verdict(|a| a.dmarc),
+                iprev: verdict(|a| a.iprev),
                 ..EventFields::default()
             },
         );
@@ -510,7 +536,7 @@ mod tests {
         let mut rx = reg.subscribe();
         let g = reg.open(4, "smtp", "smtp", addr("127.0.0.1:4000"));
         g.auth_ok("alice", "PLAIN");
-        g.delivery("1700000000.M1P2Q3R4.mx", 2, 406);
+        g.delivery("1700000000.M1P2Q3R4.mx", 2, 406, None);
         g.counters("wire").bytes_in.fetch_add(10, Ordering::Relaxed);
         g.counters("wire")
             .bytes_out

@@ -301,9 +301,15 @@ impl Observer for SessionObserver {
         }
     }
 
-    fn delivered(&self, id: &str, recipients: usize, size: u64) {
+    fn delivered(
+        &self,
+        id: &str,
+        recipients: usize,
+        size: u64,
+        auth: Option<&crate::smtp::backend::AuthSummary>,
+    ) {
         self.shared.deliveries.fetch_add(1, Ordering::Relaxed);
-        self.guard.delivery(id, recipients, size);
+        self.guard.delivery(id, recipients, size, auth);
     }
 }
 

@@ -73,12 +73,18 @@ impl Delivery {
     /// Only when all targets are shared with a Unix group is it staged in the
     /// first of them (mode 0660, see `file_mode`).
     pub fn begin(targets: &[Maildir], host: &str) -> io::Result<Delivery> {
-        let stage = targets
-            .iter()
-            .find(|md| !md.is_shared())
-            .or(targets.first())
-            .ok_or_else(|| io::Error::other("no target maildir"))?;
-        let (file, name) = create_unique_tmp(stage, host)?;
+        Delivery::begin_named(targets, host, None)
+    }
+
+    /// `begin` under the unique name `name` (an id announced earlier), or a
+    /// fresh one should it be taken.
+    pub fn begin_named(
+        targets: &[Maildir],
+        host: &str,
+        name: Option<UniqueName>,
+    ) -> io::Result<Delivery> {
+        let stage = staging_maildir(targets)?;
+        let (file, name) = create_unique_tmp(stage, host, name)?;
         Ok(Delivery {
             file: Some(BufWriter::with_capacity(64 * 1024, file)),
             first: stage.clone(),
@@ -287,13 +293,48 @@ pub fn file_mode(md: &Maildir) -> u32 {
     }
 }
 
-/// Create a new file under a fresh unique name in `md/tmp/` (O_EXCL, mode
-/// `file_mode`), trying another name when one is taken.
-fn create_unique_tmp(md: &Maildir, host: &str) -> io::Result<(File, UniqueName)> {
-    let mode = file_mode(md);
+/// Where a message to `targets` is staged: the first private Maildir, else
+/// the first (see `Delivery::begin`).
+pub fn staging_maildir(targets: &[Maildir]) -> io::Result<&Maildir> {
+    targets
+        .iter()
+        .find(|md| !md.is_shared())
+        .or(targets.first())
+        .ok_or_else(|| io::Error::other("no target maildir"))
+}
+
+/// A private scratch file in `md/tmp/`, unlinked at once: it lives as long as
+/// its descriptor, and a crash leaves nothing behind.
+/// Mode 0600 even in a shared Maildir: no Unix account ever opens it.
+pub fn scratch_file(md: &Maildir, host: &str) -> io::Result<File> {
     let mut last_err = None;
     for _ in 0..NAME_ATTEMPTS {
         let name = UniqueName::generate(host);
+        match fsat::create_excl(md.dir(Sub::Tmp), name.as_str(), FILE_MODE) {
+            Ok(file) => {
+                fsat::unlink_at(md.dir(Sub::Tmp), name.as_str())?;
+                return Ok(file);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| io::Error::other("no unique tmp name")))
+}
+
+/// Create a new file under a fresh unique name (`first`, when given, is
+/// tried first) in `md/tmp/` (O_EXCL, mode `file_mode`), trying another name
+/// when one is taken.
+fn create_unique_tmp(
+    md: &Maildir,
+    host: &str,
+    first: Option<UniqueName>,
+) -> io::Result<(File, UniqueName)> {
+    let mode = file_mode(md);
+    let mut last_err = None;
+    let mut first = first;
+    for _ in 0..NAME_ATTEMPTS {
+        let name = first.take().unwrap_or_else(|| UniqueName::generate(host));
         match fsat::create_excl(md.dir(Sub::Tmp), name.as_str(), mode) {
             Ok(file) => return Ok((file, name)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
@@ -311,7 +352,7 @@ fn create_unique_tmp(md: &Maildir, host: &str) -> io::Result<(File, UniqueName)>
 /// another filesystem, EXDEV).
 fn copy_exclusive(src: &File, md: &Maildir, name: &str, host: &str) -> io::Result<()> {
     let tmp = md.dir(Sub::Tmp);
-    let (out, tmp_name) = create_unique_tmp(md, host)?;
+    let (out, tmp_name) = create_unique_tmp(md, host, None)?;
     let result = (|| {
         let mut buf = vec![0u8; 64 * 1024];
         let mut off = 0u64;

@@ -23,6 +23,8 @@ use std::sync::Arc;
 
 /// Mode of the directories we create: private to the service user.
 const DIR_MODE: u32 = 0o700;
+/// Directories of a Maildir shared with a Unix group (`user add --unix-group`).
+const SHARED_DIR_MODE: u32 = 0o2770;
 
 /// The three directories of a Maildir.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -145,6 +147,33 @@ impl Maildir {
             lock::create_lock_file(&md)?;
         }
         Ok(md)
+    }
+
+    /// The Maildir++ folder `name` (such as `.Junk`) inside this Maildir,
+    /// created when missing, with its `maildirfolder` marker (mutt shows it
+    /// as a folder; POP3, which serves the Maildir itself, never sees it).
+    /// In a Maildir shared with a Unix group the folder is shared too
+    /// (directories 2770), so mutt run by the group reads it.
+    pub fn ensure_folder(&self, name: &str) -> io::Result<Maildir> {
+        let folder = Maildir::ensure(&self.path().join(name))?;
+        match fsat::create_excl(folder.root(), "maildirfolder", deliver::file_mode(self)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        if !self.is_shared() || folder.is_shared() {
+            return Ok(folder);
+        }
+        for fd in [
+            folder.root(),
+            folder.dir(Sub::Tmp),
+            folder.dir(Sub::New),
+            folder.dir(Sub::Cur),
+        ] {
+            fsat::chown_chmod(fd, None, None, Some(SHARED_DIR_MODE))?;
+        }
+        // Opened again: its sharing is read from the modes at open.
+        Maildir::open(folder.path())
     }
 
     /// Where the Maildir is, for logs and messages (never used to reach files).

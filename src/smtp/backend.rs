@@ -81,7 +81,22 @@ pub trait Backend: Send + Sync + 'static {
 /// Where a committed message went: each distinct mailbox and its file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stored {
+    /// The message's id as stored (the sink's, unless its name was taken).
+    pub id: String,
     pub files: Vec<(String, std::path::PathBuf)>,
+    /// The sender checks' verdicts, when they ran.
+    pub auth: Option<AuthSummary>,
+    /// The Maildir++ folder it went to instead of the inbox (`.Junk`).
+    pub folder: Option<String>,
+}
+
+/// The results of the sender checks, as logged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuthSummary {
+    pub spf: &'static str,
+    pub dkim: &'static str,
+    pub dmarc: &'static str,
+    pub iprev: &'static str,
 }
 
 /// A message being stored. Body bytes arrive with LF line endings (CRLF already

@@ -4,6 +4,9 @@
 /// One SMTP reply. Multi-line when `lines` has more than one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
+    /// Why, when the enhanced status code alone does not say it (logs and
+    /// metrics; see `reason`).
+    pub because: Option<&'static str>,
     pub code: u16,
     /// Enhanced status code such as "2.1.0"; empty for replies that carry none
     /// (the 220 greeting and the EHLO/HELO 250, per RFC 2034 §3).
@@ -14,15 +17,25 @@ pub struct Reply {
 impl Reply {
     pub fn new(code: u16, status: &'static str, text: impl Into<String>) -> Reply {
         Reply {
+            because: None,
             code,
             status,
             lines: vec![text.into()],
         }
     }
 
+    /// The same reply with its reason named.
+    pub fn because(mut self, reason: &'static str) -> Reply {
+        self.because = Some(reason);
+        self
+    }
+
     /// Why a 4xx/5xx was given, as logs and metrics name it: read from the
     /// enhanced status code (RFC 3463), which says exactly that.
     pub fn reason(&self) -> &'static str {
+        if let Some(r) = self.because {
+            return r;
+        }
         match (self.code, self.status) {
             (_, "5.1.1") => "unknown_user",
             (_, "5.7.1") => "relay",

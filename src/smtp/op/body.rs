@@ -289,8 +289,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 return self.answer(r);
             }
         };
-        let id = done.id.unwrap_or_default();
+        // The stored id, should the announced name have been taken.
+        let id = if stored.id.is_empty() {
+            done.id.unwrap_or_default()
+        } else {
+            stored.id.clone()
+        };
         let took = done.started.elapsed();
+        let auth = stored.auth.unwrap_or_default();
+        let checked = stored.auth.is_some();
         info!(
             id = %id,
             helo = ?self.info.helo,
@@ -299,6 +306,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             size = done.size,
             nrcpt = done.env.rcpts.len(),
             delay = format_args!("{:.3}", took.as_secs_f64()),
+            spf = checked.then_some(auth.spf),
+            dkim = checked.then_some(auth.dkim),
+            dmarc = checked.then_some(auth.dmarc),
+            iprev = checked.then_some(auth.iprev),
+            folder = stored.folder.as_deref(),
             "message accepted"
         );
         for (to, mailboxes) in &done.env.rcpts {
@@ -313,7 +325,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         }
         crate::metrics::get().delivered(stored.files.len(), done.size, took);
         self.observer
-            .delivered(&id, done.env.rcpts.len(), done.size);
+            .delivered(&id, done.env.rcpts.len(), done.size, stored.auth.as_ref());
         self.answer(Reply::new(250, "2.0.0", format!("Ok: delivered as {id}")))
     }
 

@@ -36,6 +36,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 lines.push("AUTH PLAIN LOGIN".into());
             }
             Reply {
+                because: None,
                 code: 250,
                 status: "",
                 lines,

@@ -1,0 +1,227 @@
+//! A message under the sender checks (`[checks]`): its body is staged in an
+//! unlinked scratch file while it arrives; at the end it is read back once,
+//! verified (SPF, DKIM, DMARC, iprev), and only then written as the message
+//! file, with `Authentication-Results:` at the top and any forged copy of ours
+//! removed, into the inbox or the `.Junk` folder, or refused.
+//!
+//! Memory: a message is held only while it is verified, at most
+//! `checks.max_concurrent` at once, each as its stored form plus its CRLF form
+//! (about 2 × its size): `max_concurrent × 2 × max_message_size` at worst.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::smtp::{storage_failure, temp_failure, trace_headers};
+use crate::checks::header::{to_crlf, without_our_results};
+use crate::checks::{Action, Checks, Verdict};
+use crate::maildir::Maildir;
+use crate::maildir::deliver::Delivery;
+use crate::maildir::name::UniqueName;
+use crate::smtp::backend::{AuthSummary, Envelope, SessionInfo, Stored};
+use crate::smtp::reply::Reply;
+
+/// The folder junk goes to (Maildir++, maildird.toml(5) CHECKS).
+pub const JUNK: &str = ".Junk";
+
+/// A message whose body is being staged for the checks.
+pub struct Staged {
+    file: BufWriter<File>,
+    /// The name (and so the id) announced when the body began.
+    name: UniqueName,
+    checks: Arc<Checks>,
+    info: SessionInfo,
+    env: Envelope,
+    host: String,
+    delivered_to: Option<String>,
+    /// The most read back (a staged file can only be as big as the session let it).
+    max_read: u64,
+    deadline: Duration,
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged")
+            .field("id", &self.name.id())
+            .finish()
+    }
+}
+
+/// What `Staged::new` needs besides the scratch file.
+pub struct StageParams {
+    pub checks: Arc<Checks>,
+    pub info: SessionInfo,
+    pub env: Envelope,
+    pub host: String,
+    pub delivered_to: Option<String>,
+    pub max_read: u64,
+    pub deadline: Duration,
+}
+
+impl Staged {
+    /// Stage into `scratch` (blocking code: called off the async threads).
+    pub fn new(scratch: File, p: StageParams) -> Staged {
+        Staged {
+            file: BufWriter::with_capacity(64 * 1024, scratch),
+            name: UniqueName::generate(&p.host),
+            checks: p.checks,
+            info: p.info,
+            env: p.env,
+            host: p.host,
+            delivered_to: p.delivered_to,
+            max_read: p.max_read,
+            deadline: p.deadline,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        self.name.id()
+    }
+
+    /// Append body bytes (blocking).
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)
+    }
+
+    /// Check, then store (or refuse). `targets` and `mailboxes` in the same order.
+    pub async fn commit(
+        self,
+        targets: Vec<Maildir>,
+        mailboxes: Vec<String>,
+    ) -> Result<Stored, Reply> {
+        let Staged {
+            file,
+            name,
+            checks,
+            info,
+            env,
+            host,
+            delivered_to,
+            max_read,
+            deadline,
+        } = self;
+        let id = name.id().to_string();
+        // Bounded: at most `max_concurrent` messages are in memory here.
+        let _slot = checks.slot().await;
+        let read = tokio::task::spawn_blocking(move || read_back(file, max_read)).await;
+        let message = match read {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return Err(storage_failure(&e, Some(&id), "staged message")),
+            Err(e) => {
+                tracing::error!(id, error = %e, "staged read task failed");
+                return Err(temp_failure());
+            }
+        };
+        let Some(ip) = info.peer.map(|p| p.ip().to_canonical()) else {
+            return Err(temp_failure());
+        };
+        let verdict = {
+            let wire = to_crlf(&message);
+            match tokio::time::timeout(
+                deadline,
+                checks.evaluate(ip, &info.helo, &env.mail_from, &wire),
+            )
+            .await
+            {
+                Ok(v) => v,
+                Err(_) => {
+                    tracing::warn!(id, "sender checks timed out");
+                    checks.timed_out(&env.mail_from, &info.helo, ip)
+                }
+            }
+        };
+        let folder = match &verdict.action {
+            Action::Deliver => None,
+            Action::Junk(_) => Some(JUNK),
+            Action::Reject { status, text } => {
+                return Err(Reply::new(550, status, text.clone()).because(reason_of(status)));
+            }
+            Action::Defer => {
+                return Err(Reply::new(
+                    451,
+                    "4.4.3",
+                    "Temporary DNS failure checking the sender, try again later",
+                )
+                .because("dns"));
+            }
+        };
+        let auth = summary(&verdict);
+        let stored = tokio::task::spawn_blocking(move || {
+            let targets = match folder {
+                Some(f) => targets
+                    .iter()
+                    .map(|md| md.ensure_folder(f))
+                    .collect::<io::Result<Vec<Maildir>>>()?,
+                None => targets,
+            };
+            let mut delivery = Delivery::begin_named(&targets, &host, Some(name))?;
+            let headers = trace_headers(
+                &info,
+                &env,
+                &host,
+                delivery.id(),
+                delivered_to.as_deref(),
+                Some(&verdict.header),
+                Timestamp::now(),
+            );
+            delivery.write(headers.as_bytes())?;
+            for part in without_our_results(&message, &host) {
+                delivery.write(part)?;
+            }
+            drop(message);
+            let id = delivery.id().to_string();
+            let paths = delivery.commit(&targets)?;
+            Ok::<_, io::Error>((id, paths))
+        })
+        .await;
+        match stored {
+            Ok(Ok((id, paths))) => Ok(Stored {
+                id,
+                files: mailboxes.into_iter().zip(paths).collect(),
+                auth: Some(auth),
+                folder: folder.map(str::to_string),
+            }),
+            Ok(Err(e)) => Err(super::smtp::commit_failure(&e, &id)),
+            Err(e) => {
+                tracing::error!(id, error = %e, "delivery task failed");
+                Err(temp_failure())
+            }
+        }
+    }
+}
+
+/// The staged body, read back whole (at most `max_read` bytes).
+fn read_back(file: BufWriter<File>, max_read: u64) -> io::Result<Vec<u8>> {
+    let file = file.into_inner().map_err(|e| e.into_error())?;
+    let len = file.metadata()?.len();
+    if len > max_read {
+        return Err(io::Error::other(format!(
+            "staged message of {len} bytes is over {max_read}"
+        )));
+    }
+    let mut buf = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
+    file.read_exact_at(&mut buf, 0)?;
+    Ok(buf)
+}
+
+fn summary(v: &Verdict) -> AuthSummary {
+    AuthSummary {
+        spf: v.spf,
+        dkim: v.dkim,
+        dmarc: v.dmarc,
+        iprev: v.iprev,
+    }
+}
+
+/// The log and metrics reason of a refusal by the checks.
+fn reason_of(status: &str) -> &'static str {
+    match status {
+        "5.7.23" => "spf",
+        "5.7.20" => "dkim",
+        _ => "dmarc",
+    }
+}
