@@ -66,6 +66,25 @@ impl World {
         )
     }
 
+    /// Like `config`, with the PROXY filter on the smtp listener (a header from
+    /// 127.0.0.1 names the client).
+    fn config_proxied(&self, name: &str, checks: &str) -> PathBuf {
+        let base = std::fs::read_to_string(self.env.config())
+            .expect("config")
+            .replace(
+                "protocol = \"smtp\"\n",
+                "protocol = \"smtp\"\nfilters = [\"proxy\"]\n",
+            );
+        self.env.write_config(
+            name,
+            &format!(
+                "{base}\n[filter.proxy]\ntrusted = [\"127.0.0.1\"]\n\n\
+                 [dns]\nnameservers = [\"{}\"]\n\n[checks]\n{checks}\n",
+                self.dns.addr()
+            ),
+        )
+    }
+
     fn rsa(&self, canon: (&'static str, &'static str)) -> Signing<'_> {
         Signing {
             selector: "sel",
@@ -247,10 +266,11 @@ fn fixture_unbound_pyspf_dkimpy_give_the_expected_verdicts() {
             &format!("{} p={}", v.dmarc, v.policy),
             "authcheck",
         );
+        // RFC 6761: 127.0.0.2 reverses to localhost., which is 127.0.0.1.
         w.table.add(
             &format!("dkim {case}"),
             "iprev",
-            "pass",
+            "fail",
             &v.iprev,
             "authcheck",
         );
@@ -264,26 +284,26 @@ fn fixture_unbound_pyspf_dkimpy_give_the_expected_verdicts() {
         &format!("{} p={}", v.dmarc, v.policy),
         "authcheck",
     );
-    w.table.add(
-        "unsigned from 127.0.0.3",
-        "iprev",
-        "permerror",
-        &v.iprev,
-        "authcheck",
-    );
-    let v = independent(w.dns.port, &f, "127.0.0.4", "x@pass.test", HELO);
-    w.table.add(
-        "unsigned from 127.0.0.4",
-        "iprev",
-        "fail",
-        &v.iprev,
-        "authcheck",
-    );
+    for (ip, want) in [
+        ("192.0.2.2", "pass"),
+        ("192.0.2.3", "permerror"),
+        ("192.0.2.4", "fail"),
+        ("127.0.0.1", "pass"),
+    ] {
+        let v = independent(w.dns.port, &f, ip, "x@pass.test", HELO);
+        w.table.add(
+            &format!("client {ip}"),
+            "iprev",
+            want,
+            &v.iprev,
+            "authcheck",
+        );
+    }
 
     // DNS down.
     let mut dns = w.dns;
     dns.stop();
-    let v = independent(dns.port, &f, "127.0.0.2", "x@pass.test", HELO);
+    let v = independent(dns.port, &f, "192.0.2.2", "x@pass.test", HELO);
     w.table
         .add("dns stopped", "spf", "temperror", &v.spf, "pyspf");
     w.table
@@ -340,7 +360,6 @@ fn spf_verdicts_match_pyspf() {
         ("spf-neutral", "127.0.0.3", "x@neutral.test"),
         ("spf-none", "127.0.0.3", "x@none.test"),
         ("spf-permerror", "127.0.0.2", "x@perm.test"),
-        ("iprev-fail", "127.0.0.4", "x@pass.test"),
     ] {
         w.delivered_case(&mut d, case, src, from, &plain_message(case, from));
     }
@@ -388,6 +407,55 @@ fn spf_verdicts_match_pyspf() {
         out.transcript
     );
     w.table.print_and_assert("SPF: maildird vs pyspf");
+}
+
+/// iprev (RFC 8601 §3) for clients outside 127/8 (whose reverse names a
+/// resolver answers itself, RFC 6761), named by a PROXY header: PTR that
+/// resolves back (pass), no PTR (permerror), PTR to a name with another address
+/// (fail); the other three verdicts are compared on the same input too.
+#[test]
+fn iprev_verdicts_match_dnspython_behind_proxy() {
+    let w = World::new();
+    let cfg = w.config_proxied("proxied.toml", RECORD_ALL);
+    let mut d = Daemon::start_with(&w.env, &cfg);
+    for (case, client) in [
+        ("iprev-pass", "192.0.2.2"),
+        ("iprev-permerror", "192.0.2.3"),
+        ("iprev-fail", "192.0.2.4"),
+    ] {
+        let msg = dkimsign(
+            &plain_message(case, "x@pass.test"),
+            w.rsa(("relaxed", "relaxed")),
+        );
+        let out = swaks_send_proxied(
+            &w.env,
+            w.env.smtp_port,
+            client,
+            HELO,
+            "x@pass.test",
+            &msg,
+            SEND_LIMIT,
+        );
+        assert!(
+            out.accepted(),
+            "case {case}: {}\n{}",
+            out.reply,
+            out.transcript
+        );
+        let stored = stored_by_subject(&w.env.maildir("alice").join("new"), case)
+            .unwrap_or_else(|| panic!("case {case}: not stored"));
+        let text = String::from_utf8_lossy(&stored);
+        assert!(
+            text.contains(&format!("[{client}]")),
+            "Received: does not name the PROXY client {client}:\n{text}"
+        );
+        let ours = our_results(&stored, &w.env.hostname);
+        let theirs = independent(w.dns.port, &w.keep(case, &msg), client, "x@pass.test", HELO);
+        w.table.compare(case, &ours, &theirs);
+    }
+    let _ = d.wait_stderr("message accepted");
+    w.table
+        .print_and_assert("iprev: maildird vs authcheck (dnspython)");
 }
 
 /// "451 4.4.3" from "451 4.4.3 text...".
@@ -444,10 +512,15 @@ fn dkim_verdicts_match_dkimpy() {
         let (_, ours) = w.delivered_case(&mut d, case, "127.0.0.2", from, &msg);
         match selector {
             // RFC 8601 §2.7.1: the signing domain and selector are named.
+            // RFC 8601 §2.7.1: the signing domain (header.d, or header.i, the
+            // identity, which mail-auth writes as `@d` when i= is absent) and
+            // the selector are named.
             Some(s) => assert!(
-                ours.raw.contains("header.d=pass.test")
+                (ours.raw.contains("header.d=pass.test")
+                    || ours.raw.contains("header.i=@pass.test"))
                     && ours.raw.contains(&format!("header.s={s}")),
-                "case {case}: dkim result without header.d=pass.test header.s={s}: {}",
+                "case {case}: dkim result without header.d=pass.test (or header.i=@pass.test) \
+                 header.s={s}: {}",
                 ours.raw
             ),
             None => assert_eq!(ours.dkim, ["none"], "case {case}: {}", ours.raw),

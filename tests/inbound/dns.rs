@@ -89,11 +89,18 @@ pub fn test_zones(keys: &DkimKeys) -> String {
     z += &txt("sel._domainkey.pass.test", &keys.rsa_txt);
     z += &txt("ed._domainkey.pass.test", &keys.ed_txt);
     z += &txt("_dmarc.pass.test", "v=DMARC1; p=reject");
-    // iprev: 127.0.0.2 <-> mail.pass.test (pass); 127.0.0.3 has no PTR (permerror);
-    // 127.0.0.4 -> mismatch.test whose A is elsewhere (fail).
+    // iprev: reverse names of 127/8 never reach a server (RFC 6761 §6.3: the
+    // resolver library answers `localhost.`; hickory does), so iprev is tested
+    // with TEST-NET-1 clients named by a PROXY header: 192.0.2.2 <->
+    // mail.iprev.test (pass); 192.0.2.3 has no PTR (permerror); 192.0.2.4 ->
+    // mismatch.test whose A is elsewhere (fail). The 127.0.0.2 PTR is here for
+    // resolvers that do ask (dnspython).
+    z += "  local-zone: \"2.0.192.in-addr.arpa.\" static\n";
     z += &a("mail.pass.test", "127.0.0.2");
     z += &ptr("127.0.0.2", "mail.pass.test");
-    z += &ptr("127.0.0.4", "mismatch.test");
+    z += &a("mail.iprev.test", "192.0.2.2");
+    z += &ptr("192.0.2.2", "mail.iprev.test");
+    z += &ptr("192.0.2.4", "mismatch.test");
     z += &a("mismatch.test", "127.0.0.9");
     // SPF qualifiers and the absent record.
     z += &a("soft.test", "127.0.0.9");
@@ -156,6 +163,8 @@ impl Unbound {
                  \x20 use-syslog: no\n\
                  \x20 logfile: \"\"\n\
                  \x20 verbosity: 1\n\
+                 \x20 log-queries: yes\n\
+                 \x20 log-replies: yes\n\
                  \x20 do-ip6: no\n\
                  \x20 access-control: 127.0.0.0/8 allow\n\
                  \x20 # Offline: no validator (no trust anchor), no recursion target.\n\

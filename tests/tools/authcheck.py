@@ -5,7 +5,8 @@ Every lookup goes to the test's unbound on 127.0.0.1:PORT (dnspython), never to
 /etc/resolv.conf. The verdicts come from other implementations than the daemon's
 (mail-auth): SPF from pyspf (python3-spf, RFC 7208), DKIM from dkimpy
 (python3-dkim, RFC 6376/8463); iprev (RFC 8601 §3) and DMARC (RFC 7489 §3.1, §6.6)
-are computed here from dnspython answers and those two verdicts.
+are computed here from dnspython answers and those two verdicts (iprev with the
+RFC 6761 loopback rule a resolver library applies).
 
 usage:
   authcheck.py PORT query NAME TYPE          answers, one per line (fixture check)
@@ -17,6 +18,7 @@ usage:
 
 import email.parser
 import email.utils
+import ipaddress
 import json
 import sys
 
@@ -159,7 +161,16 @@ def dmarc_verdict(from_domain, mailfrom, spf_res, dkims):
 
 def iprev_verdict(ip):
     """RFC 8601 §3: PTR names whose A/AAAA contain IP -> pass; PTR names but no
-    match -> fail; no PTR -> permerror; a DNS failure -> temperror."""
+    match -> fail; no PTR -> permerror; a DNS failure -> temperror.
+
+    RFC 6761 §6.3: a resolver library answers loopback reverse names with
+    `localhost.` and `localhost.` with the loopback address itself, without
+    asking any server. dnspython does not; this does, so a 127/8 client is
+    judged as a conforming resolver (the daemon's) must see it."""
+    addr = ipaddress.ip_address(ip)
+    if addr.is_loopback:
+        local = ipaddress.ip_address("127.0.0.1" if addr.version == 4 else "::1")
+        return "pass" if addr == local else "fail"
     try:
         ptrs = lookup(dns.reversename.from_address(ip), "PTR")
         if not ptrs:
