@@ -855,7 +855,20 @@ impl Daemon {
         }
     }
 
+    /// Reads every datagram waiting on the notify socket without blocking. The
+    /// daemon sends STATUS= every 5 s with a blocking sendmsg; a unix datagram
+    /// socket queues only net.unix.max_dgram_qlen (10) of them, so a test that
+    /// runs one daemon for more than ~50 s must drain them (as systemd does)
+    /// or the daemon's main loop, which also takes SIGTERM, stalls in sendmsg.
+    pub fn drain_notify(&self) {
+        let mut buf = [0u8; 4096];
+        let _ = self.notify.set_nonblocking(true);
+        while self.notify.recv(&mut buf).is_ok() {}
+        let _ = self.notify.set_nonblocking(false);
+    }
+
     fn terminate(&mut self) -> ExitStatus {
+        self.drain_notify();
         let Some(child) = self.child.take() else {
             panic!("daemon already stopped");
         };
