@@ -1,30 +1,86 @@
-//! sd_notify(3): READY / STATUS / RELOADING / STOPPING. A no-op without
-//! `$NOTIFY_SOCKET`; failures are logged, never fatal.
+//! sd_notify(3): READY / STATUS / RELOADING / STOPPING / WATCHDOG. A no-op
+//! without `$NOTIFY_SOCKET`; failures are logged, never fatal.
+//!
+//! Sent without blocking: a datagram socket nobody reads holds only a few
+//! messages (`net.unix.max_dgram_qlen`), and a blocking send to it stalled the
+//! loop that also waits for SIGTERM. A status nobody reads is dropped instead.
 
-use libsystemd::daemon::{NotifyState, notify};
+use std::io;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 
-fn send(states: &[NotifyState]) {
-    if let Err(e) = notify(false, states) {
+/// The socket systemd named: a path, or `@name` for the abstract namespace.
+fn address(name: &std::ffi::OsStr) -> io::Result<SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    match name.as_bytes().strip_prefix(b"@") {
+        Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name),
+        None => SocketAddr::from_pathname(name),
+    }
+}
+
+fn send(lines: &str) {
+    let Some(name) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = address(&name).and_then(|addr| {
+        let sock = UnixDatagram::unbound()?;
+        sock.set_nonblocking(true)?;
+        sock.send_to_addr(lines.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
         tracing::debug!(error = %e, "sd_notify failed");
     }
 }
 
+/// A STATUS= value on one line (a newline would start another assignment).
+fn one_line(status: &str) -> String {
+    status.replace(['\n', '\r'], " ")
+}
+
 pub fn ready(status: &str) {
-    send(&[NotifyState::Ready, NotifyState::Status(status.to_string())]);
+    send(&format!("READY=1\nSTATUS={}\n", one_line(status)));
 }
 
 pub fn status(status: &str) {
-    send(&[NotifyState::Status(status.to_string())]);
+    send(&format!("STATUS={}\n", one_line(status)));
 }
 
 pub fn reloading() {
-    send(&[NotifyState::Reloading]);
+    send("RELOADING=1\n");
 }
 
 pub fn stopping() {
-    send(&[NotifyState::Stopping]);
+    send("STOPPING=1\n");
 }
 
 pub fn watchdog() {
-    send(&[NotifyState::Watchdog]);
+    send("WATCHDOG=1\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_one_line() {
+        assert_eq!(one_line("a\nb\rc"), "a b c");
+    }
+
+    #[test]
+    fn a_socket_nobody_reads_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let _server = UnixDatagram::bind(&path).unwrap();
+        let addr = address(path.as_os_str()).unwrap();
+        let sock = UnixDatagram::unbound().unwrap();
+        sock.set_nonblocking(true).unwrap();
+        // Far more than the queue holds: each send returns at once.
+        let mut refused = 0;
+        for _ in 0..200 {
+            if sock.send_to_addr(b"STATUS=x\n", &addr).is_err() {
+                refused += 1;
+            }
+        }
+        assert!(refused > 0, "the queue never filled");
+    }
 }

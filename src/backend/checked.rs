@@ -114,7 +114,7 @@ impl Staged {
         // SPF and iprev need no message: done before a slot is taken.
         let sender = tokio::time::timeout(
             deadline,
-            checks.check_sender(ip, &info.helo, &env.mail_from),
+            checks.check_sender(ip, &info.helo, &env.mail_from, deadline / 3),
         )
         .await
         .ok();
@@ -139,7 +139,7 @@ impl Staged {
             let evaluated = match &sender {
                 Some(sender) => tokio::time::timeout(
                     deadline,
-                    checks.evaluate(sender, ip, &info.helo, &env.mail_from, &wire),
+                    checks.evaluate(sender, ip, &info.helo, &env.mail_from, &wire, deadline / 3),
                 )
                 .await
                 .ok(),

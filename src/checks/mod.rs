@@ -21,8 +21,7 @@ use mail_auth::hickory_resolver::config::{
 };
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, IprevResult,
-    MessageAuthenticator, SpfResult,
+    AuthenticatedMessage, DkimResult, DmarcResult, IprevResult, MessageAuthenticator, SpfResult,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -41,7 +40,7 @@ pub struct Checks {
 /// SPF and iprev: what is known of the sender before the message is read.
 pub struct SenderResults {
     spf: mail_auth::SpfOutput,
-    iprev: mail_auth::IprevOutput,
+    iprev: &'static str,
 }
 
 /// What the checks concluded about one message.
@@ -127,22 +126,40 @@ impl Checks {
     }
 
     /// The checks of the client and its envelope, which need no message:
-    /// SPF and iprev (run before a verification slot is taken).
-    pub async fn check_sender(&self, ip: IpAddr, helo: &str, mail_from: &str) -> SenderResults {
+    /// SPF and iprev (run before a verification slot is taken), each given
+    /// the checks' deadline; one that does not finish is `temperror`.
+    pub async fn check_sender(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        deadline: Duration,
+    ) -> SenderResults {
         let host = self.hostname.as_str();
         let spf_params = if mail_from.is_empty() {
             SpfParameters::verify_ehlo(ip, helo, host)
         } else {
             SpfParameters::verify_mail_from(ip, helo, host, mail_from)
         };
-        let (spf, iprev) =
-            tokio::join!(self.auth.verify_spf(spf_params), self.auth.verify_iprev(ip));
-        SenderResults { spf, iprev }
+        let (spf, iprev) = tokio::join!(
+            tokio::time::timeout(deadline, self.auth.verify_spf(spf_params)),
+            tokio::time::timeout(deadline, self.auth.verify_iprev(ip)),
+        );
+        let domain = match mail_from.rsplit_once('@') {
+            Some((_, d)) => d,
+            None => helo,
+        };
+        SenderResults {
+            spf: spf.unwrap_or_else(|_| {
+                mail_auth::SpfOutput::new(domain.to_string()).with_result(SpfResult::TempError)
+            }),
+            iprev: iprev.map_or("temperror", |i| iprev_str(i.result())),
+        }
     }
 
     /// The checks of `message` (CRLF line ends, as received): DKIM and
-    /// DMARC, and the verdict with `sender`'s results, from `ip`, which said
-    /// `helo` and `MAIL FROM:<mail_from>`.
+    /// DMARC, each given `deadline`, and the verdict with `sender`'s results,
+    /// from `ip`, which said `helo` and `MAIL FROM:<mail_from>`.
     pub async fn evaluate(
         &self,
         sender: &SenderResults,
@@ -150,74 +167,192 @@ impl Checks {
         helo: &str,
         mail_from: &str,
         message: &[u8],
+        deadline: Duration,
     ) -> Verdict {
-        let host = self.hostname.as_str();
-        let (spf, iprev) = (&sender.spf, &sender.iprev);
+        let spf = &sender.spf;
         let parsed = AuthenticatedMessage::parse(message);
-        let dkim = match &parsed {
-            Some(m) => self.auth.verify_dkim(m).await,
-            None => Vec::new(),
+        // Unsigned: `none` without a lookup. Signatures whose key lookups
+        // do not finish in time: `temperror`.
+        let mut timed_out = false;
+        let outputs = match &parsed {
+            Some(m) if !m.dkim_headers.is_empty() => {
+                match tokio::time::timeout(deadline, self.auth.verify_dkim(m)).await {
+                    Ok(outputs) => outputs,
+                    Err(_) => {
+                        timed_out = true;
+                        Vec::new()
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
+        let dkim: Vec<DkimEntry> = match &parsed {
+            Some(m) if timed_out => m
+                .dkim_headers
+                .iter()
+                .map(|h| DkimEntry {
+                    result: "temperror",
+                    domain: h.header.d.clone(),
+                    selector: h.header.s.clone(),
+                })
+                .collect(),
+            _ => outputs.iter().map(DkimEntry::of).collect(),
         };
         let mail_from_domain = match mail_from.rsplit_once('@') {
             Some((_, d)) => d,
             None => helo,
         };
         let dmarc = match &parsed {
-            Some(m) => Some(
-                self.auth
-                    .verify_dmarc(DmarcParameters::new(m, &dkim, mail_from_domain, spf))
-                    .await,
-            ),
-            None => None,
+            Some(m) if !m.from.is_empty() => {
+                let params = DmarcParameters::new(m, &outputs, mail_from_domain, spf);
+                match tokio::time::timeout(deadline, self.auth.verify_dmarc(params)).await {
+                    Ok(d) if d.domain().is_empty() => DmarcEntry::none(),
+                    Ok(d) => DmarcEntry {
+                        result: dmarc_str(&d.result()),
+                        policy: policy_str(d.policy()),
+                        domain: d.domain().to_string(),
+                    },
+                    Err(_) => DmarcEntry {
+                        result: "temperror",
+                        policy: "none",
+                        domain: from_domain(m),
+                    },
+                }
+            }
+            _ => DmarcEntry::none(),
         };
-        let header_from = parsed
-            .as_ref()
-            .and_then(|m| m.from.first())
-            .map(String::as_str)
-            .unwrap_or_default();
-        // spf; dkim (`none` when unsigned, RFC 8601 §2.7.1); dmarc; iprev.
-        let mut text = AuthenticationResults::new(host)
-            .with_spf_mailfrom_result(spf, ip, mail_from, helo)
-            .with_dkim_results(&dkim, header_from)
-            .to_string();
-        if dkim.is_empty() {
-            text.push_str(";\r\n\tdkim=none");
-        }
-        let mut rest = AuthenticationResults::new("");
-        if let Some(d) = &dmarc {
-            rest = rest.with_dmarc_result(d);
-        }
-        text.push_str(&rest.with_iprev_result(iprev, ip).to_string());
         let results = Results {
             spf: spf_str(spf.result()),
-            dkim: dkim.iter().map(|d| dkim_str(d.result())).collect(),
-            dmarc: dmarc.as_ref().map_or("none", |d| dmarc_str(&d.result())),
-            dmarc_policy: dmarc.as_ref().map_or("none", |d| policy_str(d.policy())),
-            dmarc_domain: dmarc
-                .as_ref()
-                .map(|d| d.domain().to_string())
-                .unwrap_or_default(),
+            dkim: dkim.iter().map(|d| d.result).collect(),
+            dmarc: dmarc.result,
+            dmarc_policy: dmarc.policy,
+            dmarc_domain: dmarc.domain.clone(),
         };
+        let header = render(&Rendered {
+            host: &self.hostname,
+            spf: results.spf,
+            mail_from,
+            helo,
+            dkim: &dkim,
+            dmarc: &dmarc,
+            iprev: sender.iprev,
+            ip,
+        });
         Verdict {
-            header: format!("Authentication-Results: {}\n", text.replace("\r\n", "\n")),
+            header,
             spf: results.spf,
             dkim: best_dkim(&results.dkim),
             dmarc: results.dmarc,
-            iprev: iprev_str(iprev.result()),
+            iprev: sender.iprev,
             action: decide(&self.cfg, &results),
         }
     }
 }
 
+/// The RFC5322.From domain of a parsed message.
+fn from_domain(m: &AuthenticatedMessage<'_>) -> String {
+    m.from
+        .first()
+        .and_then(|f| f.rsplit_once('@'))
+        .map(|(_, d)| d.to_lowercase())
+        .unwrap_or_default()
+}
+
+/// One DKIM signature's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimEntry {
+    pub result: &'static str,
+    pub domain: String,
+    pub selector: String,
+}
+
+impl DkimEntry {
+    fn of(o: &mail_auth::DkimOutput<'_>) -> DkimEntry {
+        let (domain, selector) = o
+            .signature()
+            .map(|s| (s.d.clone(), s.s.clone()))
+            .unwrap_or_default();
+        DkimEntry {
+            result: dkim_str(o.result()),
+            domain,
+            selector,
+        }
+    }
+}
+
+/// The DMARC result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmarcEntry {
+    pub result: &'static str,
+    pub policy: &'static str,
+    pub domain: String,
+}
+
+impl DmarcEntry {
+    fn none() -> DmarcEntry {
+        DmarcEntry {
+            result: "none",
+            policy: "none",
+            domain: String::new(),
+        }
+    }
+}
+
+/// What the header says.
+pub struct Rendered<'a> {
+    pub host: &'a str,
+    pub spf: &'static str,
+    pub mail_from: &'a str,
+    pub helo: &'a str,
+    pub dkim: &'a [DkimEntry],
+    pub dmarc: &'a DmarcEntry,
+    pub iprev: &'static str,
+    pub ip: IpAddr,
+}
+
+/// The `Authentication-Results:` header (RFC 8601 §2.2), LF line ends:
+/// `spf`, one `dkim` per signature (`dkim=none` when unsigned), `dmarc`
+/// (when the From: has a domain), `iprev`. Pure.
+pub fn render(r: &Rendered<'_>) -> String {
+    use header::pvalue;
+    let mail_from = if r.mail_from.is_empty() {
+        format!("postmaster@{}", r.helo)
+    } else {
+        r.mail_from.to_string()
+    };
+    let mut h = format!(
+        "Authentication-Results: {};\n\tspf={} smtp.mailfrom={}",
+        r.host,
+        r.spf,
+        pvalue(&mail_from)
+    );
+    if r.dkim.is_empty() {
+        h.push_str(";\n\tdkim=none");
+    }
+    for d in r.dkim {
+        h.push_str(&format!(
+            ";\n\tdkim={} header.d={} header.s={}",
+            d.result,
+            pvalue(&d.domain),
+            pvalue(&d.selector)
+        ));
+    }
+    if !r.dmarc.domain.is_empty() {
+        h.push_str(&format!(
+            ";\n\tdmarc={} header.from={} policy.dmarc={}",
+            r.dmarc.result,
+            pvalue(&r.dmarc.domain),
+            r.dmarc.policy
+        ));
+    }
+    h.push_str(&format!(";\n\tiprev={} policy.iprev={}\n", r.iprev, r.ip));
+    h
+}
+
 impl Checks {
-    /// The verdict when the checks did not finish in time: every DNS-based
+    /// The verdict when the checks did not finish at all: every DNS-based
     /// result is `temperror`, and the policy for that applies.
     pub fn timed_out(&self, mail_from: &str, helo: &str, ip: IpAddr) -> Verdict {
-        let from = if mail_from.is_empty() {
-            format!("postmaster@{helo}")
-        } else {
-            mail_from.to_string()
-        };
         let results = Results {
             spf: "temperror",
             dkim: vec!["temperror"],
@@ -225,12 +360,22 @@ impl Checks {
             dmarc_policy: "none",
             dmarc_domain: String::new(),
         };
+        let header = render(&Rendered {
+            host: &self.hostname,
+            spf: "temperror",
+            mail_from,
+            helo,
+            dkim: &[DkimEntry {
+                result: "temperror",
+                domain: String::new(),
+                selector: String::new(),
+            }],
+            dmarc: &DmarcEntry::none(),
+            iprev: "temperror",
+            ip,
+        });
         Verdict {
-            header: format!(
-                "Authentication-Results: {};\n\tspf=temperror smtp.mailfrom={};\n\tdkim=temperror;\n\tdmarc=temperror;\n\tiprev=temperror policy.iprev={ip}\n",
-                self.hostname,
-                header::pvalue(&from)
-            ),
+            header,
             spf: "temperror",
             dkim: "temperror",
             dmarc: "temperror",
@@ -314,6 +459,11 @@ fn spf_str(r: SpfResult) -> &'static str {
 fn dkim_str(r: &DkimResult) -> &'static str {
     match r {
         DkimResult::Pass => "pass",
+        // RFC 6376 §6.1.3: a body hash that does not verify is a failed
+        // signature (mail-auth 0.13 reports it as neutral).
+        DkimResult::Neutral(mail_auth::Error::Dkim(
+            mail_auth::dkim::DkimError::FailedBodyHashMatch,
+        )) => "fail",
         DkimResult::Neutral(_) => "neutral",
         DkimResult::Fail(_) => "fail",
         DkimResult::PermError(_) => "permerror",
@@ -446,6 +596,53 @@ mod tests {
         assert_eq!(
             decide(&c, &results("pass", &["temperror"], "pass", "none")),
             Action::Defer
+        );
+    }
+
+    #[test]
+    fn the_header_names_every_check() {
+        let dkim = [DkimEntry {
+            result: "pass",
+            domain: "pass.test".into(),
+            selector: "sel".into(),
+        }];
+        let dmarc = DmarcEntry {
+            result: "pass",
+            policy: "reject",
+            domain: "pass.test".into(),
+        };
+        let r = Rendered {
+            host: "mx.test",
+            spf: "pass",
+            mail_from: "a@pass.test",
+            helo: "client.test",
+            dkim: &dkim,
+            dmarc: &dmarc,
+            iprev: "fail",
+            ip: "192.0.2.7".parse().unwrap(),
+        };
+        assert_eq!(
+            render(&r),
+            "Authentication-Results: mx.test;\n\
+             \tspf=pass smtp.mailfrom=a@pass.test;\n\
+             \tdkim=pass header.d=pass.test header.s=sel;\n\
+             \tdmarc=pass header.from=pass.test policy.dmarc=reject;\n\
+             \tiprev=fail policy.iprev=192.0.2.7\n"
+        );
+        // Null sender, unsigned, no From: domain.
+        let none = DmarcEntry::none();
+        let r = Rendered {
+            mail_from: "",
+            dkim: &[],
+            dmarc: &none,
+            ..r
+        };
+        assert_eq!(
+            render(&r),
+            "Authentication-Results: mx.test;\n\
+             \tspf=pass smtp.mailfrom=postmaster@client.test;\n\
+             \tdkim=none;\n\
+             \tiprev=fail policy.iprev=192.0.2.7\n"
         );
     }
 
