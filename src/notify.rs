@@ -3,7 +3,9 @@
 //!
 //! Sent without blocking: a datagram socket nobody reads holds only a few
 //! messages (`net.unix.max_dgram_qlen`), and a blocking send to it stalled the
-//! loop that also waits for SIGTERM. A status nobody reads is dropped instead.
+//! loop that also waits for SIGTERM. A STATUS nobody reads is dropped; the
+//! state changes (READY, RELOADING, STOPPING, WATCHDOG) are tried again for
+//! up to a second.
 
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -18,18 +20,35 @@ fn address(name: &std::ffi::OsStr) -> io::Result<SocketAddr> {
     }
 }
 
-fn send(lines: &str) {
+/// Tries for a state change when the queue is full, 50 ms apart.
+const STATE_TRIES: usize = 20;
+
+fn send_with(lines: &str, tries: usize) {
     let Some(name) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
     let sent = address(&name).and_then(|addr| {
         let sock = UnixDatagram::unbound()?;
         sock.set_nonblocking(true)?;
-        sock.send_to_addr(lines.as_bytes(), &addr)
+        let mut left = tries;
+        loop {
+            match sock.send_to_addr(lines.as_bytes(), &addr) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && left > 1 => {
+                    left -= 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
     });
     if let Err(e) = sent {
         tracing::debug!(error = %e, "sd_notify failed");
     }
+}
+
+/// A state change: retried while the queue is full.
+fn send(lines: &str) {
+    send_with(lines, STATE_TRIES);
 }
 
 /// A STATUS= value on one line (a newline would start another assignment).
@@ -42,7 +61,7 @@ pub fn ready(status: &str) {
 }
 
 pub fn status(status: &str) {
-    send(&format!("STATUS={}\n", one_line(status)));
+    send_with(&format!("STATUS={}\n", one_line(status)), 1);
 }
 
 pub fn reloading() {

@@ -542,6 +542,11 @@ fn forged_authentication_results_are_stripped() {
         "\tdkim=pass header.d=pass.test; dmarc=pass header.from=pass.test",
         // Case differs: authserv-ids compare as domain names.
         "Authentication-Results: MX.TEST; iprev=pass policy.iprev=127.0.0.3",
+        // Folded before the id, a comment before it, quoted, a trailing dot
+        // (RFC 8601 §2.2 allows each): all still claim our authserv-id.
+        "Authentication-Results:\r\n mx.test; dkim=pass header.d=fakeauth-1.test",
+        "Authentication-Results: (looks (nested) harmless)\r\n\t mx.test.; dkim=pass header.d=fakeauth-2.test",
+        "Authentication-Results: \"mx.test\"; dkim=pass header.d=fakeauth-3.test",
     ];
     let base = plain_message("forged-ar", "x@pass.test");
     let mut msg = Vec::new();
@@ -565,6 +570,10 @@ fn forged_authentication_results_are_stripped() {
             .count(),
         1,
         "forged A-R kept next to ours:\n{text}"
+    );
+    assert!(
+        !text.contains("fakeauth-"),
+        "a folded, commented or quoted forged A-R was kept:\n{text}"
     );
     assert_eq!(Ours::one(&ours.spf), "fail", "{}", ours.raw);
     assert_eq!(Ours::one(&ours.dmarc), "fail", "{}", ours.raw);
@@ -1062,4 +1071,54 @@ fn checks_do_not_run_on_submission() {
         !ars.iter().any(|(id, _)| id.eq_ignore_ascii_case("mx.test")),
         "checks ran on submission: {ars:?}"
     );
+}
+
+/// From: addresses in two domains: mail-auth alone would exempt the message
+/// from DMARC, and mutt shows one of them. Under `dmarc = "reject"` it is
+/// refused (550 5.7.1) even from an SPF-passing client; under `record` it is
+/// delivered with `dmarc=permerror`.
+#[test]
+fn several_from_domains_do_not_escape_dmarc() {
+    let w = World::new();
+    let mut msg = b"From: CEO <ceo@pass.test>\r\n".to_vec();
+    msg.extend_from_slice(&plain_message("two-from", "x@none.test"));
+    let cfg = w.config("reject.toml", "dmarc = \"reject\"\n");
+    let d = Daemon::start_with(&w.env, &cfg);
+    let out = swaks_send(
+        &w.env,
+        w.env.smtp_port,
+        "127.0.0.2",
+        HELO,
+        "x@pass.test",
+        &msg,
+        SEND_LIMIT,
+    );
+    assert!(
+        out.reply.starts_with("550 5.7.1"),
+        "{}\n{}",
+        out.reply,
+        out.transcript
+    );
+    assert!(read_new(&w.env, "alice").is_empty());
+    d.stop();
+    let cfg = w.config("record.toml", RECORD_ALL);
+    let d = Daemon::start_with(&w.env, &cfg);
+    let out = swaks_send(
+        &w.env,
+        w.env.smtp_port,
+        "127.0.0.2",
+        HELO,
+        "x@pass.test",
+        &msg,
+        SEND_LIMIT,
+    );
+    assert!(out.accepted(), "{}\n{}", out.reply, out.transcript);
+    let stored =
+        stored_by_subject(&w.env.maildir("alice").join("new"), "two-from").expect("stored");
+    let text = String::from_utf8_lossy(&stored).to_string();
+    assert!(
+        text.contains("\tdmarc=permerror header.from=pass.test"),
+        "{text}"
+    );
+    d.stop();
 }

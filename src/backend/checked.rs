@@ -18,11 +18,11 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::smtp::{storage_failure, temp_failure, trace_headers};
-use crate::checks::header::{is_ours, to_crlf};
+use crate::checks::header::{is_results_field, names_us, to_crlf};
 use crate::checks::{Action, Checks, Verdict};
-use crate::maildir::Maildir;
 use crate::maildir::deliver::Delivery;
 use crate::maildir::name::UniqueName;
+use crate::maildir::{Maildir, fsat};
 use crate::smtp::backend::{AuthSummary, Envelope, SessionInfo, Stored};
 use crate::smtp::reply::Reply;
 
@@ -170,9 +170,17 @@ impl Staged {
         // The message file: written from the scratch file, not from memory.
         let stored = tokio::task::spawn_blocking(move || {
             let targets = match folder {
+                // A folder its owner tampered with: the inbox instead (the
+                // header still says why it would have been junk).
                 Some(f) => targets
                     .iter()
-                    .map(|md| md.ensure_folder(f))
+                    .map(|md| match md.ensure_folder(f) {
+                        Err(e) if fsat::is_refused(&e) => {
+                            tracing::warn!(error = %e, "refusing junk folder; delivering to the inbox");
+                            Ok(md.clone())
+                        }
+                        other => other,
+                    })
                     .collect::<io::Result<Vec<Maildir>>>()?,
                 None => targets,
             };
@@ -220,7 +228,21 @@ fn read_wire(file: BufWriter<File>, max_read: u64) -> io::Result<(Vec<u8>, File)
         )));
     }
     let len = usize::try_from(len).map_err(io::Error::other)?;
-    let mut wire = Vec::with_capacity(len + len / 16);
+    // Sized exactly (a first pass counts the line ends): no reallocation,
+    // so the message costs its size plus one byte per line, once.
+    let mut lines = 0usize;
+    let mut off = 0u64;
+    let mut probe = vec![0u8; len.clamp(1, 64 * 1024)];
+    loop {
+        let n = file.read_at(&mut probe, off)?;
+        if n == 0 {
+            break;
+        }
+        lines += memchr::memchr_iter(b'\n', probe.get(..n).unwrap_or_default()).count();
+        off += n as u64;
+    }
+    drop(probe);
+    let mut wire = Vec::with_capacity(len + lines);
     // Sized to the message: most are far smaller than 64 KiB.
     let mut chunk = vec![0u8; len.clamp(1, 64 * 1024)];
     let mut off = 0u64;
@@ -235,9 +257,13 @@ fn read_wire(file: BufWriter<File>, max_read: u64) -> io::Result<(Vec<u8>, File)
     Ok((wire, file))
 }
 
+/// An `Authentication-Results:` field longer than this is dropped unread.
+const MAX_RESULTS_FIELD: usize = 64 * 1024;
+
 /// Copy the staged message into `delivery`, without any
 /// `Authentication-Results:` of its header section that claims our
-/// authserv-id. Line by line in the header section (lines are bounded by
+/// authserv-id (each such field is read whole, folded lines and all, before
+/// it is judged). Line by line in the header section (lines are bounded by
 /// `max_text_line`), then in blocks.
 fn copy_without_our_results(
     file: File,
@@ -248,20 +274,39 @@ fn copy_without_our_results(
     let mut r = BufReader::with_capacity(len.clamp(1, 64 * 1024), file);
     r.seek(SeekFrom::Start(0))?;
     let mut line = Vec::new();
-    let mut dropping = false;
+    // An Authentication-Results field being read: its bytes so far.
+    let mut pending: Option<Vec<u8>> = None;
+    let flush = |pending: &mut Option<Vec<u8>>, delivery: &mut Delivery| -> io::Result<()> {
+        match pending.take() {
+            Some(field) if field.len() <= MAX_RESULTS_FIELD && !names_us(&field, authserv_id) => {
+                delivery.write(&field)
+            }
+            _ => Ok(()),
+        }
+    };
     loop {
         line.clear();
         if r.read_until(b'\n', &mut line)? == 0 {
-            return Ok(());
+            return flush(&mut pending, delivery);
         }
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        if continuation {
+            match &mut pending {
+                // Past the bound it is dropped anyway: stop keeping it.
+                Some(field) if field.len() <= MAX_RESULTS_FIELD => field.extend_from_slice(&line),
+                Some(_) => {}
+                None => delivery.write(&line)?,
+            }
+            continue;
+        }
+        flush(&mut pending, delivery)?;
         if line == b"\n" {
             delivery.write(&line)?;
             break;
         }
-        if !matches!(line.first(), Some(b' ' | b'\t')) {
-            dropping = is_ours(&line, authserv_id);
-        }
-        if !dropping {
+        if is_results_field(&line) {
+            pending = Some(line.clone());
+        } else {
             delivery.write(&line)?;
         }
     }

@@ -20,33 +20,62 @@ pub fn to_crlf(message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Is `line` the first line of an `Authentication-Results:` field naming
-/// `authserv_id` (case-insensitive, RFC 8601 §2.5)?
-pub fn is_ours(line: &[u8], authserv_id: &str) -> bool {
+/// Does `line` start an `Authentication-Results:` field (any case, blanks
+/// allowed before the colon)?
+pub fn is_results_field(line: &[u8]) -> bool {
     let name = b"authentication-results";
-    let Some(value) = line
-        .get(..name.len())
-        .filter(|n| n.eq_ignore_ascii_case(name))
-        .and_then(|_| line.get(name.len()..))
-    else {
+    line.get(..name.len())
+        .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        && line
+            .get(name.len()..)
+            .and_then(|rest| rest.iter().find(|&&b| b != b' ' && b != b'\t'))
+            == Some(&b':')
+}
+
+/// Does the `Authentication-Results:` field `field` (all its lines) name
+/// `authserv_id` (RFC 8601 §2.2, §2.5)? Folding, comments before the id, a
+/// quoted id and a trailing dot are all seen through, case-insensitively.
+pub fn names_us(field: &[u8], authserv_id: &str) -> bool {
+    let Some(colon) = field.iter().position(|&b| b == b':') else {
         return false;
     };
-    let Some(value) = value
-        .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .and_then(|i| value.get(i..))
-        .and_then(|v| v.strip_prefix(b":"))
-    else {
-        return false;
+    let value = field.get(colon + 1..).unwrap_or_default();
+    let mut i = 0;
+    // CFWS: blanks, line ends and (nested) comments.
+    let mut depth = 0usize;
+    while let Some(&b) = value.get(i) {
+        match b {
+            b'(' => depth += 1,
+            b')' if depth > 0 => depth -= 1,
+            b'\\' if depth > 0 => i += 1,
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            _ if depth > 0 => {}
+            _ => break,
+        }
+        i += 1;
+    }
+    let rest = value.get(i..).unwrap_or_default();
+    let id: Vec<u8> = if rest.first() == Some(&b'"') {
+        let mut out = Vec::new();
+        let mut bytes = rest.iter().skip(1);
+        while let Some(&b) = bytes.next() {
+            match b {
+                b'"' => break,
+                b'\\' => out.extend(bytes.next()),
+                b'\r' | b'\n' => {}
+                _ => out.push(b),
+            }
+        }
+        out
+    } else {
+        rest.iter()
+            .take_while(|&&b| !matches!(b, b';' | b' ' | b'\t' | b'\r' | b'\n' | b'('))
+            .copied()
+            .collect()
     };
-    // The authserv-id: the first token, up to `;`, blanks or a comment.
-    let value = String::from_utf8_lossy(value);
-    let id = value
-        .trim_start()
-        .split([';', ' ', '\t', '\n', '\r', '('])
-        .next()
-        .unwrap_or_default();
-    id.eq_ignore_ascii_case(authserv_id)
+    let id = String::from_utf8_lossy(&id);
+    let id = id.trim().trim_end_matches('.');
+    !id.is_empty() && id.eq_ignore_ascii_case(authserv_id.trim_end_matches('.'))
 }
 
 /// `s` as an RFC 8601 pvalue: as it is when it is a plain token, else
@@ -54,7 +83,7 @@ pub fn is_ours(line: &[u8], authserv_id: &str) -> bool {
 pub fn pvalue(s: &str) -> String {
     let plain = !s.is_empty()
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"@.-_+=".contains(&b));
+            .all(|b| b.is_ascii_alphanumeric() || b"@.-_+".contains(&b));
     if plain {
         return s.to_string();
     }
@@ -74,6 +103,11 @@ mod tests {
     fn pvalues() {
         assert_eq!(pvalue("a@b.example"), "a@b.example");
         assert_eq!(pvalue("a b\"\n"), "\"a b_\"");
+        // Nothing a client sends can look like a result of ours.
+        assert_eq!(
+            pvalue("dmarc=pass@evil.example"),
+            "\"dmarc=pass@evil.example\""
+        );
     }
 
     #[test]
@@ -89,9 +123,14 @@ mod tests {
             b"authentication-results :MX.test (forged); dmarc=pass\n",
             b"Authentication-Results:\tmx.test;\n",
             b"Authentication-Results: mx.test\n",
+            b"Authentication-Results:\n mx.test; dkim=pass\n",
+            b"Authentication-Results: (a (nested) comment)\n\t mx.test.; x\n",
+            b"Authentication-Results: \"mx.test\"; x\n",
+            b"Authentication-Results: \"mx\\.test\"; x\n",
         ] {
+            assert!(is_results_field(ours));
             assert!(
-                is_ours(ours, "mx.test"),
+                names_us(ours, "mx.test"),
                 "{}",
                 String::from_utf8_lossy(ours)
             );
@@ -99,15 +138,17 @@ mod tests {
         for theirs in [
             &b"Authentication-Results: other.example; dkim=pass\n"[..],
             b"Authentication-Results: mx.test.evil; x\n",
-            b"X-Authentication-Results: mx.test; x\n",
-            b"Authentication-Results-X: mx.test\n",
-            b" mx.test; continuation\n",
+            b"Authentication-Results: (mx.test) other.example; x\n",
+            b"Authentication-Results:\n",
         ] {
             assert!(
-                !is_ours(theirs, "mx.test"),
+                !names_us(theirs, "mx.test"),
                 "{}",
                 String::from_utf8_lossy(theirs)
             );
         }
+        assert!(!is_results_field(b"X-Authentication-Results: mx.test; x\n"));
+        assert!(!is_results_field(b"Authentication-Results-X: mx.test\n"));
+        assert!(!is_results_field(b" mx.test; continuation\n"));
     }
 }

@@ -79,6 +79,8 @@ pub struct Results {
     pub dmarc: &'static str,
     pub dmarc_policy: &'static str,
     pub dmarc_domain: String,
+    /// From: addresses in more than one domain.
+    pub several_from: bool,
 }
 
 impl Checks {
@@ -174,8 +176,16 @@ impl Checks {
         // Unsigned: `none` without a lookup. Signatures whose key lookups
         // do not finish in time: `temperror`.
         let mut timed_out = false;
+        // Bounded work for any message: too many signatures, or a signature
+        // over too many header fields, is not verified at all (permerror).
+        let too_costly = parsed.as_ref().is_some_and(|m| {
+            m.dkim_headers.len() > MAX_SIGNATURES
+                || m.dkim_headers
+                    .iter()
+                    .any(|h| h.header.h.len() > MAX_SIGNED_FIELDS)
+        });
         let outputs = match &parsed {
-            Some(m) if !m.dkim_headers.is_empty() => {
+            Some(m) if !m.dkim_headers.is_empty() && !too_costly => {
                 match tokio::time::timeout(deadline, self.auth.verify_dkim(m)).await {
                     Ok(outputs) => outputs,
                     Err(_) => {
@@ -187,11 +197,12 @@ impl Checks {
             _ => Vec::new(),
         };
         let dkim: Vec<DkimEntry> = match &parsed {
-            Some(m) if timed_out => m
+            Some(m) if timed_out || too_costly => m
                 .dkim_headers
                 .iter()
+                .take(MAX_SIGNATURES)
                 .map(|h| DkimEntry {
-                    result: "temperror",
+                    result: if timed_out { "temperror" } else { "permerror" },
                     domain: h.header.d.clone(),
                     selector: h.header.s.clone(),
                 })
@@ -202,7 +213,21 @@ impl Checks {
             Some((_, d)) => d,
             None => helo,
         };
+        let from_domains = parsed.as_ref().map_or(0, distinct_from_domains);
         let dmarc = match &parsed {
+            // DKIM did not finish: DMARC cannot be judged without it.
+            Some(m) if timed_out => DmarcEntry {
+                result: "temperror",
+                policy: "none",
+                domain: from_domain(m),
+            },
+            // Several From: domains: mail-auth exempts the message; we do not
+            // (RFC 9989 §4.10: such a message should be refused).
+            Some(m) if from_domains > 1 => DmarcEntry {
+                result: "permerror",
+                policy: "none",
+                domain: from_domain(m),
+            },
             Some(m) if !m.from.is_empty() => {
                 let params = DmarcParameters::new(m, &outputs, mail_from_domain, spf);
                 match tokio::time::timeout(deadline, self.auth.verify_dmarc(params)).await {
@@ -227,6 +252,7 @@ impl Checks {
             dmarc: dmarc.result,
             dmarc_policy: dmarc.policy,
             dmarc_domain: dmarc.domain.clone(),
+            several_from: from_domains > 1,
         };
         let header = render(&Rendered {
             host: &self.hostname,
@@ -247,6 +273,23 @@ impl Checks {
             action: decide(&self.cfg, &results),
         }
     }
+}
+
+/// Signatures verified per message at most.
+const MAX_SIGNATURES: usize = 8;
+/// Header fields one signature may cover (its `h=`) at most.
+const MAX_SIGNED_FIELDS: usize = 64;
+
+/// How many domains the From: addresses of a message have.
+fn distinct_from_domains(m: &AuthenticatedMessage<'_>) -> usize {
+    let mut domains: Vec<String> = m
+        .from
+        .iter()
+        .filter_map(|f| f.rsplit_once('@').map(|(_, d)| d.to_lowercase()))
+        .collect();
+    domains.sort();
+    domains.dedup();
+    domains.len()
 }
 
 /// The RFC5322.From domain of a parsed message.
@@ -359,6 +402,7 @@ impl Checks {
             dmarc: "temperror",
             dmarc_policy: "none",
             dmarc_domain: String::new(),
+            several_from: false,
         };
         let header = render(&Rendered {
             host: &self.hostname,
@@ -388,20 +432,24 @@ impl Checks {
 /// The policy of `[checks]` applied to the results (pure).
 ///
 /// - A temporary DNS failure in SPF, DKIM or DMARC: `Defer` under
-///   `temperror = "defer"`.
+///   `temperror = "defer"`, else the message is delivered (never refused or
+///   junked on a result that might change).
 /// - SPF `fail`: `reject` gives `550 5.7.23` (RFC 7372), `junk` the folder.
-/// - DMARC `fail` where the domain says `p=reject`: `reject` gives
-///   `550 5.7.1`, `junk` the folder; where it says `p=quarantine`, both
-///   give the folder.
+/// - DMARC `fail` where the domain says `p=reject`, or From: addresses in
+///   several domains: `reject` gives `550 5.7.1`, `junk` the folder; a
+///   `fail` where it says `p=quarantine`: the folder under both.
 /// - DKIM: signatures present and none passing, at least one failing:
 ///   `reject` gives `550 5.7.20` (RFC 7372), `junk` the folder.
 pub fn decide(cfg: &ChecksConfig, r: &Results) -> Action {
     let temp = r.spf == "temperror" || r.dmarc == "temperror" || r.dkim.contains(&"temperror");
-    if temp && cfg.temperror == TempErrorPolicy::Defer {
-        return Action::Defer;
+    if temp {
+        return match cfg.temperror {
+            TempErrorPolicy::Defer => Action::Defer,
+            TempErrorPolicy::Record => Action::Deliver,
+        };
     }
     let dkim_failed = !r.dkim.is_empty() && !r.dkim.contains(&"pass") && r.dkim.contains(&"fail");
-    let dmarc_failed = r.dmarc == "fail";
+    let dmarc_reject = (r.dmarc == "fail" && r.dmarc_policy == "reject") || r.several_from;
     let rejects = [
         (
             cfg.spf == CheckPolicy::Reject && r.spf == "fail",
@@ -409,9 +457,13 @@ pub fn decide(cfg: &ChecksConfig, r: &Results) -> Action {
             "SPF validation failed".to_string(),
         ),
         (
-            cfg.dmarc == CheckPolicy::Reject && dmarc_failed && r.dmarc_policy == "reject",
+            cfg.dmarc == CheckPolicy::Reject && dmarc_reject,
             "5.7.1",
-            format!("Rejected by the DMARC policy of {}", r.dmarc_domain),
+            if r.several_from {
+                "From: addresses in more than one domain".to_string()
+            } else {
+                format!("Rejected by the DMARC policy of {}", r.dmarc_domain)
+            },
         ),
         (
             cfg.dkim == CheckPolicy::Reject && dkim_failed,
@@ -425,9 +477,8 @@ pub fn decide(cfg: &ChecksConfig, r: &Results) -> Action {
     if cfg.spf == CheckPolicy::Junk && r.spf == "fail" {
         return Action::Junk("spf");
     }
-    if dmarc_failed
-        && ((cfg.dmarc == CheckPolicy::Junk && r.dmarc_policy == "reject")
-            || (cfg.dmarc != CheckPolicy::Record && r.dmarc_policy == "quarantine"))
+    if (cfg.dmarc == CheckPolicy::Junk && dmarc_reject)
+        || (cfg.dmarc != CheckPolicy::Record && r.dmarc == "fail" && r.dmarc_policy == "quarantine")
     {
         return Action::Junk("dmarc");
     }
@@ -522,6 +573,7 @@ mod tests {
             dmarc,
             dmarc_policy: p,
             dmarc_domain: "pass.test".into(),
+            several_from: false,
         }
     }
 
@@ -597,6 +649,29 @@ mod tests {
             decide(&c, &results("pass", &["temperror"], "pass", "none")),
             Action::Defer
         );
+        // Under "record", a result that might change never refuses.
+        let c = cfg(
+            CheckPolicy::Reject,
+            CheckPolicy::Reject,
+            CheckPolicy::Reject,
+        );
+        assert_eq!(
+            decide(
+                &c,
+                &results("fail", &["temperror", "fail"], "fail", "reject")
+            ),
+            Action::Deliver
+        );
+        // Several From: domains under dmarc = "reject".
+        let mut r = results("pass", &[], "permerror", "none");
+        r.several_from = true;
+        assert!(matches!(
+            decide(&c, &r),
+            Action::Reject {
+                status: "5.7.1",
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -152,28 +152,53 @@ impl Maildir {
     /// The Maildir++ folder `name` (such as `.Junk`) inside this Maildir,
     /// created when missing, with its `maildirfolder` marker (mutt shows it
     /// as a folder; POP3, which serves the Maildir itself, never sees it).
-    /// In a Maildir shared with a Unix group the folder is shared too
-    /// (directories 2770), so mutt run by the group reads it.
+    /// Reached through this Maildir's handle, never by path: a symlink there
+    /// is refused, and so is a folder on another filesystem or not ours (a
+    /// shared Maildir's owner may have put it there). In a Maildir shared
+    /// with a Unix group the folder is shared too (directories 2770).
     pub fn ensure_folder(&self, name: &str) -> io::Result<Maildir> {
-        let folder = Maildir::ensure(&self.path().join(name))?;
-        match fsat::create_excl(folder.root(), "maildirfolder", deliver::file_mode(self)) {
-            Ok(_) => {}
+        let path = self.path().join(name);
+        let mode = if self.is_shared() {
+            SHARED_DIR_MODE
+        } else {
+            DIR_MODE
+        };
+        let mut created = fsat::mkdir_at(self.root(), name, mode)?;
+        let root = fsat::open_dir_at(self.root(), name, &path)?;
+        let st = rustix::fs::fstat(&root)?;
+        if st.st_dev != rustix::fs::fstat(self.root())?.st_dev {
+            return Err(fsat::refused(
+                path.display(),
+                "a mount point (another filesystem)",
+            ));
+        }
+        if st.st_uid != nix::unistd::geteuid().as_raw() {
+            return Err(fsat::refused(
+                path.display(),
+                "not owned by the service user",
+            ));
+        }
+        for s in [Sub::Tmp, Sub::New, Sub::Cur] {
+            created |= fsat::mkdir_at(root.as_fd(), s.name(), mode)?;
+        }
+        if self.is_shared() {
+            // mkdir's mode passes through the umask: the group bits set here.
+            fsat::chown_chmod(root.as_fd(), None, None, Some(SHARED_DIR_MODE))?;
+            for s in [Sub::Tmp, Sub::New, Sub::Cur] {
+                let d = fsat::open_dir_at(root.as_fd(), s.name(), &path.join(s.name()))?;
+                fsat::chown_chmod(d.as_fd(), None, None, Some(SHARED_DIR_MODE))?;
+            }
+        }
+        match fsat::create_excl(root.as_fd(), "maildirfolder", deliver::file_mode(self)) {
+            Ok(_) => created = true,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        if !self.is_shared() || folder.is_shared() {
-            return Ok(folder);
+        if created {
+            rustix::fs::fsync(&root)?;
+            rustix::fs::fsync(self.root())?;
         }
-        for fd in [
-            folder.root(),
-            folder.dir(Sub::Tmp),
-            folder.dir(Sub::New),
-            folder.dir(Sub::Cur),
-        ] {
-            fsat::chown_chmod(fd, None, None, Some(SHARED_DIR_MODE))?;
-        }
-        // Opened again: its sharing is read from the modes at open.
-        Maildir::open(folder.path())
+        Maildir::open_in(self.root(), &path, name)
     }
 
     /// Where the Maildir is, for logs and messages (never used to reach files).
