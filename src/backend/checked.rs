@@ -13,12 +13,11 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use jiff::Timestamp;
 
 use super::smtp::{storage_failure, temp_failure, trace_headers};
-use crate::checks::header::{is_results_field, names_us, to_crlf};
+use crate::checks::header::{extend_crlf, is_results_field, names_us};
 use crate::checks::{Action, Checks, Verdict};
 use crate::maildir::deliver::Delivery;
 use crate::maildir::name::UniqueName;
@@ -41,7 +40,9 @@ pub struct Staged {
     delivered_to: Option<String>,
     /// The most read back (a staged file can only be as big as the session let it).
     max_read: u64,
-    deadline: Duration,
+    /// Bytes and line ends staged: the wire form's exact size, known
+    /// without reading the file twice.
+    staged: (u64, u64),
 }
 
 impl std::fmt::Debug for Staged {
@@ -60,7 +61,6 @@ pub struct StageParams {
     pub host: String,
     pub delivered_to: Option<String>,
     pub max_read: u64,
-    pub deadline: Duration,
 }
 
 impl Staged {
@@ -75,7 +75,7 @@ impl Staged {
             host: p.host,
             delivered_to: p.delivered_to,
             max_read: p.max_read,
-            deadline: p.deadline,
+            staged: (0, 0),
         }
     }
 
@@ -85,7 +85,9 @@ impl Staged {
 
     /// Append body bytes (blocking).
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)
+        self.file.write_all(bytes)?;
+        self.staged = counted(self.staged, bytes);
+        Ok(())
     }
 
     /// Append `last` (the final batch), check, then store (or refuse).
@@ -105,19 +107,15 @@ impl Staged {
             host,
             delivered_to,
             max_read,
-            deadline,
+            staged,
         } = self;
         let id = name.id().to_string();
         let Some(ip) = info.peer.map(|p| p.ip().to_canonical()) else {
             return Err(temp_failure());
         };
-        // SPF and iprev need no message: done before a slot is taken.
-        let sender = tokio::time::timeout(
-            deadline,
-            checks.check_sender(ip, &info.helo, &env.mail_from, deadline / 3),
-        )
-        .await
-        .ok();
+        // SPF and iprev need no message: done before a slot is taken. Each
+        // check is bounded in time by `Checks` itself.
+        let sender = checks.check_sender(ip, &info.helo, &env.mail_from).await;
         // The message is in memory only while it is verified, and at most
         // `max_concurrent` messages are.
         let (verdict, file) = {
@@ -125,7 +123,7 @@ impl Staged {
             let read = tokio::task::spawn_blocking(move || {
                 let mut file = file;
                 file.write_all(&last)?;
-                read_wire(file, max_read)
+                read_wire(file, counted(staged, &last), max_read)
             })
             .await;
             let (wire, file) = match read {
@@ -136,19 +134,9 @@ impl Staged {
                     return Err(temp_failure());
                 }
             };
-            let evaluated = match &sender {
-                Some(sender) => tokio::time::timeout(
-                    deadline,
-                    checks.evaluate(sender, ip, &info.helo, &env.mail_from, &wire, deadline / 3),
-                )
-                .await
-                .ok(),
-                None => None,
-            };
-            let verdict = evaluated.unwrap_or_else(|| {
-                tracing::warn!(id, "sender checks timed out");
-                checks.timed_out(&env.mail_from, &info.helo, ip)
-            });
+            let verdict = checks
+                .evaluate(&sender, ip, &info.helo, &env.mail_from, &wire)
+                .await;
             (verdict, file)
         };
         let folder = match &verdict.action {
@@ -217,41 +205,40 @@ impl Staged {
     }
 }
 
+/// `(bytes, line ends)` after `bytes` more.
+fn counted((len, lines): (u64, u64), bytes: &[u8]) -> (u64, u64) {
+    (
+        len + bytes.len() as u64,
+        lines + memchr::memchr_iter(b'\n', bytes).count() as u64,
+    )
+}
+
 /// The staged body read back once, in its wire form (CRLF line ends, what
-/// DKIM signed; at most `max_read` bytes stored), and the file.
-fn read_wire(file: BufWriter<File>, max_read: u64) -> io::Result<(Vec<u8>, File)> {
+/// DKIM signed), into a buffer of exactly that size: `staged` (bytes, line
+/// ends) says it. At most `max_read` bytes stored.
+fn read_wire(
+    file: BufWriter<File>,
+    staged: (u64, u64),
+    max_read: u64,
+) -> io::Result<(Vec<u8>, File)> {
     let file = file.into_inner().map_err(|e| e.into_error())?;
-    let len = file.metadata()?.len();
+    let (len, lines) = staged;
     if len > max_read {
         return Err(io::Error::other(format!(
             "staged message of {len} bytes is over {max_read}"
         )));
     }
-    let len = usize::try_from(len).map_err(io::Error::other)?;
-    // Sized exactly (a first pass counts the line ends): no reallocation,
-    // so the message costs its size plus one byte per line, once.
-    let mut lines = 0usize;
-    let mut off = 0u64;
-    let mut probe = vec![0u8; len.clamp(1, 64 * 1024)];
-    loop {
-        let n = file.read_at(&mut probe, off)?;
-        if n == 0 {
-            break;
-        }
-        lines += memchr::memchr_iter(b'\n', probe.get(..n).unwrap_or_default()).count();
-        off += n as u64;
-    }
-    drop(probe);
-    let mut wire = Vec::with_capacity(len + lines);
+    let wire_len = usize::try_from(len + lines).map_err(io::Error::other)?;
+    let mut wire = Vec::with_capacity(wire_len);
     // Sized to the message: most are far smaller than 64 KiB.
-    let mut chunk = vec![0u8; len.clamp(1, 64 * 1024)];
+    let mut chunk = vec![0u8; wire_len.clamp(1, 64 * 1024)];
     let mut off = 0u64;
-    loop {
+    while off < len {
         let n = file.read_at(&mut chunk, off)?;
         if n == 0 {
             break;
         }
-        wire.extend_from_slice(&to_crlf(chunk.get(..n).unwrap_or_default()));
+        extend_crlf(&mut wire, chunk.get(..n).unwrap_or_default());
         off += n as u64;
     }
     Ok((wire, file))

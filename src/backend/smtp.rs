@@ -109,7 +109,6 @@ impl SmtpBackend for Backend {
             host: self.config.hostname.clone(),
             delivered_to: delivered_to.clone(),
             max_read: super::pop3::max_read(self.config.limits.max_message_size),
-            deadline: crate::checks::deadline(&self.config),
         });
         let (info, env) = (info.clone(), env.clone());
         let host = self.config.hostname.clone();

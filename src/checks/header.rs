@@ -3,12 +3,11 @@
 //! authserv-id (RFC 8601 §5: such a header from outside is a forgery and is
 //! removed).
 
-/// `message` (LF line ends, as stored) with CRLF line ends, as it came over
-/// SMTP: what DKIM signed.
-pub fn to_crlf(message: &[u8]) -> Vec<u8> {
-    let lines = memchr::memchr_iter(b'\n', message).count();
-    let mut out = Vec::with_capacity(message.len() + lines);
-    for chunk in message.split_inclusive(|&b| b == b'\n') {
+/// Append `bytes` (LF line ends, as stored) to `out` with CRLF line ends, as
+/// they came over SMTP: what DKIM signed. Chunk by chunk: a line end never
+/// spans two calls, since it is one byte here.
+pub fn extend_crlf(out: &mut Vec<u8>, bytes: &[u8]) {
+    for chunk in bytes.split_inclusive(|&b| b == b'\n') {
         match chunk.strip_suffix(b"\n") {
             Some(line) => {
                 out.extend_from_slice(line);
@@ -17,7 +16,6 @@ pub fn to_crlf(message: &[u8]) -> Vec<u8> {
             None => out.extend_from_slice(chunk),
         }
     }
-    out
 }
 
 /// Does `line` start an `Authentication-Results:` field (any case, blanks
@@ -112,8 +110,16 @@ mod tests {
 
     #[test]
     fn crlf_form() {
-        assert_eq!(to_crlf(b"a\nb\n\nc"), b"a\r\nb\r\n\r\nc");
-        assert_eq!(to_crlf(b""), b"");
+        let crlf = |parts: &[&[u8]]| {
+            let mut out = Vec::new();
+            for p in parts {
+                extend_crlf(&mut out, p);
+            }
+            out
+        };
+        assert_eq!(crlf(&[b"a\nb\n\nc"]), b"a\r\nb\r\n\r\nc");
+        assert_eq!(crlf(&[b"a\nb", b"\n\nc"]), b"a\r\nb\r\n\r\nc");
+        assert_eq!(crlf(&[b""]), b"");
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct Checks {
     hostname: String,
     /// `max_concurrent` messages verified at once.
     slots: Arc<Semaphore>,
+    /// How long one check (SPF with iprev, DKIM, DMARC) may take: two
+    /// queries' timeouts. One that does not finish is `temperror`.
+    check_time: Duration,
 }
 
 /// SPF and iprev: what is known of the sender before the message is read.
@@ -118,6 +121,7 @@ impl Checks {
             slots: Arc::new(Semaphore::new(cfg.max_concurrent)),
             cfg,
             hostname: config.hostname.clone(),
+            check_time: config.dns.timeout.saturating_mul(2),
         })))
     }
 
@@ -128,15 +132,10 @@ impl Checks {
     }
 
     /// The checks of the client and its envelope, which need no message:
-    /// SPF and iprev (run before a verification slot is taken), each given
-    /// the checks' deadline; one that does not finish is `temperror`.
-    pub async fn check_sender(
-        &self,
-        ip: IpAddr,
-        helo: &str,
-        mail_from: &str,
-        deadline: Duration,
-    ) -> SenderResults {
+    /// SPF and iprev (run before a verification slot is taken), each bounded
+    /// by `check_time`; one that does not finish is `temperror`.
+    pub async fn check_sender(&self, ip: IpAddr, helo: &str, mail_from: &str) -> SenderResults {
+        let deadline = self.check_time;
         let host = self.hostname.as_str();
         let spf_params = if mail_from.is_empty() {
             SpfParameters::verify_ehlo(ip, helo, host)
@@ -160,7 +159,7 @@ impl Checks {
     }
 
     /// The checks of `message` (CRLF line ends, as received): DKIM and
-    /// DMARC, each given `deadline`, and the verdict with `sender`'s results,
+    /// DMARC, each bounded by `check_time`, and the verdict with `sender`'s results,
     /// from `ip`, which said `helo` and `MAIL FROM:<mail_from>`.
     pub async fn evaluate(
         &self,
@@ -169,8 +168,8 @@ impl Checks {
         helo: &str,
         mail_from: &str,
         message: &[u8],
-        deadline: Duration,
     ) -> Verdict {
+        let deadline = self.check_time;
         let spf = &sender.spf;
         let parsed = AuthenticatedMessage::parse(message);
         // Unsigned: `none` without a lookup. Signatures whose key lookups
@@ -392,43 +391,6 @@ pub fn render(r: &Rendered<'_>) -> String {
     h
 }
 
-impl Checks {
-    /// The verdict when the checks did not finish at all: every DNS-based
-    /// result is `temperror`, and the policy for that applies.
-    pub fn timed_out(&self, mail_from: &str, helo: &str, ip: IpAddr) -> Verdict {
-        let results = Results {
-            spf: "temperror",
-            dkim: vec!["temperror"],
-            dmarc: "temperror",
-            dmarc_policy: "none",
-            dmarc_domain: String::new(),
-            several_from: false,
-        };
-        let header = render(&Rendered {
-            host: &self.hostname,
-            spf: "temperror",
-            mail_from,
-            helo,
-            dkim: &[DkimEntry {
-                result: "temperror",
-                domain: String::new(),
-                selector: String::new(),
-            }],
-            dmarc: &DmarcEntry::none(),
-            iprev: "temperror",
-            ip,
-        });
-        Verdict {
-            header,
-            spf: "temperror",
-            dkim: "temperror",
-            dmarc: "temperror",
-            iprev: "temperror",
-            action: decide(&self.cfg, &results),
-        }
-    }
-}
-
 /// The policy of `[checks]` applied to the results (pure).
 ///
 /// - A temporary DNS failure in SPF, DKIM or DMARC: `Defer` under
@@ -549,12 +511,6 @@ fn policy_str(p: Policy) -> &'static str {
         Policy::Quarantine => "quarantine",
         Policy::None | Policy::Unspecified => "none",
     }
-}
-
-/// How long one message's checks may take at most, DNS included: a few
-/// rounds of queries at the configured timeout.
-pub fn deadline(config: &Config) -> Duration {
-    config.dns.timeout.saturating_mul(6)
 }
 
 #[cfg(test)]

@@ -361,10 +361,17 @@ impl SessionGuard {
     /// Bytes in and out of each layer so far, wire first (for the metrics).
     pub fn layer_bytes(&self) -> Vec<(String, u64, u64)> {
         self.entry
-            .view()
-            .bytes
-            .into_iter()
-            .map(|l| (l.layer, l.bytes_in, l.bytes_out))
+            .layers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, c)| {
+                (
+                    name.clone(),
+                    c.bytes_in.load(Ordering::Relaxed),
+                    c.bytes_out.load(Ordering::Relaxed),
+                )
+            })
             .collect()
     }
 

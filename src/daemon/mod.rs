@@ -61,7 +61,6 @@ struct Shared {
     next_id: AtomicU64,
     active: AtomicUsize,
     idle: Notify,
-    deliveries: AtomicU64,
 }
 
 /// `maildird serve [--inetd PROTO]`.
@@ -123,7 +122,6 @@ pub fn serve(config_path: &Path, inetd: Option<Protocol>) -> Result<(), CommandE
         next_id: AtomicU64::new(1),
         active: AtomicUsize::new(0),
         idle: Notify::new(),
-        deliveries: AtomicU64::new(0),
     });
     match inetd {
         Some(proto) => runtime.block_on(serve_inetd(shared, proto)),
@@ -143,6 +141,6 @@ fn status_line(shared: &Shared) -> String {
         } else {
             format!(" ({})", per.join(", "))
         },
-        shared.deliveries.load(Ordering::Relaxed)
+        crate::metrics::get().deliveries.get()
     )
 }

@@ -191,7 +191,6 @@ pub(super) async fn run_session(
         }
         let observer: Arc<dyn Observer> = Arc::new(SessionObserver {
             guard: guard.clone(),
-            shared: shared.clone(),
             protocol: listener.protocol,
             ip: meta.peer.map(|p| p.ip()),
         });
@@ -274,7 +273,6 @@ impl Drop for SessionMetrics {
 /// `events`) and writes the fail2ban line.
 pub(super) struct SessionObserver {
     guard: Arc<control::SessionGuard>,
-    shared: Arc<Shared>,
     protocol: Protocol,
     ip: Option<std::net::IpAddr>,
 }
@@ -308,7 +306,6 @@ impl Observer for SessionObserver {
         size: u64,
         auth: Option<&crate::smtp::backend::AuthSummary>,
     ) {
-        self.shared.deliveries.fetch_add(1, Ordering::Relaxed);
         self.guard.delivery(id, recipients, size, auth);
     }
 }

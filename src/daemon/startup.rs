@@ -275,7 +275,7 @@ pub(super) async fn serve_sockets(
         let _ = control.await;
     }
     tracing::info!(
-        deliveries = shared.deliveries.load(Ordering::Relaxed),
+        deliveries = crate::metrics::get().deliveries.get(),
         "stopped"
     );
     Ok(())
