@@ -61,6 +61,12 @@ pub struct Config {
     pub checks: Option<ChecksConfig>,
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
+    /// Milters by name (`[milter.NAME]`), used by listeners' `message_filters`.
+    #[serde(default)]
+    pub milter: std::collections::BTreeMap<String, crate::msgfilter::MilterConfig>,
+    /// Filter programs by name (`[exec.NAME]`), used by `message_filters`.
+    #[serde(default)]
+    pub exec: std::collections::BTreeMap<String, crate::msgfilter::ExecConfig>,
     /// Per-filter settings by filter name (`[filter.log]`, `[filter.exec.NAME]`).
     #[serde(default, rename = "filter")]
     pub filters: toml::Table,
@@ -390,6 +396,9 @@ pub struct ListenerConfig {
     pub filters: Vec<String>,
     #[serde(default)]
     pub starttls: bool,
+    /// Message filters after DATA, in order: `milter.NAME`, `exec.NAME`.
+    #[serde(default)]
+    pub message_filters: Vec<String>,
     /// This listener's TCP keep-alive, replacing `[keepalive]` (e.g. shorter
     /// for POP3 clients behind NAT).
     #[serde(default)]
@@ -590,6 +599,10 @@ impl Config {
                     li.name
                 ));
             }
+            for f in &li.message_filters {
+                crate::msgfilter::Filter::resolve(f, &self.milter, &self.exec)
+                    .map_err(|e| format!("listener {:?}: {e}", li.name))?;
+            }
             // Filter names and settings are checked when the chains are built.
             let implicit_tls = li.filters.iter().any(|f| f == "tls");
             if implicit_tls && self.tls.is_none() {
@@ -724,6 +737,29 @@ mod effective {
                 k.max_concurrent
             );
         }
+        for (n, m) in &c.milter {
+            let _ = writeln!(
+                s,
+                "\n[milter.{n}]\naddress = {:?}\ntimeout = {}\non_error = \"{}\"",
+                m.address,
+                dur(m.timeout),
+                m.on_error.as_str()
+            );
+        }
+        for (n, e) in &c.exec {
+            let _ = writeln!(
+                s,
+                "\n[exec.{n}]\ncommand = {:?}\nresult = \"{}\"\ntimeout = {}\non_error = \"{}\"",
+                e.command,
+                if e.result == crate::msgfilter::ExecResult::Message {
+                    "message"
+                } else {
+                    "exit_code"
+                },
+                dur(e.timeout),
+                e.on_error.as_str()
+            );
+        }
         for li in &c.listeners {
             let _ = writeln!(
                 s,
@@ -734,6 +770,9 @@ mod effective {
                 let _ = writeln!(s, "bind = \"{b}\"");
             }
             let _ = writeln!(s, "filters = {:?}\nstarttls = {}", li.filters, li.starttls);
+            if !li.message_filters.is_empty() {
+                let _ = writeln!(s, "message_filters = {:?}", li.message_filters);
+            }
             if let Some(k) = &li.keepalive {
                 let _ = writeln!(
                     s,
@@ -815,7 +854,7 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     match NumOrStr::deserialize(d)? {
         NumOrStr::Num(n) => Ok(Duration::from_secs(n)),
         NumOrStr::Str(s) => parse_duration(&s).ok_or_else(|| {

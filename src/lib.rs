@@ -23,6 +23,7 @@ pub mod listen;
 pub mod logging;
 pub mod maildir;
 pub mod metrics;
+pub mod msgfilter;
 pub mod notify;
 pub mod observer;
 pub mod output;

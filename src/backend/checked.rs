@@ -22,18 +22,25 @@ use crate::checks::{Action, Checks, Verdict};
 use crate::maildir::deliver::Delivery;
 use crate::maildir::name::UniqueName;
 use crate::maildir::{Maildir, fsat};
+use crate::msgfilter::message::{HeaderTooBig, Message};
+use crate::msgfilter::{self, Context, Decision, Filter};
 use crate::smtp::backend::{AuthSummary, Envelope, SessionInfo, Stored};
 use crate::smtp::reply::Reply;
 
 /// The folder junk goes to (Maildir++, maildird.toml(5) CHECKS).
 pub const JUNK: &str = ".Junk";
 
-/// A message whose body is being staged for the checks.
+/// A message whose body is being staged for the checks or the message
+/// filters.
 pub struct Staged {
-    file: BufWriter<File>,
+    /// None once `commit` has taken it.
+    file: Option<BufWriter<File>>,
     /// The name (and so the id) announced when the body began.
     name: UniqueName,
-    checks: Arc<Checks>,
+    checks: Option<Arc<Checks>>,
+    filters: Option<Arc<[Filter]>>,
+    /// The Maildir whose `tmp/` holds the scratch files.
+    staging: Maildir,
     info: SessionInfo,
     env: Envelope,
     host: String,
@@ -55,7 +62,8 @@ impl std::fmt::Debug for Staged {
 
 /// What `Staged::new` needs besides the scratch file.
 pub struct StageParams {
-    pub checks: Arc<Checks>,
+    pub checks: Option<Arc<Checks>>,
+    pub filters: Option<Arc<[Filter]>>,
     pub info: SessionInfo,
     pub env: Envelope,
     pub host: String,
@@ -63,13 +71,23 @@ pub struct StageParams {
     pub max_read: u64,
 }
 
+/// Where the message goes, once checks and filters have spoken.
+struct Outcome {
+    verdict: Option<Verdict>,
+    folder: Option<&'static str>,
+    /// The filtered message, when filters ran.
+    message: Option<Message>,
+}
+
 impl Staged {
     /// Stage into `scratch` (blocking code: called off the async threads).
-    pub fn new(scratch: File, p: StageParams) -> Staged {
+    pub fn new(scratch: File, staging: Maildir, p: StageParams) -> Staged {
         Staged {
-            file: BufWriter::with_capacity(64 * 1024, scratch),
+            file: Some(BufWriter::with_capacity(64 * 1024, scratch)),
             name: UniqueName::generate(&p.host),
             checks: p.checks,
+            filters: p.filters,
+            staging,
             info: p.info,
             env: p.env,
             host: p.host,
@@ -85,67 +103,63 @@ impl Staged {
 
     /// Append body bytes (blocking).
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
+        let Some(file) = self.file.as_mut() else {
+            return Err(io::Error::other("staged message already committed"));
+        };
+        file.write_all(bytes)?;
         self.staged = counted(self.staged, bytes);
         Ok(())
     }
 
-    /// Append `last` (the final batch), check, then store (or refuse).
-    /// `targets` and `mailboxes` in the same order.
+    /// Append `last` (the final batch), check and filter, then store (or
+    /// refuse, or discard). `targets` and `mailboxes` in the same order.
     pub async fn commit(
-        self,
+        mut self,
         last: Vec<u8>,
         targets: Vec<Maildir>,
         mailboxes: Vec<String>,
     ) -> Result<Stored, Reply> {
-        let Staged {
-            file,
-            name,
-            checks,
-            info,
-            env,
-            host,
-            delivered_to,
-            max_read,
-            staged,
-        } = self;
-        let id = name.id().to_string();
-        let Some(ip) = info.peer.map(|p| p.ip().to_canonical()) else {
+        let id = self.name.id().to_string();
+        let staged = counted(self.staged, &last);
+        let Some(mut file) = self.file.take() else {
             return Err(temp_failure());
         };
-        // SPF and iprev need no message: done before a slot is taken. Each
-        // check is bounded in time by `Checks` itself.
-        let sender = checks.check_sender(ip, &info.helo, &env.mail_from).await;
-        // The message is in memory only while it is verified, and at most
-        // `max_concurrent` messages are.
-        let (verdict, file) = {
-            let _slot = checks.slot().await;
-            let read = tokio::task::spawn_blocking(move || {
-                let mut file = file;
-                file.write_all(&last)?;
-                read_wire(file, counted(staged, &last), max_read)
-            })
-            .await;
-            let (wire, file) = match read {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => return Err(storage_failure(&e, Some(&id), "staged message")),
-                Err(e) => {
-                    tracing::error!(id, error = %e, "staged read task failed");
-                    return Err(temp_failure());
-                }
-            };
-            let verdict = checks
-                .evaluate(&sender, ip, &info.helo, &env.mail_from, &wire)
-                .await;
-            (verdict, file)
-        };
-        let folder = match &verdict.action {
-            Action::Deliver => None,
-            Action::Junk(_) => Some(JUNK),
-            Action::Reject { status, text } => {
-                return Err(Reply::new(550, status, text.clone()).because(reason_of(status)));
+        let finished = tokio::task::spawn_blocking(move || {
+            file.write_all(&last)?;
+            file.into_inner().map_err(|e| e.into_error())
+        })
+        .await;
+        let file = match finished {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => return Err(storage_failure(&e, Some(&id), "staged message")),
+            Err(e) => {
+                tracing::error!(id, error = %e, "staged write task failed");
+                return Err(temp_failure());
             }
-            Action::Defer => {
+        };
+        let (file, verdict) = match &self.checks {
+            Some(checks) => {
+                let (file, v) = check(
+                    checks,
+                    &self.info,
+                    &self.env,
+                    file,
+                    staged,
+                    self.max_read,
+                    &id,
+                )
+                .await?;
+                (file, Some(v))
+            }
+            None => (file, None),
+        };
+        let mut folder = match verdict.as_ref().map(|v| &v.action) {
+            None | Some(Action::Deliver) => None,
+            Some(Action::Junk(_)) => Some(JUNK),
+            Some(Action::Reject { status, text }) => {
+                return Err(Reply::new(550, *status, text.clone()).because(reason_of(status)));
+            }
+            Some(Action::Defer) => {
                 return Err(Reply::new(
                     451,
                     "4.4.3",
@@ -154,8 +168,102 @@ impl Staged {
                 .because("dns"));
             }
         };
-        let auth = summary(&verdict);
-        // The message file: written from the scratch file, not from memory.
+        let (message, file) = match &self.filters {
+            Some(filters) => {
+                let (decision, msg) = self.filter(filters, file, &id).await?;
+                match decision {
+                    Decision::Deliver { quarantine: None } => {}
+                    Decision::Deliver {
+                        quarantine: Some(_),
+                    } => folder = Some(JUNK),
+                    Decision::Refuse(r) => return Err(r),
+                    Decision::Discard(filter) => {
+                        return Ok(Stored {
+                            id,
+                            discarded: Some(filter),
+                            auth: verdict.as_ref().map(summary),
+                            ..Stored::default()
+                        });
+                    }
+                }
+                (Some(msg), None)
+            }
+            None => (None, Some(file)),
+        };
+        let outcome = Outcome {
+            verdict,
+            folder,
+            message,
+        };
+        self.store(outcome, file, targets, mailboxes).await
+    }
+
+    /// Run the message filters over the staged message.
+    async fn filter(
+        &self,
+        filters: &[Filter],
+        file: File,
+        id: &str,
+    ) -> Result<(Decision, Message), Reply> {
+        let host = self.host.clone();
+        let read = tokio::task::spawn_blocking(move || Message::read(file, &host)).await;
+        let msg = match read {
+            Ok(Ok(Ok(m))) => m,
+            Ok(Ok(Err(HeaderTooBig))) => {
+                return Err(Reply::new(
+                    552,
+                    "5.3.4",
+                    "Message header section too big for the content filters",
+                ));
+            }
+            Ok(Err(e)) => return Err(storage_failure(&e, Some(id), "staged message")),
+            Err(e) => {
+                tracing::error!(id, error = %e, "staged read task failed");
+                return Err(temp_failure());
+            }
+        };
+        let ctx = Arc::new(Context {
+            id: id.to_string(),
+            hostname: self.host.clone(),
+            client: self.info.peer,
+            helo: self.info.helo.clone(),
+            mail_from: self.env.mail_from.clone(),
+            rcpts: self.env.rcpts.iter().map(|(a, _)| a.clone()).collect(),
+            auth_user: self.info.auth_user.clone(),
+        });
+        let (decision, msg) =
+            msgfilter::run(filters, ctx, msg, self.staging.clone(), self.max_read).await;
+        match (decision, msg) {
+            (d, Some(m)) => Ok((d, m)),
+            (Decision::Refuse(r), None) => Err(r),
+            (_, None) => Err(temp_failure()),
+        }
+    }
+
+    /// Write the message file (from the scratch file or the filtered
+    /// message, never from memory) into every target's `new/`.
+    async fn store(
+        self,
+        outcome: Outcome,
+        file: Option<File>,
+        targets: Vec<Maildir>,
+        mailboxes: Vec<String>,
+    ) -> Result<Stored, Reply> {
+        let Staged {
+            name,
+            info,
+            env,
+            host,
+            delivered_to,
+            ..
+        } = self;
+        let id = name.id().to_string();
+        let Outcome {
+            verdict,
+            folder,
+            message,
+        } = outcome;
+        let auth = verdict.as_ref().map(summary);
         let stored = tokio::task::spawn_blocking(move || {
             let targets = match folder {
                 // A folder its owner tampered with: the inbox instead (the
@@ -179,11 +287,15 @@ impl Staged {
                 &host,
                 delivery.id(),
                 delivered_to.as_deref(),
-                Some(&verdict.header),
+                verdict.as_ref().map(|v| v.header.as_str()),
                 Timestamp::now(),
             );
             delivery.write(headers.as_bytes())?;
-            copy_without_our_results(file, &mut delivery, &host)?;
+            match (message, file) {
+                (Some(m), _) => m.write_to(&mut DeliveryWriter(&mut delivery))?,
+                (None, Some(f)) => copy_without_our_results(f, &mut delivery, &host)?,
+                (None, None) => return Err(io::Error::other("no message to store")),
+            }
             let id = delivery.id().to_string();
             let paths = delivery.commit(&targets)?;
             Ok::<_, io::Error>((id, paths))
@@ -193,8 +305,9 @@ impl Staged {
             Ok(Ok((id, paths))) => Ok(Stored {
                 id,
                 files: mailboxes.into_iter().zip(paths).collect(),
-                auth: Some(auth),
+                auth,
                 folder: folder.map(str::to_string),
+                discarded: None,
             }),
             Ok(Err(e)) => Err(super::smtp::commit_failure(&e, &id)),
             Err(e) => {
@@ -203,6 +316,55 @@ impl Staged {
             }
         }
     }
+}
+
+/// `Write` over a delivery, for `Message::write_to`.
+struct DeliveryWriter<'a>(&'a mut Delivery);
+
+impl Write for DeliveryWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The sender checks over the staged message: SPF and iprev first (no
+/// message needed), then the message read back once, under a slot.
+async fn check(
+    checks: &Checks,
+    info: &SessionInfo,
+    env: &Envelope,
+    file: File,
+    staged: (u64, u64),
+    max_read: u64,
+    id: &str,
+) -> Result<(File, Verdict), Reply> {
+    let Some(ip) = info.peer.map(|p| p.ip().to_canonical()) else {
+        return Err(temp_failure());
+    };
+    // SPF and iprev need no message: done before a slot is taken. Each
+    // check is bounded in time by `Checks` itself.
+    let sender = checks.check_sender(ip, &info.helo, &env.mail_from).await;
+    // The message is in memory only while it is verified, and at most
+    // `max_concurrent` messages are.
+    let _slot = checks.slot().await;
+    let read = tokio::task::spawn_blocking(move || read_wire(file, staged, max_read)).await;
+    let (wire, file) = match read {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(storage_failure(&e, Some(id), "staged message")),
+        Err(e) => {
+            tracing::error!(id, error = %e, "staged read task failed");
+            return Err(temp_failure());
+        }
+    };
+    let verdict = checks
+        .evaluate(&sender, ip, &info.helo, &env.mail_from, &wire)
+        .await;
+    Ok((file, verdict))
 }
 
 /// `(bytes, line ends)` after `bytes` more.
@@ -216,12 +378,7 @@ fn counted((len, lines): (u64, u64), bytes: &[u8]) -> (u64, u64) {
 /// The staged body read back once, in its wire form (CRLF line ends, what
 /// DKIM signed), into a buffer of exactly that size: `staged` (bytes, line
 /// ends) says it. At most `max_read` bytes stored.
-fn read_wire(
-    file: BufWriter<File>,
-    staged: (u64, u64),
-    max_read: u64,
-) -> io::Result<(Vec<u8>, File)> {
-    let file = file.into_inner().map_err(|e| e.into_error())?;
+fn read_wire(file: File, staged: (u64, u64), max_read: u64) -> io::Result<(Vec<u8>, File)> {
     let (len, lines) = staged;
     if len > max_read {
         return Err(io::Error::other(format!(

@@ -90,6 +90,8 @@ pub struct Backend {
     throttle: Arc<throttle::AuthThrottle>,
     /// Sender checks on smtp listeners (`[checks]`); None when off.
     pub checks: Option<Arc<crate::checks::Checks>>,
+    /// Each listener's message filters (`message_filters`), when it has any.
+    pub message_filters: std::collections::HashMap<String, Arc<[crate::msgfilter::Filter]>>,
 }
 
 impl Backend {
@@ -108,8 +110,22 @@ impl Backend {
         let permits = config.limits.hash_concurrency;
         let net = ClientNet::from_limits(&config.limits);
         let checks = crate::checks::Checks::from_config(&config)?;
+        let mut message_filters = std::collections::HashMap::new();
+        for li in config
+            .listeners
+            .iter()
+            .filter(|l| !l.message_filters.is_empty())
+        {
+            let chain = li
+                .message_filters
+                .iter()
+                .map(|f| crate::msgfilter::Filter::resolve(f, &config.milter, &config.exec))
+                .collect::<Result<Vec<_>, String>>()?;
+            message_filters.insert(li.name.clone(), Arc::from(chain));
+        }
         Ok(Backend {
             checks,
+            message_filters,
             config,
             users,
             aliases,

@@ -102,8 +102,10 @@ impl SmtpBackend for Backend {
             .checks
             .clone()
             .filter(|_| info.auth_user.is_none() && info.peer.is_some());
-        let stage = checks.map(|checks| StageParams {
+        let filters = self.message_filters.get(&info.listener).cloned();
+        let stage = (checks.is_some() || filters.is_some()).then(|| StageParams {
             checks,
+            filters,
             info: info.clone(),
             env: env.clone(),
             host: self.config.hostname.clone(),
@@ -118,8 +120,10 @@ impl SmtpBackend for Backend {
                 .map(|p| Maildir::ensure(p))
                 .collect::<io::Result<Vec<Maildir>>>()?;
             if let Some(p) = stage {
-                let scratch = scratch_file(staging_maildir(&targets)?, &host)?;
-                return Ok((Body::Staged(Box::new(Staged::new(scratch, p))), targets));
+                let staging = staging_maildir(&targets)?;
+                let scratch = scratch_file(staging, &host)?;
+                let staged = Staged::new(scratch, staging.clone(), p);
+                return Ok((Body::Staged(Box::new(staged)), targets));
             }
             let mut delivery = Delivery::begin(&targets, &host)?;
             let headers = trace_headers(
@@ -323,6 +327,7 @@ impl BodySink for MaildirSink {
                 files: mailboxes.into_iter().zip(paths).collect(),
                 auth: None,
                 folder: None,
+                discarded: None,
             }),
             Ok(Err(e)) => Err(commit_failure(&e, &id)),
             Err(e) => {
@@ -395,6 +400,7 @@ mod tests {
             helo: "client.example".into(),
             with_protocol: "ESMTPS".into(),
             auth_user: None,
+            listener: "smtp".into(),
         }
     }
 

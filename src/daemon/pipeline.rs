@@ -213,6 +213,7 @@ pub(super) async fn run_session(
                     helo: String::new(),
                     with_protocol: "ESMTP".into(),
                     auth_user: None,
+                    listener: listener.name.clone(),
                 };
                 let cfg = smtp_config(&config, listener.protocol, meta.tls, local);
                 let mut session = smtp::Session::new(stream, live.backend.clone(), cfg, info)

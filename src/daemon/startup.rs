@@ -120,6 +120,7 @@ pub(super) async fn serve_inetd(shared: Arc<Shared>, proto: Protocol) -> Result<
             bind: None,
             filters: vec![],
             starttls: false,
+            message_filters: vec![],
             keepalive: None,
         });
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);

@@ -108,6 +108,7 @@ mod tests {
             bind: bind.map(|b| b.parse().unwrap()),
             filters: vec![],
             starttls: false,
+            message_filters: vec![],
             keepalive: None,
         }
     }

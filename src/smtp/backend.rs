@@ -19,6 +19,8 @@ pub struct SessionInfo {
     pub with_protocol: String,
     /// Authenticated user, when AUTH succeeded.
     pub auth_user: Option<String>,
+    /// The listener's name (its message filters apply).
+    pub listener: String,
 }
 
 /// The envelope of one mail transaction, as accepted so far.
@@ -88,6 +90,8 @@ pub struct Stored {
     pub auth: Option<AuthSummary>,
     /// The Maildir++ folder it went to instead of the inbox (`.Junk`).
     pub folder: Option<String>,
+    /// A message filter discarded it (its name): nothing was stored.
+    pub discarded: Option<String>,
 }
 
 /// The results of the sender checks, as logged.

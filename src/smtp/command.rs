@@ -659,7 +659,7 @@ mod tests {
         for (line, code, status) in table {
             let r = parse(line).expect_err(&String::from_utf8_lossy(line));
             assert_eq!(
-                (r.code, r.status),
+                (r.code, &*r.status),
                 (code, status),
                 "{:?}",
                 String::from_utf8_lossy(line)

@@ -454,7 +454,7 @@ mod tests {
         let mut d = DotDecoder::new(BareLf::Reject, 1000);
         assert!(d.feed(input, &mut Vec::new()).done);
         let r = d.finish().unwrap_err();
-        assert_eq!((r.code, r.status), (554, "5.6.0"));
+        assert_eq!((r.code, &*r.status), (554, "5.6.0"));
     }
 
     /// No stored body from DATA holds a CR (CRLF and bare CR both became LF),

@@ -10,16 +10,20 @@ pub struct Reply {
     pub code: u16,
     /// Enhanced status code such as "2.1.0"; empty for replies that carry none
     /// (the 220 greeting and the EHLO/HELO 250, per RFC 2034 §3).
-    pub status: &'static str,
+    pub status: std::borrow::Cow<'static, str>,
     pub lines: Vec<String>,
 }
 
 impl Reply {
-    pub fn new(code: u16, status: &'static str, text: impl Into<String>) -> Reply {
+    pub fn new(
+        code: u16,
+        status: impl Into<std::borrow::Cow<'static, str>>,
+        text: impl Into<String>,
+    ) -> Reply {
         Reply {
             because: None,
             code,
-            status,
+            status: status.into(),
             lines: vec![text.into()],
         }
     }
@@ -36,7 +40,7 @@ impl Reply {
         if let Some(r) = self.because {
             return r;
         }
-        match (self.code, self.status) {
+        match (self.code, &*self.status) {
             (_, "5.1.1") => "unknown_user",
             (_, "5.7.1") => "relay",
             (_, "5.3.4" | "5.2.3") => "size",

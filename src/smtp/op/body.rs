@@ -296,6 +296,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             stored.id.clone()
         };
         let took = done.started.elapsed();
+        if let Some(filter) = &stored.discarded {
+            // As with Postfix, the client is not told: a discard is for mail
+            // nobody should get, and the sender should not learn to evade it.
+            info!(
+                id = %id,
+                helo = ?self.info.helo,
+                from = ?done.env.mail_from,
+                message_id = done.header.message_id.as_deref(),
+                size = done.size,
+                nrcpt = done.env.rcpts.len(),
+                filter = %filter,
+                "message discarded"
+            );
+            return self.answer(Reply::new(250, "2.0.0", format!("Ok: delivered as {id}")));
+        }
         let auth = stored.auth.unwrap_or_default();
         let checked = stored.auth.is_some();
         info!(

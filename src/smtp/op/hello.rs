@@ -38,7 +38,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             Reply {
                 because: None,
                 code: 250,
-                status: "",
+                status: "".into(),
                 lines,
             }
         } else {

@@ -159,6 +159,7 @@ fn test_info() -> SessionInfo {
         helo: String::new(),
         with_protocol: String::new(),
         auth_user: None,
+        listener: "test".into(),
     }
 }
 
