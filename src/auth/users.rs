@@ -10,6 +10,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::verify::verify;
+use crate::maildir::quota::{self, QuotaRule};
 
 /// What a user may do. Given in the extra field `roles=pop3,submit`;
 /// without it a user has `pop3` and `submit`.
@@ -64,6 +65,10 @@ pub struct UserEntry {
     pub gid: Option<u32>,
     pub home: String,
     pub roles: Vec<Role>,
+    /// The mailbox quota, from the extra field `userdb_quota_rule=*:storage=1G`
+    /// (Dovecot's per-user `quota_rule`; see `quota::parse_rule`). None: no
+    /// quota. `*:storage=0` gives a rule without limits (counted, never full).
+    pub quota: Option<QuotaRule>,
 }
 
 impl UserEntry {
@@ -82,6 +87,7 @@ impl fmt::Debug for UserEntry {
             .field("gid", &self.gid)
             .field("home", &self.home)
             .field("roles", &self.roles)
+            .field("quota", &self.quota)
             .finish()
     }
 }
@@ -158,6 +164,7 @@ impl UserDb {
             let _shell = fields.next();
             let extra = fields.next().unwrap_or("");
             let (roles, had_admin) = parse_roles(extra).map_err(err)?;
+            let quota = parse_quota(extra).map_err(err)?;
             if had_admin {
                 db.warnings.push((
                     line_no,
@@ -178,6 +185,7 @@ impl UserDb {
                 gid,
                 home,
                 roles,
+                quota,
             });
         }
         Ok(db)
@@ -272,6 +280,17 @@ fn parse_roles(extra: &str) -> Result<(Vec<Role>, bool), String> {
         }
     }
     Ok((roles, had_admin))
+}
+
+/// The quota rule of the extra field `userdb_quota_rule=` (the first one),
+/// if any. Dovecot's further rules (`userdb_quota_rule2=...`, per mailbox)
+/// are not read: like other unknown fields, they are ignored.
+fn parse_quota(extra: &str) -> Result<Option<QuotaRule>, String> {
+    extra
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("userdb_quota_rule="))
+        .map(quota::parse_rule)
+        .transpose()
 }
 
 /// A user name that may become a path component and a mailbox.
@@ -529,6 +548,53 @@ mod tests {
             match UserDb::parse(text) {
                 Err(UsersError::Parse { line: l, msg }) => {
                     assert_eq!(l, line, "{text:?}");
+                    assert!(msg.contains(needle), "{text:?}: {msg}");
+                }
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn quota_rules_from_the_extra_field() {
+        let text = "a:{PLAIN}x::::::userdb_quota_rule=*:storage=1G\n\
+                    b:{PLAIN}x::::::roles=pop3 userdb_quota_rule=*:storage=10M:messages=100 userdb_quota_rule2=Trash:storage=+100M\n\
+                    c:{PLAIN}x\n\
+                    d:{PLAIN}x:1:1::/h::userdb_mail=maildir:~/Mail userdb_quota_rule=*:bytes=0\n";
+        let db = UserDb::parse(text).unwrap();
+        let q = |n: &str| db.get(n).unwrap().quota;
+        assert_eq!(
+            q("a"),
+            Some(QuotaRule {
+                storage: Some(1 << 30),
+                messages: None
+            })
+        );
+        assert_eq!(
+            q("b"),
+            Some(QuotaRule {
+                storage: Some(10 << 20),
+                messages: Some(100)
+            })
+        );
+        assert_eq!(db.get("b").unwrap().roles, [Role::Pop3]);
+        assert_eq!(q("c"), None);
+        assert_eq!(q("d"), Some(QuotaRule::default()));
+        assert!(format!("{:?}", db.get("a").unwrap()).contains("quota: Some("));
+        for (text, needle) in [
+            (
+                "a:{PLAIN}x::::::userdb_quota_rule=*:storage=1Q\n",
+                "unknown unit",
+            ),
+            (
+                "# c\na:{PLAIN}x\nb:{PLAIN}x::::::userdb_quota_rule=Trash:storage=1M\n",
+                "only the",
+            ),
+            ("a:{PLAIN}x::::::userdb_quota_rule=\n", "expected"),
+        ] {
+            match UserDb::parse(text) {
+                Err(UsersError::Parse { line, msg }) => {
+                    assert_eq!(line, text.lines().count(), "{text:?}");
                     assert!(msg.contains(needle), "{text:?}: {msg}");
                 }
                 other => panic!("{text:?}: {other:?}"),

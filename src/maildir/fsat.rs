@@ -161,6 +161,18 @@ pub fn open_regular(dir: BorrowedFd<'_>, name: &str) -> io::Result<(File, u64)> 
 
 /// Open `name` in `dir` for reading and writing, regular files only (the lock).
 pub fn open_regular_rw(dir: BorrowedFd<'_>, name: &str) -> io::Result<File> {
+    open_regular_with(dir, name, OFlags::RDWR)
+}
+
+/// Open `name` in `dir` for reading and appending (`O_APPEND`: every write
+/// lands at the end, even with other writers), regular files only (the
+/// `maildirsize` quota file).
+pub fn open_regular_append(dir: BorrowedFd<'_>, name: &str) -> io::Result<File> {
+    open_regular_with(dir, name, OFlags::RDWR | OFlags::APPEND)
+}
+
+/// `open_regular_rw` with the access flags `access`.
+fn open_regular_with(dir: BorrowedFd<'_>, name: &str, access: OFlags) -> io::Result<File> {
     // Looked at first so a device node is never opened.
     let t = file_type(&stat_at(dir, name)?);
     if t != FileType::RegularFile {
@@ -169,7 +181,7 @@ pub fn open_regular_rw(dir: BorrowedFd<'_>, name: &str) -> io::Result<File> {
     let fd = match rustix::fs::openat(
         dir,
         name,
-        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        access | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
         Ok(fd) => fd,

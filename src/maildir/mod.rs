@@ -14,6 +14,7 @@ pub mod deliver;
 pub mod fsat;
 pub mod lock;
 pub mod name;
+pub mod quota;
 pub mod scan;
 
 use std::io;
