@@ -61,6 +61,9 @@ pub struct Config {
     pub checks: Option<ChecksConfig>,
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
+    /// Mailbox quotas and the per-sender rate (`[quota]`).
+    #[serde(default)]
+    pub quota: QuotaConfig,
     /// Milters by name (`[milter.NAME]`), used by listeners' `message_filters`.
     #[serde(default)]
     pub milter: std::collections::BTreeMap<String, crate::msgfilter::MilterConfig>,
@@ -182,6 +185,30 @@ impl CheckPolicy {
             CheckPolicy::Record => "record",
             CheckPolicy::Reject => "reject",
             CheckPolicy::Junk => "junk",
+        }
+    }
+}
+
+/// `[quota]`: the default mailbox quota and the per-sender rate limit
+/// (maildird.toml(5), QUOTA).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Dovecot's rule syntax (`*:storage=1G`) for users whose entry has no
+    /// `userdb_quota_rule`; None: no quota for them.
+    pub rule: Option<String>,
+    /// Messages one sender may send one mailbox per `sender_window`; 0: no limit.
+    pub sender_rate: u32,
+    #[serde(deserialize_with = "de_duration")]
+    pub sender_window: Duration,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig {
+            rule: None,
+            sender_rate: 0,
+            sender_window: Duration::from_secs(3600),
         }
     }
 }
@@ -573,6 +600,12 @@ impl Config {
         if self.checks.as_ref().is_some_and(|c| c.max_concurrent == 0) {
             return Err("checks.max_concurrent must be at least 1".into());
         }
+        if let Some(r) = &self.quota.rule {
+            crate::maildir::quota::parse_rule(r).map_err(|e| format!("quota.rule: {e}"))?;
+        }
+        if self.quota.sender_window.is_zero() {
+            return Err("quota.sender_window must be more than 0".into());
+        }
         if self.dns.timeout.is_zero() {
             return Err("dns.timeout must be more than 0".into());
         }
@@ -737,6 +770,17 @@ mod effective {
                 k.max_concurrent
             );
         }
+        let _ = writeln!(
+            s,
+            "\n[quota]\n{}sender_rate = {}\nsender_window = {}",
+            c.quota
+                .rule
+                .as_ref()
+                .map(|r| format!("rule = {r:?}\n"))
+                .unwrap_or_default(),
+            c.quota.sender_rate,
+            dur(c.quota.sender_window)
+        );
         for (n, m) in &c.milter {
             let _ = writeln!(
                 s,

@@ -31,6 +31,11 @@ fn subtable(keys: &Keys, table: &str, name: &str) -> Option<String> {
     } else {
         format!("{table}.{name}")
     };
+    // A table of named tables (`[milter.NAME]`) is documented as `NAME`.
+    let named = format!("{path}.NAME");
+    if keys.contains_key(&named) {
+        return Some(named);
+    }
     keys.contains_key(&path).then_some(path)
 }
 
@@ -109,6 +114,16 @@ fn config_keys() -> (Keys, bool) {
             }
             if let Some(k) = as_table.as_deref().and_then(known_keys) {
                 todo.push((child, k));
+                continue;
+            }
+            // A table of named tables: `milter = { NAME = { probe } }`.
+            let mut named = child.clone();
+            named.push(("NAME".into(), false));
+            if let Some(k) = config_error(&nest(&named, &probe))
+                .as_deref()
+                .and_then(known_keys)
+            {
+                todo.push((named, k));
                 continue;
             }
             child.last_mut().expect("child").1 = true;
@@ -245,7 +260,9 @@ fn heading_for<'a>(table: &str, headings: impl Iterator<Item = &'a String>) -> O
         "filter" => vec!["FILTER SETTINGS".into()],
         // The client side of `tls` is documented with the other TLS settings.
         "filter.tls" => vec!["TLS client".into()],
-        t if t.starts_with("filter.") => vec![format!("[{}]", t.to_lowercase())],
+        t if t.starts_with("filter.") || t.ends_with(".NAME") => {
+            vec![format!("[{}]", t.to_lowercase())]
+        }
         t => vec![t.to_uppercase(), format!("{}S", t.to_uppercase())],
     };
     headings
@@ -317,9 +334,10 @@ fn example_keys(text: &str) -> Keys {
         let l = line.strip_prefix('#').unwrap_or(line);
         if l.starts_with('[') {
             let name = l.trim().trim_start_matches('[').trim_end_matches(']');
-            table = match name.strip_prefix("filter.exec.") {
-                Some(_) => "filter.exec.NAME".into(),
-                None => name.to_string(),
+            table = match name.split_once('.') {
+                _ if name.starts_with("filter.exec.") => "filter.exec.NAME".into(),
+                Some((t @ ("milter" | "exec"), _)) => format!("{t}.NAME"),
+                _ => name.to_string(),
             };
             keys.entry(table.clone()).or_default();
             continue;

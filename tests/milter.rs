@@ -60,36 +60,6 @@ fn config(env: &TestEnv, name: &str, filters: &[&str], extra: &str) -> PathBuf {
     env.write_config(name, &(text + extra))
 }
 
-/// One message through Python's smtplib: the reply to the end of DATA (or
-/// to the first refused command) as "CODE TEXT".
-fn send(port: u16, rcpts: &[&str], msg: &[u8]) -> String {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("msg.eml");
-    std::fs::write(&path, msg).expect("write message");
-    let mut args = vec![port.to_string(), path.to_string_lossy().into_owned()];
-    args.extend(rcpts.iter().map(|r| r.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    python_ok(
-        r#"
-import smtplib, sys
-port, path, rcpts = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-s = smtplib.SMTP('127.0.0.1', port, local_hostname='client.test', timeout=120)
-s.ehlo()
-s.mail('sender@client.test')
-for r in rcpts:
-    code, text = s.rcpt(r)
-    if code != 250:
-        print(code, text.decode()); sys.exit(0)
-code, text = s.data(open(path, 'rb').read())
-print(code, text.decode().replace('\n', ' | '))
-s.quit()
-"#,
-        &args,
-    )
-    .trim()
-    .to_string()
-}
-
 fn msg(subject: &str, body: &str) -> Vec<u8> {
     format!(
         "From: Sender <sender@client.test>\r\nTo: alice@example.org\r\nSubject: {subject}\r\n\
@@ -152,11 +122,11 @@ fn scripted_milter_every_action() {
 
     // reject with the milter's own reply; without one, ours.
     assert_eq!(
-        send(env.smtp_port, &["alice@example.org"], &msg("reject", "x")),
+        smtp_send(env.smtp_port, &["alice@example.org"], &msg("reject", "x")),
         "550 5.7.1 Rejected by test milter"
     );
     assert_eq!(
-        send(
+        smtp_send(
             env.smtp_port,
             &["alice@example.org"],
             &msg("reject-plain", "x")
@@ -164,13 +134,13 @@ fn scripted_milter_every_action() {
         "550 5.7.1 Message content rejected"
     );
     assert_eq!(
-        send(env.smtp_port, &["alice@example.org"], &msg("tempfail", "x")),
+        smtp_send(env.smtp_port, &["alice@example.org"], &msg("tempfail", "x")),
         "451 4.7.1 Test milter says later"
     );
     // A recipient the milter refuses at RCPT: the message is refused (one
     // reply after DATA for all recipients).
     assert_eq!(
-        send(
+        smtp_send(
             env.smtp_port,
             &["alice@example.org", "blocked@example.org"],
             &msg("two", "x")
@@ -180,7 +150,7 @@ fn scripted_milter_every_action() {
     assert!(read_files(&new).is_empty(), "refused mail was stored");
 
     // discard: 250, nothing stored, one log line.
-    let r = send(env.smtp_port, &["alice@example.org"], &msg("discard", "x"));
+    let r = smtp_send(env.smtp_port, &["alice@example.org"], &msg("discard", "x"));
     let discarded = id_of(&r).to_string();
     assert!(read_files(&new).is_empty());
     assert!(
@@ -192,7 +162,7 @@ fn scripted_milter_every_action() {
     );
 
     // quarantine: into .Junk/new, which mutt sees as a folder.
-    let r = send(
+    let r = smtp_send(
         env.smtp_port,
         &["alice@example.org"],
         &msg("quarantine", "q"),
@@ -205,7 +175,7 @@ fn scripted_milter_every_action() {
     assert!(read_files(&new).is_empty());
 
     // header edits: exact result.
-    let r = send(
+    let r = smtp_send(
         env.smtp_port,
         &["alice@example.org"],
         &msg("headers", "body one\r\nbody two"),
@@ -260,7 +230,7 @@ fn exec_filters_rewrite_or_judge_with_real_programs() {
     let _d = Daemon::start_with(&env, &cfg);
     let new = env.maildir("alice").join("new");
     assert_eq!(
-        send(
+        smtp_send(
             env.smtp_port,
             &["alice@example.org"],
             &msg("v", "EICAR here")
@@ -268,11 +238,11 @@ fn exec_filters_rewrite_or_judge_with_real_programs() {
         "550 5.7.1 Message content rejected"
     );
     assert_eq!(
-        send(env.smtp_port, &["alice@example.org"], &msg("l", "LATER")),
+        smtp_send(env.smtp_port, &["alice@example.org"], &msg("l", "LATER")),
         "451 4.7.1 Message deferred by a content filter, try again later"
     );
     assert!(read_files(&new).is_empty());
-    let r = send(env.smtp_port, &["alice@example.org"], &msg("clean", "fine"));
+    let r = smtp_send(env.smtp_port, &["alice@example.org"], &msg("clean", "fine"));
     id_of(&r);
     let files = read_files(&new);
     assert_eq!(files.len(), 1);
@@ -297,7 +267,7 @@ fn exec_filters_rewrite_or_judge_with_real_programs() {
     );
     let _d = Daemon::start_with(&env, &cfg);
     let started = Instant::now();
-    id_of(&send(
+    id_of(&smtp_send(
         env.smtp_port,
         &["alice@example.org"],
         &msg("slowexec", "x"),
@@ -324,7 +294,7 @@ fn on_error_decides_when_the_milter_is_down_or_slow() {
         let _d = Daemon::start_with(&env, &cfg);
         let started = Instant::now();
         assert_eq!(
-            send(env.smtp_port, &["alice@example.org"], &msg("slow", "x")),
+            smtp_send(env.smtp_port, &["alice@example.org"], &msg("slow", "x")),
             "451 4.7.1 Content filter unavailable, try again later"
         );
         assert!(
@@ -337,7 +307,7 @@ fn on_error_decides_when_the_milter_is_down_or_slow() {
     {
         let cfg = config(&env, "a.toml", &["milter.test"], &tables("accept"));
         let _d = Daemon::start_with(&env, &cfg);
-        id_of(&send(
+        id_of(&smtp_send(
             env.smtp_port,
             &["alice@example.org"],
             &msg("slow", "x"),
@@ -345,7 +315,7 @@ fn on_error_decides_when_the_milter_is_down_or_slow() {
         assert_eq!(read_files(&new).len(), 1);
         drop(milter);
         // Down: connection refused.
-        id_of(&send(
+        id_of(&smtp_send(
             env.smtp_port,
             &["alice@example.org"],
             &msg("down", "x"),
@@ -355,7 +325,7 @@ fn on_error_decides_when_the_milter_is_down_or_slow() {
     let cfg = config(&env, "t2.toml", &["milter.test"], &tables("tempfail"));
     let d = Daemon::start_with(&env, &cfg);
     assert_eq!(
-        send(env.smtp_port, &["alice@example.org"], &msg("down", "x")),
+        smtp_send(env.smtp_port, &["alice@example.org"], &msg("down", "x")),
         "451 4.7.1 Content filter unavailable, try again later"
     );
     assert_eq!(read_files(&new).len(), 2);
@@ -466,10 +436,10 @@ fn rspamd_rejects_gtube_and_marks_clean_mail() {
         let cfg = config(&env, "r.toml", &["milter.rspamd"], &tables("tempfail"));
         let _d = Daemon::start_with(&env, &cfg);
         let gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
-        let r = send(env.smtp_port, &["alice@example.org"], &msg("gtube", gtube));
+        let r = smtp_send(env.smtp_port, &["alice@example.org"], &msg("gtube", gtube));
         assert!(r.starts_with("554 5.7.1 "), "{r}");
         assert!(read_files(&new).is_empty());
-        let r = send(
+        let r = smtp_send(
             env.smtp_port,
             &["alice@example.org"],
             &msg("hello", "A clean message."),
@@ -486,13 +456,13 @@ fn rspamd_rejects_gtube_and_marks_clean_mail() {
         // Stopped: on_error decides.
         rspamd.stop(port);
         assert_eq!(
-            send(env.smtp_port, &["alice@example.org"], &msg("later", "x")),
+            smtp_send(env.smtp_port, &["alice@example.org"], &msg("later", "x")),
             "451 4.7.1 Content filter unavailable, try again later"
         );
     }
     let cfg = config(&env, "a.toml", &["milter.rspamd"], &tables("accept"));
     let _d = Daemon::start_with(&env, &cfg);
-    id_of(&send(
+    id_of(&smtp_send(
         env.smtp_port,
         &["alice@example.org"],
         &msg("unfiltered", "x"),
@@ -528,7 +498,7 @@ fn hundred_megabytes_through_a_milter_in_bounded_memory() {
     for _ in 0..lines {
         m.extend_from_slice(line.as_bytes());
     }
-    let r = send(env.smtp_port, &["alice@example.org"], &m);
+    let r = smtp_send(env.smtp_port, &["alice@example.org"], &m);
     let id = id_of(&r).to_string();
     let peak = proc_status(d.pid(), "VmHWM");
     let ids = recorded(&record, "i");

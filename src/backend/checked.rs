@@ -21,6 +21,7 @@ use crate::checks::header::{extend_crlf, is_results_field, names_us};
 use crate::checks::{Action, Checks, Verdict};
 use crate::maildir::deliver::Delivery;
 use crate::maildir::name::UniqueName;
+use crate::maildir::quota::QuotaRule;
 use crate::maildir::{Maildir, fsat};
 use crate::msgfilter::message::{HeaderTooBig, Message};
 use crate::msgfilter::{self, Context, Decision, Filter};
@@ -50,6 +51,7 @@ pub struct Staged {
     /// Bytes and line ends staged: the wire form's exact size, known
     /// without reading the file twice.
     staged: (u64, u64),
+    quotas: Vec<Option<QuotaRule>>,
 }
 
 impl std::fmt::Debug for Staged {
@@ -69,6 +71,8 @@ pub struct StageParams {
     pub host: String,
     pub delivered_to: Option<String>,
     pub max_read: u64,
+    /// The quota rule of each target, in order.
+    pub quotas: Vec<Option<QuotaRule>>,
 }
 
 /// Where the message goes, once checks and filters have spoken.
@@ -94,6 +98,7 @@ impl Staged {
             delivered_to: p.delivered_to,
             max_read: p.max_read,
             staged: (0, 0),
+            quotas: p.quotas,
         }
     }
 
@@ -255,6 +260,7 @@ impl Staged {
             env,
             host,
             delivered_to,
+            quotas,
             ..
         } = self;
         let id = name.id().to_string();
@@ -265,6 +271,8 @@ impl Staged {
         } = outcome;
         let auth = verdict.as_ref().map(summary);
         let stored = tokio::task::spawn_blocking(move || {
+            // Quotas are the whole Maildir's, folders included.
+            let roots = targets.clone();
             let targets = match folder {
                 // A folder its owner tampered with: the inbox instead (the
                 // header still says why it would have been junk).
@@ -297,7 +305,10 @@ impl Staged {
                 (None, None) => return Err(io::Error::other("no message to store")),
             }
             let id = delivery.id().to_string();
+            let size = delivery.size();
+            super::quota::check_fits(&roots, &quotas, size)?;
             let paths = delivery.commit(&targets)?;
+            super::quota::account(&roots, &quotas, size);
             Ok::<_, io::Error>((id, paths))
         })
         .await;

@@ -3,6 +3,7 @@
 
 pub mod checked;
 pub mod pop3;
+pub mod quota;
 pub mod recipients;
 pub mod smtp;
 pub mod throttle;
@@ -92,6 +93,10 @@ pub struct Backend {
     pub checks: Option<Arc<crate::checks::Checks>>,
     /// Each listener's message filters (`message_filters`), when it has any.
     pub message_filters: std::collections::HashMap<String, Arc<[crate::msgfilter::Filter]>>,
+    /// `[quota] rule`: for users without their own.
+    quota_default: Option<crate::maildir::quota::QuotaRule>,
+    /// `[quota] sender_rate`, when set.
+    sender_rate: Option<quota::SenderRate>,
 }
 
 impl Backend {
@@ -123,15 +128,37 @@ impl Backend {
                 .collect::<Result<Vec<_>, String>>()?;
             message_filters.insert(li.name.clone(), Arc::from(chain));
         }
+        let quota_default = match &config.quota.rule {
+            Some(r) => Some(crate::maildir::quota::parse_rule(r)?),
+            None => None,
+        };
+        let sender_rate = (config.quota.sender_rate > 0)
+            .then(|| quota::SenderRate::new(config.quota.sender_rate, config.quota.sender_window));
         Ok(Backend {
             checks,
             message_filters,
+            quota_default,
+            sender_rate,
             config,
             users,
             aliases,
             hash_permits: Semaphore::new(permits),
             throttle: Arc::new(throttle::AuthThrottle::new(net)),
         })
+    }
+
+    /// The quota rule of `mailbox` (its user's, else the default), when it
+    /// limits anything.
+    pub fn quota_rule(
+        &self,
+        users: &UserDb,
+        mailbox: &str,
+    ) -> Option<crate::maildir::quota::QuotaRule> {
+        users
+            .get(mailbox)
+            .and_then(|u| u.quota)
+            .or(self.quota_default)
+            .filter(|r| r.is_limited())
     }
 
     pub fn users(&self) -> Arc<UserDb> {
@@ -147,6 +174,11 @@ impl Backend {
     pub fn reloaded(&self, config: Arc<Config>) -> Result<Backend, String> {
         let mut fresh = Backend::load(config)?;
         fresh.throttle = self.throttle.clone();
+        // The rate counts survive a reload too (limit changes take effect
+        // in the next window).
+        if let (Some(old), Some(new)) = (&self.sender_rate, &mut fresh.sender_rate) {
+            new.take_counts(old);
+        }
         Ok(fresh)
     }
 

@@ -11,9 +11,11 @@ use jiff::tz::TimeZone;
 
 use super::Backend;
 use super::checked::{StageParams, Staged};
+use super::quota::{already_full, full_reply, rate_reply};
 use super::recipients::resolve;
 use crate::auth::{Role, validate_name};
 use crate::maildir::deliver::{Delivery, scratch_file, staging_maildir};
+use crate::maildir::quota::QuotaRule;
 use crate::maildir::{Maildir, fsat, is_no_space};
 use crate::smtp::backend::{
     Authenticated, Backend as SmtpBackend, BodySink, Envelope, SessionInfo, Stored,
@@ -66,17 +68,50 @@ impl SmtpBackend for Backend {
     }
 
     /// RFC 5321 §4.1.1.3: the mailboxes of a user or an alias.
-    async fn resolve_recipient(&self, address: &str) -> Result<Vec<String>, Reply> {
+    async fn resolve_recipient(&self, address: &str, sender: &str) -> Result<Vec<String>, Reply> {
         let users = self.users();
         let aliases = self.aliases();
-        resolve(
+        let mailboxes = resolve(
             address,
             &self.config.domains,
             &self.config.recipient_delimiter,
             &users,
             &aliases,
         )
-        .map_err(|refusal| refusal.reply())
+        .map_err(|refusal| refusal.reply())?;
+        // Quotas: a mailbox already full refuses the recipient now, so the
+        // client keeps the message for the others (452: try again later).
+        let full: Vec<(std::path::PathBuf, QuotaRule)> = mailboxes
+            .iter()
+            .filter_map(|m| Some((self.config.mail_root.join(m), self.quota_rule(&users, m)?)))
+            .collect();
+        if !full.is_empty() {
+            let checked = tokio::task::spawn_blocking(move || {
+                full.iter()
+                    .map(|(p, r)| (p.clone(), already_full(p, r)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for (path, r) in checked {
+                match r {
+                    Ok(true) => return Err(full_reply()),
+                    Ok(false) => {}
+                    // A cache we cannot read decides nothing: delivery will
+                    // say what is wrong with the Maildir.
+                    Err(e) => {
+                        tracing::warn!(maildir = %path.display(), error = %e, "cannot read the quota")
+                    }
+                }
+            }
+        }
+        if let Some(rate) = &self.sender_rate {
+            let now = std::time::Instant::now();
+            if !mailboxes.iter().all(|m| rate.admit(sender, m, now)) {
+                return Err(rate_reply());
+            }
+        }
+        Ok(mailboxes)
     }
 
     async fn begin(&self, info: &SessionInfo, env: &Envelope) -> Result<MaildirSink, Reply> {
@@ -92,6 +127,11 @@ impl SmtpBackend for Backend {
         let paths: Vec<std::path::PathBuf> = mailboxes
             .iter()
             .map(|m| self.config.mail_root.join(m))
+            .collect();
+        let users = self.users();
+        let quotas: Vec<Option<QuotaRule>> = mailboxes
+            .iter()
+            .map(|m| self.quota_rule(&users, m))
             .collect();
         let delivered_to = (self.config.smtp.delivered_to && mailboxes.len() == 1)
             .then(|| env.rcpts.first().map(|(addr, _)| addr.clone()))
@@ -111,6 +151,7 @@ impl SmtpBackend for Backend {
             host: self.config.hostname.clone(),
             delivered_to: delivered_to.clone(),
             max_read: super::pop3::max_read(self.config.limits.max_message_size),
+            quotas: quotas.clone(),
         });
         let (info, env) = (info.clone(), env.clone());
         let host = self.config.hostname.clone();
@@ -146,6 +187,7 @@ impl SmtpBackend for Backend {
                 buf: Vec::with_capacity(BATCH),
                 targets,
                 mailboxes,
+                quotas,
             }),
             Ok(Err(e)) => Err(storage_failure(&e, None, "maildir delivery start")),
             Err(e) => {
@@ -255,6 +297,8 @@ pub struct MaildirSink {
     targets: Vec<Maildir>,
     /// The mailbox name of each target, in the same order.
     mailboxes: Vec<String>,
+    /// The quota rule of each target, in the same order.
+    quotas: Vec<Option<QuotaRule>>,
 }
 
 impl MaildirSink {
@@ -316,9 +360,14 @@ impl BodySink for MaildirSink {
             Body::Direct(d) => d,
             Body::Staged(s) => return s.commit(buf, targets, mailboxes).await,
         };
+        let quotas = mem::take(&mut self.quotas);
         let done = tokio::task::spawn_blocking(move || {
             delivery.write(&buf)?;
-            delivery.commit(&targets)
+            let size = delivery.size();
+            super::quota::check_fits(&targets, &quotas, size)?;
+            let paths = delivery.commit(&targets)?;
+            super::quota::account(&targets, &quotas, size);
+            Ok(paths)
         })
         .await;
         match done {
@@ -346,6 +395,10 @@ impl BodySink for MaildirSink {
 
 /// The reply to a failed commit (details in the log).
 pub(super) fn commit_failure(e: &io::Error, id: &str) -> Reply {
+    if super::quota::is_over_quota(e) {
+        tracing::info!(id, error = %e, "over quota");
+        return super::quota::overflow_reply();
+    }
     match crate::maildir::deliver::RollbackFailed::of(e) {
         // Some copies stayed in new/ after a failure: say which, in the
         // log and (by id) in the reply, so a duplicate after the
@@ -500,24 +553,35 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let b = backend(t.path(), true);
         assert_eq!(
-            b.resolve_recipient("Alice+x@Example.org").await.unwrap(),
+            b.resolve_recipient("Alice+x@Example.org", "s@x")
+                .await
+                .unwrap(),
             ["alice"]
         );
         assert_eq!(
-            b.resolve_recipient("team@example.org").await.unwrap(),
+            b.resolve_recipient("team@example.org", "s@x")
+                .await
+                .unwrap(),
             ["alice", "bob"]
         );
-        assert_eq!(b.resolve_recipient("postmaster").await.unwrap(), ["root"]);
+        assert_eq!(
+            b.resolve_recipient("postmaster", "s@x").await.unwrap(),
+            ["root"]
+        );
         assert_eq!(
             wire(
-                b.resolve_recipient("alice@elsewhere.example")
+                b.resolve_recipient("alice@elsewhere.example", "s@x")
                     .await
                     .unwrap_err()
             ),
             "550 5.7.1 Relaying denied\r\n"
         );
         assert_eq!(
-            wire(b.resolve_recipient("zed@example.org").await.unwrap_err()),
+            wire(
+                b.resolve_recipient("zed@example.org", "s@x")
+                    .await
+                    .unwrap_err()
+            ),
             "550 5.1.1 User unknown\r\n"
         );
     }
@@ -576,7 +640,10 @@ mod tests {
     async fn alias_delivers_one_inode_to_each_mailbox() {
         let t = tempfile::tempdir().unwrap();
         let b = backend(t.path(), true);
-        let rcpt = b.resolve_recipient("team@example.org").await.unwrap();
+        let rcpt = b
+            .resolve_recipient("team@example.org", "s@x")
+            .await
+            .unwrap();
         let env = envelope(&[
             (
                 "team@example.org",

@@ -962,6 +962,36 @@ print('SENT')
     assert!(out.contains("SENT"), "{out}");
 }
 
+/// One message through Python's smtplib: the reply to the end of DATA (or
+/// to the first refused command) as "CODE TEXT".
+pub fn smtp_send(port: u16, rcpts: &[&str], msg: &[u8]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("msg.eml");
+    std::fs::write(&path, msg).expect("write message");
+    let mut args = vec![port.to_string(), path.to_string_lossy().into_owned()];
+    args.extend(rcpts.iter().map(|r| r.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    python_ok(
+        r#"
+import smtplib, sys
+port, path, rcpts = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+s = smtplib.SMTP('127.0.0.1', port, local_hostname='client.test', timeout=120)
+s.ehlo()
+s.mail('sender@client.test')
+for r in rcpts:
+    code, text = s.rcpt(r)
+    if code != 250:
+        print(code, text.decode()); sys.exit(0)
+code, text = s.data(open(path, 'rb').read())
+print(code, text.decode().replace('\n', ' | '))
+s.quit()
+"#,
+        &args,
+    )
+    .trim()
+    .to_string()
+}
+
 /// Envelope sender used by `deliver`.
 pub const SMTP_SENDER: &str = "sender@client.test";
 

@@ -1,0 +1,191 @@
+//! Mailbox quotas at delivery (maildird-users(5), maildird.toml(5) QUOTA):
+//! each mailbox's rule (its user's `userdb_quota_rule`, else `[quota] rule`),
+//! `452 4.2.2` at RCPT when a mailbox is already full, `552 5.2.2` at the end
+//! of DATA when the message would take one over, the delivery added to
+//! `maildirsize` after it is durable, and a per-sender-per-mailbox rate
+//! limit (`450 4.2.1`) so one sender cannot fill a box alone. POP3 removals
+//! and mail clients' changes make `maildirsize` stale (directory mtimes),
+//! and the next delivery counts the mailbox again (`maildir::quota`).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::io;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::maildir::Maildir;
+use crate::maildir::quota::{self, QuotaRule};
+use crate::smtp::reply::Reply;
+
+/// The message would take a mailbox over its quota (carried in `io::Error`
+/// from the blocking commit to the reply).
+#[derive(Debug, thiserror::Error)]
+#[error("mailbox {0} would go over its quota")]
+pub struct OverQuota(pub String);
+
+pub fn is_over_quota(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<OverQuota>())
+}
+
+pub fn full_reply() -> Reply {
+    Reply::new(452, "4.2.2", "Mailbox full").because("quota")
+}
+
+pub fn overflow_reply() -> Reply {
+    Reply::new(552, "5.2.2", "Message would exceed the mailbox quota").because("quota")
+}
+
+/// Is the mailbox at `path` already full under `rule` (a message of one
+/// byte would not fit)? A Maildir not yet created is empty. Blocking.
+pub fn already_full(path: &Path, rule: &QuotaRule) -> io::Result<bool> {
+    let md = match Maildir::open(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    quota::would_exceed(&md, rule, 1, 1)
+}
+
+/// Refuse (`OverQuota`) when `size` bytes more would take a target over its
+/// rule. `rules` is aligned with `targets`. Blocking.
+pub fn check_fits(targets: &[Maildir], rules: &[Option<QuotaRule>], size: u64) -> io::Result<()> {
+    for (md, rule) in targets.iter().zip(rules) {
+        if let Some(rule) = rule {
+            if quota::would_exceed(md, rule, size, 1)? {
+                return Err(io::Error::other(OverQuota(md.path().display().to_string())));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Add a durable delivery of `size` bytes to each target's `maildirsize`
+/// (a cache: failures are logged, never refuse mail). Blocking.
+pub fn account(targets: &[Maildir], rules: &[Option<QuotaRule>], size: u64) {
+    for (md, rule) in targets.iter().zip(rules) {
+        if let Some(rule) = rule {
+            let bytes = i64::try_from(size).unwrap_or(i64::MAX);
+            if let Err(e) = quota::add(md, rule, bytes, 1) {
+                tracing::warn!(maildir = %md.path().display(), error = %e, "cannot update maildirsize");
+            }
+        }
+    }
+}
+
+/// Most (sender, mailbox) pairs remembered; past it, expired ones are
+/// dropped, and if none are, the table starts again (fail open: a rate
+/// limit must not turn into a refusal of everyone).
+const MAX_KEYS: usize = 100_000;
+
+/// Messages per (sender, mailbox) per window, counted at RCPT (like
+/// Postfix's anvil recipient rate). Keys are hashes with a random seed:
+/// fixed memory per key whatever the address length.
+#[derive(Debug)]
+pub struct SenderRate {
+    limit: u32,
+    window: Duration,
+    seed: RandomState,
+    seen: Mutex<HashMap<u64, (Instant, u32)>>,
+}
+
+impl SenderRate {
+    pub fn new(limit: u32, window: Duration) -> SenderRate {
+        SenderRate {
+            limit,
+            window,
+            seed: RandomState::new(),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Keep `old`'s counts (a reload).
+    pub fn take_counts(&mut self, old: &SenderRate) {
+        let seen = old.seen.lock().unwrap_or_else(|p| p.into_inner());
+        self.seed = old.seed.clone();
+        *self.seen.get_mut().unwrap_or_else(|p| p.into_inner()) = seen.clone();
+    }
+
+    /// Count one message from `sender` to `mailbox`; false when that is
+    /// over the limit in the current window (then it is not counted).
+    pub fn admit(&self, sender: &str, mailbox: &str, now: Instant) -> bool {
+        let key = self.seed.hash_one((sender.to_ascii_lowercase(), mailbox));
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= MAX_KEYS && !seen.contains_key(&key) {
+            let window = self.window;
+            seen.retain(|_, (start, _)| now.duration_since(*start) < window);
+            if seen.len() >= MAX_KEYS {
+                tracing::warn!(keys = MAX_KEYS, "sender rate table full; starting again");
+                seen.clear();
+            }
+        }
+        let e = seen.entry(key).or_insert((now, 0));
+        if now.duration_since(e.0) >= self.window {
+            *e = (now, 0);
+        }
+        if e.1 >= self.limit {
+            return false;
+        }
+        e.1 += 1;
+        true
+    }
+}
+
+pub fn rate_reply() -> Reply {
+    Reply::new(
+        450,
+        "4.2.1",
+        "Too much mail from this sender for this mailbox, try again later",
+    )
+    .because("sender_rate")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_counts_per_sender_and_mailbox_in_windows() {
+        let r = SenderRate::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(r.admit("a@x", "alice", t0));
+        assert!(r.admit("A@X", "alice", t0));
+        assert!(!r.admit("a@x", "alice", t0 + Duration::from_secs(1)));
+        // Another mailbox, another sender: their own budgets.
+        assert!(r.admit("a@x", "bob", t0));
+        assert!(r.admit("b@x", "alice", t0));
+        // The next window.
+        assert!(r.admit("a@x", "alice", t0 + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn rate_table_is_bounded() {
+        let r = SenderRate::new(1, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for i in 0..MAX_KEYS + 10 {
+            assert!(r.admit(&format!("s{i}@x"), "alice", t0));
+        }
+        assert!(r.seen.lock().unwrap().len() <= MAX_KEYS);
+    }
+
+    #[test]
+    fn fits_and_accounts() {
+        let t = tempfile::tempdir().unwrap();
+        let md = Maildir::ensure(&t.path().join("alice")).unwrap();
+        let limit = QuotaRule {
+            storage: Some(1000),
+            messages: None,
+        };
+        let rule = Some(limit);
+        let targets = [md.clone()];
+        check_fits(&targets, &[rule], 1000).unwrap();
+        let e = check_fits(&targets, &[rule], 1001).unwrap_err();
+        assert!(is_over_quota(&e));
+        check_fits(&targets, &[None], 10_000).unwrap();
+        assert!(!already_full(&t.path().join("nobody-yet"), &limit).unwrap());
+        // A full box: a message file of 1000 bytes, counted.
+        std::fs::write(md.path().join("new/1.M1P1.h,S=1000"), vec![b'x'; 1000]).unwrap();
+        assert!(already_full(md.path(), &limit).unwrap());
+        account(&targets, &[rule], 5);
+    }
+}

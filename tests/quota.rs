@@ -1,0 +1,266 @@
+//! Mailbox quotas end to end (issue 17; maildird-users(5) `userdb_quota_rule`,
+//! maildird.toml(5) QUOTA): a 10 MiB quota in Dovecot's form in the users
+//! file, mail sent by Python's smtplib, `452 4.2.2` at RCPT when the box is
+//! full and `552 5.2.2` when a message would overflow it, and mail accepted
+//! again after a POP3 DELE+QUIT (python poplib) and after mutt (under tmux)
+//! deletes a message; the `maildirsize` file checked against the Maildir++
+//! rules (definition line, sum of the `S=` sizes and count of every message).
+//! Also the per-sender-per-mailbox rate limit.
+
+mod common;
+
+use std::path::Path;
+use std::time::Instant;
+
+use common::*;
+
+const PW: &str = "pw-alice";
+const MIB: usize = 1024 * 1024;
+
+/// Set alice's `userdb_quota_rule` in the users file (re-read on change).
+fn set_quota(env: &TestEnv, rule: &str) {
+    let text = std::fs::read_to_string(env.users_file()).expect("users");
+    let out: String = text
+        .lines()
+        .map(|l| {
+            if !l.starts_with("alice:") {
+                return format!("{l}\n");
+            }
+            let mut f: Vec<String> = l.split(':').map(str::to_string).collect();
+            f.truncate(7);
+            f.resize(7, String::new());
+            format!("{}:userdb_quota_rule={rule}\n", f.join(":"))
+        })
+        .collect();
+    std::fs::write(env.users_file(), out).expect("write users");
+}
+
+/// A message of about `size` bytes.
+fn sized(subject: &str, size: usize) -> Vec<u8> {
+    let mut m =
+        format!("From: sender@client.test\r\nTo: alice@example.org\r\nSubject: {subject}\r\n\r\n")
+            .into_bytes();
+    let line = b"quota filler line quota filler line quota filler line quota filler line\r\n";
+    while m.len() < size {
+        m.extend_from_slice(line);
+    }
+    m
+}
+
+/// What `maildirsize` says: (definition line, bytes, count).
+fn maildirsize(maildir: &Path) -> (String, i64, i64) {
+    let text = std::fs::read_to_string(maildir.join("maildirsize")).expect("maildirsize");
+    let mut lines = text.lines();
+    let def = lines.next().expect("definition").to_string();
+    let (mut b, mut c) = (0i64, 0i64);
+    for l in lines {
+        let mut it = l.split_whitespace();
+        b += it.next().expect("bytes").parse::<i64>().expect("number");
+        c += it.next().expect("count").parse::<i64>().expect("number");
+    }
+    (def, b, c)
+}
+
+/// Every message of the Maildir (new/ and cur/ of it and its folders), by
+/// the Maildir++ rule: bytes from `S=` in the name, and the count.
+fn counted(maildir: &Path) -> (i64, i64) {
+    let mut dirs = vec![maildir.to_path_buf()];
+    for e in std::fs::read_dir(maildir).expect("maildir").flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with('.') && e.path().is_dir() {
+            dirs.push(e.path());
+        }
+    }
+    let (mut b, mut c) = (0, 0);
+    for d in dirs {
+        for sub in ["new", "cur"] {
+            for (name, bytes) in read_files(&d.join(sub)) {
+                let (s, _) = parse_maildir_name(&name).expect("S= in name");
+                assert_eq!(s, bytes.len() as u64);
+                b += s as i64;
+                c += 1;
+            }
+        }
+    }
+    (b, c)
+}
+
+/// The Subject lines of the inbox's messages.
+fn subjects(md: &Path) -> Vec<String> {
+    let mut all = read_files(&md.join("new"));
+    all.extend(read_files(&md.join("cur")));
+    all.iter()
+        .filter_map(|(_, b)| {
+            String::from_utf8_lossy(b)
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+        })
+        .collect()
+}
+
+fn assert_250(r: &str) {
+    assert!(r.starts_with("250 2.0.0 Ok: delivered as "), "{r}");
+}
+
+#[test]
+fn quota_refuses_when_full_and_recovers_after_pop3_and_mutt() {
+    let tmux_bin = require_tool("tmux", "tmux");
+    require_tool("mutt", "mutt");
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    set_quota(&env, "*:storage=10M");
+    let _d = Daemon::start(&env);
+    let md = env.maildir("alice");
+    let to = ["alice@example.org"];
+
+    for i in 0..3 {
+        assert_250(&smtp_send(
+            env.smtp_port,
+            &to,
+            &sized(&format!("big{i}"), 3 * MIB),
+        ));
+    }
+    // 9 MiB stored: another 3 MiB would overflow the 10 MiB.
+    assert_eq!(
+        smtp_send(env.smtp_port, &to, &sized("overflow", 3 * MIB)),
+        "552 5.2.2 Message would exceed the mailbox quota"
+    );
+    assert_eq!(read_files(&md.join("new")).len(), 3);
+    assert!(read_files(&md.join("tmp")).is_empty());
+    let (def, b, c) = maildirsize(&md);
+    assert_eq!(def, "10485760S");
+    assert_eq!((b, c), counted(&md));
+    // A smaller one still fits.
+    assert_250(&smtp_send(env.smtp_port, &to, &sized("fits", 512 * 1024)));
+    assert_eq!((maildirsize(&md).1, maildirsize(&md).2), counted(&md));
+
+    // The admin lowers the quota to 5 MiB: full now, refused at RCPT.
+    set_quota(&env, "*:storage=5M");
+    assert_eq!(
+        smtp_send(env.smtp_port, &to, &sized("small", 1000)),
+        "452 4.2.2 Mailbox full"
+    );
+
+    // POP3 DELE 1, DELE 2, QUIT: 6 MiB freed, mail accepted again.
+    let d = pop3_dump(
+        env.pop3_port,
+        "alice",
+        PW,
+        &["dele", "1", "dele", "2", "quit"],
+    );
+    assert_eq!(d.stat.0, 4, "{}", d.stdout);
+    assert_eq!(counted(&md).1, 2);
+    assert_250(&smtp_send(env.smtp_port, &to, &sized("after pop3", 1000)));
+    let (def, b, c) = maildirsize(&md);
+    assert_eq!(def, "5242880S");
+    assert_eq!((b, c), counted(&md));
+
+    // 3 MiB quota: full again; mutt deletes the big message; accepted again.
+    set_quota(&env, "*:storage=3M");
+    assert_eq!(
+        smtp_send(env.smtp_port, &to, &sized("small", 1000)),
+        "452 4.2.2 Mailbox full"
+    );
+    let tmux = Tmux {
+        bin: tmux_bin,
+        sock: env.path().join("tmux.sock"),
+    };
+    let home = env.subdir("home");
+    // mutt asks to create ~/Mail (its default `folder`) when it is missing.
+    std::fs::create_dir_all(home.join("Mail")).expect("mkdir ~/Mail");
+    let inner = format!("exec mutt -n -F /dev/null -f '{}/'", md.display());
+    let o = run(
+        tmux.cmd()
+            .args(["new-session", "-d", "-s", "mutt", "-x", "160", "-y", "40"])
+            .arg(format!("HOME={} TERM=screen {inner}", home.display())),
+        b"",
+    );
+    assert_ok(&o, "tmux new-session");
+    tmux.wait_screen("the message list", |s| s.contains("big2"));
+    // Move to "big2" with mutt's search, delete it, sync, quit.
+    tmux.keys(&["/", "big2", "Enter"]);
+    tmux.keys(&["d"]);
+    tmux.keys(&["$"]);
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while counted(&md).1 != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "mutt did not delete:\n{}",
+            tmux.capture().unwrap_or_default()
+        );
+        if let Some(s) = tmux.capture() {
+            if s.contains("yes/no")
+                || s.contains("no/yes")
+                || s.contains("[yes]")
+                || s.contains("[no]")
+            {
+                tmux.keys(&["y"]);
+            }
+        }
+        // Screen polling interval: mutt offers no event for "synced".
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    tmux.keys(&["q"]);
+    assert!(
+        !read_files(&md.join("cur"))
+            .iter()
+            .chain(read_files(&md.join("new")).iter())
+            .any(|(_, b)| String::from_utf8_lossy(b).contains("Subject: big2")),
+        "mutt deleted another message: {:?}\n{}",
+        subjects(&md),
+        tmux.capture().unwrap_or_default()
+    );
+    assert_250(&smtp_send(env.smtp_port, &to, &sized("after mutt", 1000)));
+    let (def, b, c) = maildirsize(&md);
+    assert_eq!(def, "3145728S");
+    assert_eq!((b, c), counted(&md));
+}
+
+#[test]
+fn default_quota_and_sender_rate_from_the_config() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    add_user(&env, "bob", PW);
+    let cfg = env.config_with(
+        "q.toml",
+        "\n[quota]\nrule = \"*:messages=3\"\nsender_rate = 2\nsender_window = \"1h\"\n",
+    );
+    let d = Daemon::start_with(&env, &cfg);
+    let m = sized("rate", 100);
+    assert_250(&smtp_send(env.smtp_port, &["alice@example.org"], &m));
+    assert_250(&smtp_send(env.smtp_port, &["alice@example.org"], &m));
+    // The same sender a third time to alice: deferred; to bob: fine.
+    assert_eq!(
+        smtp_send(env.smtp_port, &["alice@example.org"], &m),
+        "450 Too much mail from this sender for this mailbox, try again later"
+            .replace("450 ", "450 4.2.1 ")
+    );
+    assert_250(&smtp_send(env.smtp_port, &["bob@example.org"], &m));
+    // Another sender to alice: its own budget; the third message fills the
+    // 3-message default quota, the fourth is refused at RCPT.
+    let other = python_ok(
+        r#"
+import smtplib, sys
+s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), local_hostname='client.test', timeout=30)
+s.ehlo()
+out = []
+for i in range(2):
+    s.mail('other@client.test')
+    code, text = s.rcpt('alice@example.org')
+    out.append('%d %s' % (code, text.decode()))
+    if code == 250:
+        s.data(b'Subject: other\r\n\r\nx\r\n')
+    else:
+        s.rset()
+print(' | '.join(out))
+s.quit()
+"#,
+        &[&env.smtp_port.to_string()],
+    );
+    assert_eq!(other.trim(), "250 2.1.5 Ok | 452 4.2.2 Mailbox full");
+    assert_eq!(read_files(&env.maildir("alice").join("new")).len(), 3);
+    assert!(d.log().contains("reason=sender_rate"), "{}", d.log());
+    assert!(d.log().contains("reason=quota"), "{}", d.log());
+    let (def, _, c) = maildirsize(&env.maildir("alice"));
+    assert_eq!((def.as_str(), c), ("3C", 3));
+}
