@@ -107,6 +107,16 @@ fn scripted_milter_every_action() {
     let env = TestEnv::new();
     add_user(&env, "alice", PW);
     add_user(&env, "blocked", PW);
+    // A quota for alice: what goes to .Junk counts against her whole Maildir.
+    let users = std::fs::read_to_string(env.users_file()).expect("users");
+    let users: String = users
+        .lines()
+        .map(|l| match l.starts_with("alice:") {
+            true => format!("{l} userdb_quota_rule=*:storage=10M\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(env.users_file(), users).expect("users");
     let port = free_port();
     let record = env.path().join("record.jsonl");
     let _milter = test_milter(port, &record);
@@ -172,6 +182,9 @@ fn scripted_milter_every_action() {
     assert_eq!(files.len(), 1);
     assert!(files[0].0.starts_with(&q));
     assert!(junk.join("maildirfolder").is_file());
+    let size =
+        std::fs::read_to_string(env.maildir("alice").join("maildirsize")).expect("maildirsize");
+    assert_eq!(size, format!("10485760S\n0 0\n{} 1\n", files[0].1.len()));
     assert!(read_files(&new).is_empty());
 
     // header edits: exact result.
@@ -209,6 +222,12 @@ fn scripted_milter_every_action() {
         sha256_hex(b"body one\r\nbody two\r\n")
     );
     assert_eq!(recorded(&record, "body_size")[last], "20");
+    // The header fields as the milter got them: values without the blank
+    // after the colon, in order.
+    assert_eq!(
+        recorded(&record, "headers")[last],
+        r#"[["From","Sender <sender@client.test>"],["To","alice@example.org"],["Subject","headers"],["X-Remove-Me","bye"],["Message-ID","<headers@client.test>"]]"#
+    );
 }
 
 #[test]

@@ -108,6 +108,7 @@ fn quota_refuses_when_full_and_recovers_after_pop3_and_mutt() {
     require_tool("mutt", "mutt");
     let env = TestEnv::new();
     add_user(&env, "alice", PW);
+    add_user(&env, "bob", PW);
     set_quota(&env, "*:storage=10M");
     let _d = Daemon::start(&env);
     let md = env.maildir("alice");
@@ -133,6 +134,32 @@ fn quota_refuses_when_full_and_recovers_after_pop3_and_mutt() {
     // A smaller one still fits.
     assert_250(&smtp_send(env.smtp_port, &to, &sized("fits", 512 * 1024)));
     assert_eq!((maildirsize(&md).1, maildirsize(&md).2), counted(&md));
+
+    // With SIZE declared (smtplib's sendmail does it), a recipient whose
+    // box cannot take the message is refused at RCPT, and the others get it.
+    let both = python_ok(
+        r#"
+import smtplib, sys
+s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), local_hostname='client.test', timeout=60)
+msg = b'Subject: sized\r\n\r\n' + (b'x' * 98 + b'\r\n') * 10700
+try:
+    s.sendmail('sender@client.test', ['alice@example.org', 'bob@example.org'], msg)
+except smtplib.SMTPRecipientsRefused as e:
+    print('all refused', e.recipients)
+else:
+    print('sent')
+s.quit()
+"#,
+        &[&env.smtp_port.to_string()],
+    );
+    assert_eq!(both.trim(), "sent");
+    assert_eq!(read_files(&env.maildir("bob").join("new")).len(), 1);
+    assert!(!subjects(&md).contains(&"sized".to_string()));
+    assert!(
+        _d.log().contains("refused") && _d.log().contains("code=452 status=4.2.2"),
+        "{}",
+        _d.log()
+    );
 
     // The admin lowers the quota to 5 MiB: full now, refused at RCPT.
     set_quota(&env, "*:storage=5M");
@@ -244,6 +271,11 @@ import smtplib, sys
 s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), local_hostname='client.test', timeout=30)
 s.ehlo()
 out = []
+# Asking is not sending: RCPTs without DATA use none of the rate budget.
+for i in range(3):
+    s.mail('other@client.test')
+    assert s.rcpt('alice@example.org')[0] == 250
+    s.rset()
 for i in range(2):
     s.mail('other@client.test')
     code, text = s.rcpt('alice@example.org')

@@ -96,7 +96,7 @@ pub struct Backend {
     /// `[quota] rule`: for users without their own.
     quota_default: Option<crate::maildir::quota::QuotaRule>,
     /// `[quota] sender_rate`, when set.
-    sender_rate: Option<quota::SenderRate>,
+    sender_rate: Option<Arc<quota::SenderRate>>,
 }
 
 impl Backend {
@@ -132,8 +132,12 @@ impl Backend {
             Some(r) => Some(crate::maildir::quota::parse_rule(r)?),
             None => None,
         };
-        let sender_rate = (config.quota.sender_rate > 0)
-            .then(|| quota::SenderRate::new(config.quota.sender_rate, config.quota.sender_window));
+        let sender_rate = (config.quota.sender_rate > 0).then(|| {
+            Arc::new(quota::SenderRate::new(
+                config.quota.sender_rate,
+                config.quota.sender_window,
+            ))
+        });
         Ok(Backend {
             checks,
             message_filters,
@@ -177,7 +181,9 @@ impl Backend {
         // The rate counts survive a reload too (limit changes take effect
         // in the next window).
         if let (Some(old), Some(new)) = (&self.sender_rate, &mut fresh.sender_rate) {
-            new.take_counts(old);
+            if let Some(new) = Arc::get_mut(new) {
+                new.take_counts(old);
+            }
         }
         Ok(fresh)
     }

@@ -36,15 +36,16 @@ pub fn overflow_reply() -> Reply {
     Reply::new(552, "5.2.2", "Message would exceed the mailbox quota").because("quota")
 }
 
-/// Is the mailbox at `path` already full under `rule` (a message of one
-/// byte would not fit)? A Maildir not yet created is empty. Blocking.
-pub fn already_full(path: &Path, rule: &QuotaRule) -> io::Result<bool> {
+/// Would a message of `size` bytes not fit in the mailbox at `path` under
+/// `rule` (with `size` 1: is it full)? A Maildir not yet created is empty.
+/// Blocking.
+pub fn refuses(path: &Path, rule: &QuotaRule, size: u64) -> io::Result<bool> {
     let md = match Maildir::open(path) {
         Ok(md) => md,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    quota::would_exceed(&md, rule, 1, 1)
+    quota::would_exceed(&md, rule, size, 1)
 }
 
 /// Refuse (`OverQuota`) when `size` bytes more would take a target over its
@@ -73,14 +74,16 @@ pub fn account(targets: &[Maildir], rules: &[Option<QuotaRule>], size: u64) {
     }
 }
 
-/// Most (sender, mailbox) pairs remembered; past it, expired ones are
-/// dropped, and if none are, the table starts again (fail open: a rate
-/// limit must not turn into a refusal of everyone).
+/// Most (sender, mailbox) pairs remembered. Past it, expired ones are
+/// dropped; if none are, new pairs go uncounted until some expire (fail
+/// open for newcomers; the counts already kept are never reset, so nobody
+/// can wipe them by flooding the table).
 const MAX_KEYS: usize = 100_000;
 
-/// Messages per (sender, mailbox) per window, counted at RCPT (like
-/// Postfix's anvil recipient rate). Keys are hashes with a random seed:
-/// fixed memory per key whatever the address length.
+/// Messages stored per (sender, mailbox) per window (mox limits how fast
+/// one sender fills a box). Checked at RCPT, counted once a message is
+/// stored. Keys are hashes with a random seed: fixed memory per key
+/// whatever the address length.
 #[derive(Debug)]
 pub struct SenderRate {
     limit: u32,
@@ -106,28 +109,40 @@ impl SenderRate {
         *self.seen.get_mut().unwrap_or_else(|p| p.into_inner()) = seen.clone();
     }
 
-    /// Count one message from `sender` to `mailbox`; false when that is
-    /// over the limit in the current window (then it is not counted).
-    pub fn admit(&self, sender: &str, mailbox: &str, now: Instant) -> bool {
-        let key = self.seed.hash_one((sender.to_ascii_lowercase(), mailbox));
+    fn key(&self, sender: &str, mailbox: &str) -> u64 {
+        self.seed.hash_one((sender.to_ascii_lowercase(), mailbox))
+    }
+
+    /// May `sender` send `mailbox` one more message now?
+    pub fn admits(&self, sender: &str, mailbox: &str, now: Instant) -> bool {
+        let key = self.key(sender, mailbox);
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.get(&key) {
+            Some((start, n)) if now.duration_since(*start) < self.window => *n < self.limit,
+            _ => true,
+        }
+    }
+
+    /// Count one message stored from `sender` into `mailbox`.
+    pub fn record(&self, sender: &str, mailbox: &str, now: Instant) {
+        let key = self.key(sender, mailbox);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() >= MAX_KEYS && !seen.contains_key(&key) {
             let window = self.window;
             seen.retain(|_, (start, _)| now.duration_since(*start) < window);
             if seen.len() >= MAX_KEYS {
-                tracing::warn!(keys = MAX_KEYS, "sender rate table full; starting again");
-                seen.clear();
+                tracing::warn!(
+                    keys = MAX_KEYS,
+                    "sender rate table full; not counting new senders"
+                );
+                return;
             }
         }
         let e = seen.entry(key).or_insert((now, 0));
         if now.duration_since(e.0) >= self.window {
             *e = (now, 0);
         }
-        if e.1 >= self.limit {
-            return false;
-        }
-        e.1 += 1;
-        true
+        e.1 = e.1.saturating_add(1);
     }
 }
 
@@ -145,27 +160,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rate_counts_per_sender_and_mailbox_in_windows() {
+    fn rate_counts_stored_messages_per_sender_and_mailbox_in_windows() {
         let r = SenderRate::new(2, Duration::from_secs(60));
         let t0 = Instant::now();
-        assert!(r.admit("a@x", "alice", t0));
-        assert!(r.admit("A@X", "alice", t0));
-        assert!(!r.admit("a@x", "alice", t0 + Duration::from_secs(1)));
+        // Asking does not count.
+        for _ in 0..5 {
+            assert!(r.admits("a@x", "alice", t0));
+        }
+        r.record("a@x", "alice", t0);
+        r.record("A@X", "alice", t0);
+        assert!(!r.admits("a@x", "alice", t0 + Duration::from_secs(1)));
         // Another mailbox, another sender: their own budgets.
-        assert!(r.admit("a@x", "bob", t0));
-        assert!(r.admit("b@x", "alice", t0));
+        assert!(r.admits("a@x", "bob", t0));
+        assert!(r.admits("b@x", "alice", t0));
         // The next window.
-        assert!(r.admit("a@x", "alice", t0 + Duration::from_secs(61)));
+        assert!(r.admits("a@x", "alice", t0 + Duration::from_secs(61)));
     }
 
     #[test]
-    fn rate_table_is_bounded() {
+    fn a_full_table_keeps_its_counts() {
         let r = SenderRate::new(1, Duration::from_secs(60));
         let t0 = Instant::now();
+        r.record("victim@x", "alice", t0);
         for i in 0..MAX_KEYS + 10 {
-            assert!(r.admit(&format!("s{i}@x"), "alice", t0));
+            r.record(&format!("s{i}@x"), "alice", t0);
         }
         assert!(r.seen.lock().unwrap().len() <= MAX_KEYS);
+        assert!(
+            !r.admits("victim@x", "alice", t0),
+            "a flood reset the counts"
+        );
     }
 
     #[test]
@@ -182,10 +206,17 @@ mod tests {
         let e = check_fits(&targets, &[rule], 1001).unwrap_err();
         assert!(is_over_quota(&e));
         check_fits(&targets, &[None], 10_000).unwrap();
-        assert!(!already_full(&t.path().join("nobody-yet"), &limit).unwrap());
-        // A full box: a message file of 1000 bytes, counted.
-        std::fs::write(md.path().join("new/1.M1P1.h,S=1000"), vec![b'x'; 1000]).unwrap();
-        assert!(already_full(md.path(), &limit).unwrap());
+        assert!(!refuses(&t.path().join("nobody-yet"), &limit, 1).unwrap());
+        assert!(refuses(md.path(), &limit, 1001).unwrap());
+        // Accounted: maildirsize (written by the first check) gets the line.
         account(&targets, &[rule], 5);
+        let text = std::fs::read_to_string(md.path().join("maildirsize")).unwrap();
+        assert_eq!(text, "1000S\n0 0\n5 1\n");
+        // A full box: a message file of 1000 bytes, counted (maildirsize
+        // removed: a change in the same clock tick as its last write is
+        // not seen by mtimes).
+        std::fs::remove_file(md.path().join("maildirsize")).unwrap();
+        std::fs::write(md.path().join("new/1.M1P1.h,S=1000"), vec![b'x'; 1000]).unwrap();
+        assert!(refuses(md.path(), &limit, 1).unwrap());
     }
 }

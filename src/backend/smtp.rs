@@ -5,13 +5,14 @@
 use std::io;
 use std::mem;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
 use super::Backend;
 use super::checked::{StageParams, Staged};
-use super::quota::{already_full, full_reply, rate_reply};
+use super::quota::{SenderRate, full_reply, rate_reply, refuses};
 use super::recipients::resolve;
 use crate::auth::{Role, validate_name};
 use crate::maildir::deliver::{Delivery, scratch_file, staging_maildir};
@@ -68,7 +69,7 @@ impl SmtpBackend for Backend {
     }
 
     /// RFC 5321 §4.1.1.3: the mailboxes of a user or an alias.
-    async fn resolve_recipient(&self, address: &str, sender: &str) -> Result<Vec<String>, Reply> {
+    async fn resolve_recipient(&self, address: &str, env: &Envelope) -> Result<Vec<String>, Reply> {
         let users = self.users();
         let aliases = self.aliases();
         let mailboxes = resolve(
@@ -79,8 +80,10 @@ impl SmtpBackend for Backend {
             &aliases,
         )
         .map_err(|refusal| refusal.reply())?;
-        // Quotas: a mailbox already full refuses the recipient now, so the
-        // client keeps the message for the others (452: try again later).
+        // Quotas: a mailbox already full, or too full for the SIZE the
+        // client declared, refuses the recipient now, so the message goes
+        // to the others (452: try again later).
+        let size = env.declared_size.unwrap_or(1).max(1);
         let full: Vec<(std::path::PathBuf, QuotaRule)> = mailboxes
             .iter()
             .filter_map(|m| Some((self.config.mail_root.join(m), self.quota_rule(&users, m)?)))
@@ -88,7 +91,7 @@ impl SmtpBackend for Backend {
         if !full.is_empty() {
             let checked = tokio::task::spawn_blocking(move || {
                 full.iter()
-                    .map(|(p, r)| (p.clone(), already_full(p, r)))
+                    .map(|(p, r)| (p.clone(), refuses(p, r, size)))
                     .collect::<Vec<_>>()
             })
             .await
@@ -107,7 +110,10 @@ impl SmtpBackend for Backend {
         }
         if let Some(rate) = &self.sender_rate {
             let now = std::time::Instant::now();
-            if !mailboxes.iter().all(|m| rate.admit(sender, m, now)) {
+            if !mailboxes
+                .iter()
+                .all(|m| rate.admits(&env.mail_from, m, now))
+            {
                 return Err(rate_reply());
             }
         }
@@ -153,6 +159,7 @@ impl SmtpBackend for Backend {
             max_read: super::pop3::max_read(self.config.limits.max_message_size),
             quotas: quotas.clone(),
         });
+        let env_sender = env.mail_from.clone();
         let (info, env) = (info.clone(), env.clone());
         let host = self.config.hostname.clone();
         let started = tokio::task::spawn_blocking(move || -> io::Result<(Body, Vec<Maildir>)> {
@@ -188,6 +195,7 @@ impl SmtpBackend for Backend {
                 targets,
                 mailboxes,
                 quotas,
+                rate: self.sender_rate.clone().map(|r| (r, env_sender.clone())),
             }),
             Ok(Err(e)) => Err(storage_failure(&e, None, "maildir delivery start")),
             Err(e) => {
@@ -299,9 +307,51 @@ pub struct MaildirSink {
     mailboxes: Vec<String>,
     /// The quota rule of each target, in the same order.
     quotas: Vec<Option<QuotaRule>>,
+    /// The per-sender rate and this message's sender: counted once stored.
+    rate: Option<(Arc<SenderRate>, String)>,
 }
 
 impl MaildirSink {
+    /// 250 means durable (maildird(8), MAILDIR): fsync, link into every `new/`,
+    /// fsync them; only then Ok.
+    async fn store(&mut self) -> Result<Stored, Reply> {
+        let Some(body) = self.delivery.take() else {
+            return Err(temp_failure());
+        };
+        let buf = mem::take(&mut self.buf);
+        let targets = mem::take(&mut self.targets);
+        let mailboxes = mem::take(&mut self.mailboxes);
+        let id = mem::take(&mut self.id);
+        let mut delivery = match body {
+            Body::Direct(d) => d,
+            Body::Staged(s) => return s.commit(buf, targets, mailboxes).await,
+        };
+        let quotas = mem::take(&mut self.quotas);
+        let done = tokio::task::spawn_blocking(move || {
+            delivery.write(&buf)?;
+            let size = delivery.size();
+            super::quota::check_fits(&targets, &quotas, size)?;
+            let paths = delivery.commit(&targets)?;
+            super::quota::account(&targets, &quotas, size);
+            Ok(paths)
+        })
+        .await;
+        match done {
+            Ok(Ok(paths)) => Ok(Stored {
+                id,
+                files: mailboxes.into_iter().zip(paths).collect(),
+                auth: None,
+                folder: None,
+                discarded: None,
+            }),
+            Ok(Err(e)) => Err(commit_failure(&e, &id)),
+            Err(e) => {
+                tracing::error!(id = %id, error = %e, "delivery task failed");
+                Err(temp_failure())
+            }
+        }
+    }
+
     async fn flush_batch(&mut self) -> Result<(), Reply> {
         let Some(mut delivery) = self.delivery.take() else {
             return Err(temp_failure());
@@ -349,41 +399,20 @@ impl BodySink for MaildirSink {
     /// 250 means durable (maildird(8), MAILDIR): fsync, link into every `new/`,
     /// fsync them; only then Ok.
     async fn commit(mut self) -> Result<Stored, Reply> {
-        let Some(body) = self.delivery.take() else {
-            return Err(temp_failure());
-        };
-        let buf = mem::take(&mut self.buf);
-        let targets = mem::take(&mut self.targets);
-        let mailboxes = mem::take(&mut self.mailboxes);
-        let id = mem::take(&mut self.id);
-        let mut delivery = match body {
-            Body::Direct(d) => d,
-            Body::Staged(s) => return s.commit(buf, targets, mailboxes).await,
-        };
-        let quotas = mem::take(&mut self.quotas);
-        let done = tokio::task::spawn_blocking(move || {
-            delivery.write(&buf)?;
-            let size = delivery.size();
-            super::quota::check_fits(&targets, &quotas, size)?;
-            let paths = delivery.commit(&targets)?;
-            super::quota::account(&targets, &quotas, size);
-            Ok(paths)
-        })
-        .await;
-        match done {
-            Ok(Ok(paths)) => Ok(Stored {
-                id,
-                files: mailboxes.into_iter().zip(paths).collect(),
-                auth: None,
-                folder: None,
-                discarded: None,
-            }),
-            Ok(Err(e)) => Err(commit_failure(&e, &id)),
-            Err(e) => {
-                tracing::error!(id = %id, error = %e, "delivery task failed");
-                Err(temp_failure())
+        let rate = self.rate.take();
+        let mailboxes = self.mailboxes.clone();
+        let stored = self.store().await;
+        // The sender's rate counts messages stored, not recipients asked
+        // for: a forged sender that never sends DATA uses nobody's budget.
+        if let (Ok(s), Some((rate, sender))) = (&stored, rate) {
+            if s.discarded.is_none() {
+                let now = std::time::Instant::now();
+                for m in &mailboxes {
+                    rate.record(&sender, m, now);
+                }
             }
         }
+        stored
     }
 
     async fn abort(mut self) {
@@ -553,24 +582,26 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let b = backend(t.path(), true);
         assert_eq!(
-            b.resolve_recipient("Alice+x@Example.org", "s@x")
+            b.resolve_recipient("Alice+x@Example.org", &Envelope::default())
                 .await
                 .unwrap(),
             ["alice"]
         );
         assert_eq!(
-            b.resolve_recipient("team@example.org", "s@x")
+            b.resolve_recipient("team@example.org", &Envelope::default())
                 .await
                 .unwrap(),
             ["alice", "bob"]
         );
         assert_eq!(
-            b.resolve_recipient("postmaster", "s@x").await.unwrap(),
+            b.resolve_recipient("postmaster", &Envelope::default())
+                .await
+                .unwrap(),
             ["root"]
         );
         assert_eq!(
             wire(
-                b.resolve_recipient("alice@elsewhere.example", "s@x")
+                b.resolve_recipient("alice@elsewhere.example", &Envelope::default())
                     .await
                     .unwrap_err()
             ),
@@ -578,7 +609,7 @@ mod tests {
         );
         assert_eq!(
             wire(
-                b.resolve_recipient("zed@example.org", "s@x")
+                b.resolve_recipient("zed@example.org", &Envelope::default())
                     .await
                     .unwrap_err()
             ),
@@ -641,7 +672,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let b = backend(t.path(), true);
         let rcpt = b
-            .resolve_recipient("team@example.org", "s@x")
+            .resolve_recipient("team@example.org", &Envelope::default())
             .await
             .unwrap();
         let env = envelope(&[

@@ -23,27 +23,30 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Run the program over `msg`. Returns the message as it now is (the
 /// program's output in `message` mode, else unchanged) and the verdict, or
-/// why the program failed.
+/// why the program failed (then the message is unchanged).
 pub async fn run(
     cfg: &ExecConfig,
     ctx: &Context,
     msg: Message,
     staging: &Maildir,
     max_size: u64,
-) -> (Result<Message, HeaderTooBig>, Result<Verdict, String>) {
+) -> (Message, Result<Verdict, String>) {
     match run_program(cfg, ctx, &msg, staging, max_size).await {
-        Ok(Ran::Verdict(v)) => (Ok(msg), Ok(v)),
+        Ok(Ran::Verdict(v)) => (msg, Ok(v)),
         Ok(Ran::Output(file)) => {
             let host = ctx.hostname.clone();
             let read = tokio::task::spawn_blocking(move || Message::read(file, &host)).await;
             match read {
-                Ok(Ok(Ok(m))) => (Ok(m), Ok(Verdict::Accept)),
-                Ok(Ok(Err(too_big))) => (Err(too_big), Ok(Verdict::Accept)),
-                Ok(Err(e)) => (Ok(msg), Err(format!("reading its output: {e}"))),
-                Err(e) => (Ok(msg), Err(format!("reading its output: {e}"))),
+                Ok(Ok(Ok(m))) => (m, Ok(Verdict::Accept)),
+                // The program's doing, not the sender's: a filter failure.
+                Ok(Ok(Err(HeaderTooBig))) => {
+                    (msg, Err("its output's header section is over 1 MiB".into()))
+                }
+                Ok(Err(e)) => (msg, Err(format!("reading its output: {e}"))),
+                Err(e) => (msg, Err(format!("reading its output: {e}"))),
             }
         }
-        Err(e) => (Ok(msg), Err(e)),
+        Err(e) => (msg, Err(e)),
     }
 }
 
@@ -101,6 +104,9 @@ async fn run_program(
             None => Stdio::null(),
         })
         .stderr(Stdio::inherit())
+        // Its own process group: a shell's children go with it when it is
+        // killed, and cannot hold our pipes open.
+        .process_group(0)
         .kill_on_drop(true);
     if let Some(u) = &ctx.auth_user {
         cmd.env("MAILDIRD_AUTH_USER", u);
@@ -109,6 +115,13 @@ async fn run_program(
     // Our copies of the child's ends must close, or its output never ends.
     drop(cmd);
     let mut child = spawned.map_err(|e| err(&format!("cannot run {program}"), e))?;
+    let group = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(nix::unistd::Pid::from_raw);
+    // Unless the run ends cleanly (the program exited and its pipes
+    // closed), nothing of it outlives the run.
+    let mut reaper = GroupKiller(group);
     // The writer and the reader run on their own threads, owning what they
     // use: a program that never reads or never exits cannot hold us past
     // the time limit.
@@ -138,8 +151,16 @@ async fn run_program(
             ));
         }
     };
-    if let Ok(Ok(Err(e))) = tokio::time::timeout_at(deadline, writer).await {
-        tracing::debug!(error = %e, "writing the message to the program");
+    // A program that read a message cut short (we could not read it from
+    // the scratch file) must not be believed.
+    let written = match tokio::time::timeout_at(deadline, writer).await {
+        Ok(Ok(r)) => r.map_err(|e| err("writing the message to it", e)),
+        Ok(Err(e)) => Err(format!("writing the message to it: {e}")),
+        Err(_) => Err("writing the message to it did not end in time".into()),
+    };
+    written?;
+    if reader.is_none() {
+        reaper.disarm();
     }
     match cfg.result {
         ExecResult::ExitCode => match status.code() {
@@ -156,12 +177,38 @@ async fn run_program(
                 return Err("no output".into());
             };
             match tokio::time::timeout_at(deadline, reader).await {
-                Ok(Ok(Ok((file, n)))) if n > 0 => Ok(Ran::Output(file)),
-                Ok(Ok(Ok(_))) => Err(format!("{program} wrote no message")),
+                Ok(Ok(Ok((file, n)))) if n > 0 => {
+                    reaper.disarm();
+                    Ok(Ran::Output(file))
+                }
+                Ok(Ok(Ok(_))) => {
+                    reaper.disarm();
+                    Err(format!("{program} wrote no message"))
+                }
                 Ok(Ok(Err(e))) => Err(err("its output", e)),
                 Ok(Err(e)) => Err(format!("its output: {e}")),
                 Err(_) => Err(format!("{program}'s output did not end in time")),
             }
+        }
+    }
+}
+
+/// Kills the program's process group when dropped (its children too),
+/// unless disarmed: after a clean end the group is gone and its id may be
+/// anyone's.
+struct GroupKiller(Option<nix::unistd::Pid>);
+
+impl GroupKiller {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        if let Some(pg) = self.0 {
+            // ESRCH: all gone already.
+            let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

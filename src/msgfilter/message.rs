@@ -230,6 +230,19 @@ impl Message {
         Ok(())
     }
 
+    /// Apply `edits` in order, all or none (none when they would take the
+    /// header section over `MAX_HEADER`).
+    pub fn apply_all(&mut self, edits: Vec<Edit>) -> Result<(), HeaderTooBig> {
+        let saved = (self.fields.clone(), self.held);
+        for e in edits {
+            if self.apply(e).is_err() {
+                (self.fields, self.held) = saved;
+                return Err(HeaderTooBig);
+            }
+        }
+        Ok(())
+    }
+
     /// The header section in stored form (LF), with the empty line.
     pub fn header_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.held + 1);
@@ -317,32 +330,32 @@ impl Source {
     }
 }
 
-/// A value from a milter in stored form: CRLF and lone CR as LF, NULs
-/// dropped, every continuation line starting with a blank, no line end at
-/// the end; one space after the colon unless it starts with a blank.
+/// A value from a milter in stored form: lines split at CRLF, LF or a lone
+/// CR and joined with LF; NULs dropped; blank lines dropped (some readers
+/// end the header at a line of blanks); every continuation line starting
+/// with a blank, so an edit can never start a field of its own; one space
+/// after the colon unless the value starts with a blank.
 fn stored_value(v: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.len() + 1);
-    if !matches!(v.first(), Some(b' ' | b'\t') | None) {
-        out.push(b' ');
-    }
-    let mut i = 0;
-    while let Some(&b) = v.get(i) {
-        match b {
-            0 => {}
-            b'\r' | b'\n' => {
-                if b == b'\r' && v.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-                out.push(b'\n');
-                if !matches!(v.get(i + 1), Some(b' ' | b'\t')) {
-                    out.push(b'\t');
-                }
+    let v: Vec<u8> = v.iter().copied().filter(|&b| b != 0).collect();
+    let mut out = Vec::with_capacity(v.len() + 2);
+    let lines = v
+        .split(|&b| b == b'\n' || b == b'\r')
+        .enumerate()
+        .filter(|(i, l)| *i == 0 || l.iter().any(|&b| b != b' ' && b != b'\t'));
+    for (i, line) in lines {
+        if i == 0 {
+            if !matches!(line.first(), Some(b' ' | b'\t') | None) {
+                out.push(b' ');
             }
-            _ => out.push(b),
+        } else {
+            out.push(b'\n');
+            if !matches!(line.first(), Some(b' ' | b'\t')) {
+                out.push(b'\t');
+            }
         }
-        i += 1;
+        out.extend_from_slice(line);
     }
-    while matches!(out.last(), Some(b'\n' | b'\t' | b' ')) && out.len() > 1 {
+    while matches!(out.last(), Some(b' ' | b'\t')) && out.len() > 1 {
         out.pop();
     }
     out
@@ -473,6 +486,12 @@ mod tests {
             value: b"a\nBcc: evil\r\n".to_vec(),
         })
         .unwrap();
+        // Blank lines inside a value go: they could end the header.
+        m.apply(Edit::Add {
+            name: "X-Gap".into(),
+            value: b"a\r\n\r\n \t\r\nb".to_vec(),
+        })
+        .unwrap();
         m.apply(Edit::Insert {
             index: 99,
             name: "X-End".into(),
@@ -481,7 +500,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             whole(&m),
-            "X-Top: t\nX-S: 1\nx-s: two\n folded\nX-Spam: yes\nX-New: n\nX-Inj: a\n\tBcc: evil\nX-End: e\n\nb\n"
+            "X-Top: t\nX-S: 1\nx-s: two\n folded\nX-Spam: yes\nX-New: n\nX-Inj: a\n\tBcc: evil\nX-Gap: a\n\tb\nX-End: e\n\nb\n"
         );
     }
 

@@ -71,6 +71,11 @@ impl Verdict {
     pub fn from_reply_text(text: &str) -> Verdict {
         match parse_reply(text) {
             Some(r) if r.code >= 500 => Verdict::Reject(Some(r)),
+            // 421 closes the session; the session goes on here: 451.
+            Some(mut r) if r.code == 421 => {
+                r.code = 451;
+                Verdict::Tempfail(Some(r))
+            }
             Some(r) => Verdict::Tempfail(Some(r)),
             None => Verdict::Tempfail(None),
         }
@@ -270,14 +275,6 @@ pub enum Decision {
     Discard(String),
 }
 
-fn header_too_big() -> Reply {
-    Reply::new(
-        552,
-        "5.3.4",
-        "Message header section too big for the content filters",
-    )
-}
-
 fn unavailable() -> Reply {
     Reply::new(451, "4.7.1", "Content filter unavailable, try again later").because("filter")
 }
@@ -310,40 +307,24 @@ pub async fn run(
                 };
                 msg = m;
                 match r {
-                    Ok(out) => {
-                        for e in out.edits {
-                            if msg.apply(e).is_err() {
-                                return (Decision::Refuse(header_too_big()), None);
+                    // Edits that would overflow the header are the filter's
+                    // doing: a failure, with none of them applied.
+                    Ok(out) => match msg.apply_all(out.edits) {
+                        Ok(()) => {
+                            if let Some(q) = out.quarantine {
+                                quarantine = Some(q);
                             }
+                            Ok(out.verdict.unwrap_or(Verdict::Accept))
                         }
-                        if let Some(q) = out.quarantine {
-                            quarantine = Some(q);
-                        }
-                        Ok(out.verdict.unwrap_or(Verdict::Accept))
-                    }
+                        Err(HeaderTooBig) => Err("its header edits overflow 1 MiB".to_string()),
+                    },
                     Err(e) => Err(e.to_string()),
                 }
             }
             Filter::Exec { config, .. } => {
-                match exec::run(config, &ctx, msg, &staging, max_size).await {
-                    (m, Ok(v)) => {
-                        msg = match m {
-                            Ok(m) => m,
-                            Err(HeaderTooBig) => {
-                                return (Decision::Refuse(header_too_big()), None);
-                            }
-                        };
-                        Ok(v)
-                    }
-                    (Ok(m), Err(e)) => {
-                        msg = m;
-                        Err(e)
-                    }
-                    (Err(HeaderTooBig), Err(e)) => {
-                        tracing::error!(id = %ctx.id, filter = f.name(), error = %e, "exec filter failed");
-                        return (Decision::Refuse(header_too_big()), None);
-                    }
-                }
+                let (m, r) = exec::run(config, &ctx, msg, &staging, max_size).await;
+                msg = m;
+                r
             }
         };
         let verdict = match result {

@@ -66,11 +66,12 @@ pub trait Backend: Send + Sync + 'static {
     /// RFC 5321 §4.1.1.3: resolve a recipient address to its local mailboxes
     /// (in order, no duplicates, never empty), or refuse it (`550 5.1.1` unknown
     /// user, `550 5.7.1` foreign domain, `452 4.2.2` mailbox full, ...).
-    /// `sender`: the transaction's reverse path (per-sender limits).
+    /// `env`: the transaction so far (its sender and declared SIZE, for
+    /// quotas and per-sender limits).
     fn resolve_recipient(
         &self,
         address: &str,
-        sender: &str,
+        env: &Envelope,
     ) -> impl Future<Output = Result<Vec<String>, Reply>> + Send;
 
     /// Start storing a message for `env` (called at DATA or the first BDAT). The

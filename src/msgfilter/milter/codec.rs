@@ -13,6 +13,10 @@ pub const VERSION: u32 = 6;
 /// `MILTER_CHUNK_SIZE`).
 pub const BODY_CHUNK: usize = 65_535;
 
+/// The most data a packet may carry for libmilter (its
+/// `MILTER_MAX_DATA_SIZE`, without the larger sizes of SMFIP_MDS_*).
+pub const MAX_DATA: usize = 65_535;
+
 /// The largest reply packet accepted: a header edit or a reply text is far
 /// smaller; anything bigger is a protocol error, not a reason to allocate.
 pub const MAX_PACKET: usize = 256 * 1024;

@@ -46,7 +46,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             // RFC 5321 §4.5.3.1.10: 452 lets the client send the rest later.
             Some(Reply::new(452, "4.5.3", "Too many recipients"))
         } else {
-            match self.backend.resolve_recipient(&to, &tx.env.mail_from).await {
+            match self.backend.resolve_recipient(&to, &tx.env).await {
                 Ok(mailboxes) => {
                     let entry = (to.clone(), mailboxes);
                     // The same recipient twice gets one copy.

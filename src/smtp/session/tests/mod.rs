@@ -59,7 +59,7 @@ impl Backend for Fake {
     fn resolve_recipient(
         &self,
         address: &str,
-        _sender: &str,
+        _env: &Envelope,
     ) -> impl Future<Output = Result<Vec<String>, Reply>> + Send {
         let local = address.split('@').next().unwrap_or("").to_lowercase();
         let r = if local.starts_with("unknown") {
