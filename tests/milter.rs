@@ -9,25 +9,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const PW: &str = "pw-alice";
 
-/// A child process killed and reaped on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// tests/tools/testmilter.py on 127.0.0.1:`port`, recording to `record`.
-fn test_milter(port: u16, record: &Path) -> Proc {
+fn test_milter(port: u16, record: &Path) -> KillOnDrop {
     require_tool("python3", "python3");
     let ok = Command::new("/usr/bin/python3")
         .args(["-c", "import Milter"])
@@ -42,7 +32,7 @@ fn test_milter(port: u16, record: &Path) -> Proc {
         .spawn()
         .expect("spawn testmilter.py");
     wait_listening(port, "testmilter.py");
-    Proc(child)
+    KillOnDrop(child)
 }
 
 /// The env's config with `filters` on the smtp listener, plus `extra` tables.
@@ -359,7 +349,7 @@ fn on_error_decides_when_the_milter_is_down_or_slow() {
 /// rspamd 3.4 from Debian, its proxy worker in milter mode with self-scan,
 /// every network lookup pointed at a closed port.
 struct Rspamd {
-    child: Option<Proc>,
+    child: Option<KillOnDrop>,
 }
 
 impl Rspamd {
@@ -410,7 +400,7 @@ impl Rspamd {
             .spawn()
             .expect("spawn rspamd");
         let r = Rspamd {
-            child: Some(Proc(child)),
+            child: Some(KillOnDrop(child)),
         };
         // rspamd loads its rules for several seconds before it listens.
         let deadline = Instant::now() + Duration::from_secs(120);

@@ -10,6 +10,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::*;
@@ -295,4 +296,115 @@ s.quit()
     assert!(d.log().contains("reason=quota"), "{}", d.log());
     let (def, _, c) = maildirsize(&env.maildir("alice"));
     assert_eq!((def.as_str(), c), ("3C", 3));
+}
+
+/// Dovecot's quota code (dovecot-core's `quota = maildir` backend, run by
+/// `doveadm` against a private dovecot over the same users file and Maildir)
+/// reads the `maildirsize` maildird keeps without counting again, and when
+/// told to count again writes the same numbers.
+#[test]
+fn dovecot_reads_our_maildirsize_and_counts_the_same() {
+    let doveadm = require_tool("doveadm", "dovecot-core");
+    let dovecot = require_tool("dovecot", "dovecot-core");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test starts dovecot, which needs root to switch to the mail user"
+    );
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    set_quota(&env, "*:storage=10M");
+    let d = Daemon::start(&env);
+    let md = env.maildir("alice");
+    let to = ["alice@example.org"];
+    for (i, size) in [70_000, 5_000, 300_000].into_iter().enumerate() {
+        assert_250(&smtp_send(
+            env.smtp_port,
+            &to,
+            &sized(&format!("m{i}"), size),
+        ));
+    }
+    // A POP3 deletion, then one more delivery (the file is counted again).
+    pop3_dump(env.pop3_port, "alice", PW, &["dele", "2", "quit"]);
+    assert_250(&smtp_send(env.smtp_port, &to, &sized("m3", 12_345)));
+    let (def, bytes, count) = maildirsize(&md);
+    assert_eq!((bytes, count), counted(&md));
+    assert_eq!(def, "10485760S");
+    let ours = std::fs::read_to_string(md.join("maildirsize")).expect("maildirsize");
+
+    let dir = env.subdir("dovecot");
+    let (user, group) = ("nobody", "nogroup");
+    for sub in ["run", "state", "index"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
+    }
+    give_to_daemon_user(&dir.join("index"));
+    let conf = dir.join("dovecot.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "base_dir = {run}\nstate_dir = {state}\nlog_path = /dev/stderr\nprotocols =\nssl = no\n\
+             mail_location = maildir:{root}/%u:INDEX={index}/%u\nmail_uid = {user}\nmail_gid = {group}\n\
+             default_internal_user = {user}\ndefault_internal_group = {group}\ndefault_login_user = {user}\n\
+             mail_plugins = quota\npassdb {{\n  driver = passwd-file\n  args = {users}\n}}\n\
+             userdb {{\n  driver = passwd-file\n  args = {users}\n}}\n\
+             plugin {{\n  quota = maildir:User quota\n}}\n",
+            run = dir.join("run").display(),
+            state = dir.join("state").display(),
+            root = env.mail_root().display(),
+            index = dir.join("index").display(),
+            users = env.users_file().display(),
+        ),
+    )
+    .expect("dovecot.conf");
+    let _dovecot = KillOnDrop(
+        Command::new(&dovecot)
+            .args(["-F", "-c"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn dovecot"),
+    );
+    let sock = dir.join("run/auth-userdb");
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "dovecot's auth-userdb socket never came up"
+        );
+        // Readiness poll: dovecot -F has no readiness notification.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let adm = |args: &[&str]| {
+        let o = run(Command::new(&doveadm).arg("-c").arg(&conf).args(args), b"");
+        assert_ok(&o, &format!("doveadm {args:?}"));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // `quota get`: Dovecot's usage is ours (STORAGE in KiB, rounded up).
+    let got = adm(&["quota", "get", "-u", "alice"]);
+    let value = |kind: &str| -> i64 {
+        got.lines()
+            .find(|l| l.split_whitespace().nth(2) == Some(kind))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {kind} in:\n{got}"))
+    };
+    assert_eq!(value("STORAGE"), (bytes + 1023) / 1024, "{got}");
+    assert_eq!(value("MESSAGE"), count, "{got}");
+    assert_eq!(
+        std::fs::read_to_string(md.join("maildirsize")).expect("maildirsize"),
+        ours,
+        "Dovecot counted again instead of reading our file"
+    );
+    // `quota recalc`: Dovecot counts the Maildir and writes what we had.
+    adm(&["quota", "recalc", "-u", "alice"]);
+    assert_eq!(
+        std::fs::read_to_string(md.join("maildirsize")).expect("maildirsize"),
+        format!("10485760S\n{bytes} {count}\n")
+    );
+    // And maildird goes on from Dovecot's file.
+    assert_250(&smtp_send(env.smtp_port, &to, &sized("m4", 2_000)));
+    let (_, b, c) = maildirsize(&md);
+    assert_eq!((b, c), counted(&md));
+    assert_eq!(c, count + 1);
+    drop(d);
 }

@@ -992,6 +992,16 @@ s.quit()
     .to_string()
 }
 
+/// A child process killed and reaped on drop (a peer a test started).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Envelope sender used by `deliver`.
 pub const SMTP_SENDER: &str = "sender@client.test";
 
