@@ -17,8 +17,10 @@
 #   WORK=/var/tmp/maildird-bench   everything lives here (nothing outside is deleted)
 #   SCALE=1        multiplies SMTP message counts, POP3 sessions and idle connections
 #                  (SCALE=0.05 is a smoke run); the POP3 mailboxes stay 1000 x 10 KiB
-#   ONLY=smtp,pop3,idle,checks     which parts to run (checks: the cell "SMTP 1 KiB,
-#                  c=50, checks on" beside checks off, by bench/checks.sh; needs unbound)
+#   ONLY=smtp,pop3,idle,checks,milter     which parts to run (checks: the cell "SMTP
+#                  1 KiB, c=50, checks on" beside checks off, by bench/checks.sh; needs
+#                  unbound; milter: the same with a local rspamd as milter, by
+#                  bench/milter.sh; needs rspamd)
 #   IDLE_ROUNDS=1  repetitions of the idle-memory cells (each on a fresh server)
 #   SETTLE=1       seconds of quiet (after a sync) before every measured run
 #   PURGE_TRASH=1  0 keeps $WORK/trash (see "ext4 pitfall" below)
@@ -36,7 +38,7 @@ REPO=$PWD
 ROUNDS=${1:-5}
 WORK=${WORK:-/var/tmp/maildird-bench}
 SCALE=${SCALE:-1}
-ONLY=${ONLY:-smtp,pop3,idle,checks}
+ONLY=${ONLY:-smtp,pop3,idle,checks,milter}
 IDLE_ROUNDS=${IDLE_ROUNDS:-1}
 SETTLE=${SETTLE:-1}
 PURGE_TRASH=${PURGE_TRASH:-1}
@@ -424,7 +426,7 @@ compgen -G "/proc/fs/jbd2/$(basename "$FS_SRC")*" >/dev/null && JOURNAL="journal
 MD_VER="$("$BIN" --version 2>/dev/null | awk '{ print $NF }') ($(git -C "$REPO" describe --always --dirty --tags 2>/dev/null || echo unknown))"
 CMD="bench/run.sh $ROUNDS"
 [ "$SCALE" != 1 ] && CMD="SCALE=$SCALE $CMD"
-[ "$ONLY" != smtp,pop3,idle,checks ] && CMD="ONLY=$ONLY $CMD"
+[ "$ONLY" != smtp,pop3,idle,checks,milter ] && CMD="ONLY=$ONLY $CMD"
 [ "$IDLE_ROUNDS" != 1 ] && CMD="IDLE_ROUNDS=$IDLE_ROUNDS $CMD"
 
 report() {
@@ -463,6 +465,15 @@ if want checks; then
     REPORT="$REPORT
 
 $CHECKS"
+fi
+# What a milter costs (a local rspamd), likewise after the matrix.
+if want milter; then
+    log "milter: bench/milter.sh $ROUNDS"
+    MILTER=$(SKIP_BUILD=1 WORK="$WORK/milter" "$REPO/bench/milter.sh" "$ROUNDS") ||
+        MILTER="**bench/milter.sh failed**: see $WORK/milter/"
+    REPORT="$REPORT
+
+$MILTER"
 fi
 {
     echo "$REPORT"

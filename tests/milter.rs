@@ -530,3 +530,25 @@ fn hundred_megabytes_through_a_milter_in_bounded_memory() {
     );
     eprintln!("100 MB message through a milter: daemon peak RSS {peak} KiB");
 }
+
+/// A filter program that is not there stops the daemon at start, naming it,
+/// rather than deferring every message.
+#[test]
+fn a_missing_exec_program_fails_at_start() {
+    let env = TestEnv::new();
+    add_user(&env, "alice", PW);
+    let cfg = config(
+        &env,
+        "missing.toml",
+        &["exec.gone"],
+        "\n[exec.gone]\ncommand = [\"/nonexistent/spamc\"]\nresult = \"message\"\n",
+    );
+    let o = run(Command::new(bin()).args(["serve", "-c"]).arg(&cfg), b"");
+    // Exit 2: a configuration error (maildird(8), EXIT STATUS).
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("message filter exec.gone: /nonexistent/spamc is not a file"),
+        "{err}"
+    );
+}

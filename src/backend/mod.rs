@@ -126,6 +126,18 @@ impl Backend {
                 .iter()
                 .map(|f| crate::msgfilter::Filter::resolve(f, &config.milter, &config.exec))
                 .collect::<Result<Vec<_>, String>>()?;
+            // A program that is not there fails at start, not on the first message.
+            for f in &chain {
+                if let crate::msgfilter::Filter::Exec { name, config } = f {
+                    let program = config.command.first().map(String::as_str).unwrap_or("");
+                    if !std::path::Path::new(program).is_file() {
+                        return Err(format!(
+                            "listener {:?}: message filter {name}: {program} is not a file",
+                            li.name
+                        ));
+                    }
+                }
+            }
             message_filters.insert(li.name.clone(), Arc::from(chain));
         }
         let quota_default = match &config.quota.rule {

@@ -60,11 +60,24 @@ pub fn require_tool(name: &str, package: &str) -> PathBuf {
     );
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; the kernel does not hand the
-/// same ephemeral port out again immediately).
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range
+/// (32768 and up): a port from that range, bound and released, can be taken
+/// by any outgoing connection of the tests running alongside before the daemon
+/// binds it. Picked at random (test binaries run in parallel) and checked free.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+    use std::hash::{BuildHasher, RandomState};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let h = RandomState::new().hash_one((std::process::id(), n, Instant::now()));
+        let port = 10_000 + (h % 22_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port below 32000 on 127.0.0.1");
 }
 
 /// Sends `signal` (e.g. "TERM") to `pid` with kill(1): nix's `signal` feature is not
