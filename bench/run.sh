@@ -69,9 +69,12 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     log "building maildird and loadgen (release)"
     cargo build --release --locked --quiet
     cargo build --release --locked --quiet --example loadgen
+    cargo build --release --locked --quiet --example fsprobe
 fi
 BIN=$REPO/target/release/maildird
 LG=$REPO/target/release/examples/loadgen
+PROBE=$REPO/target/release/examples/fsprobe
+SMTP_SOURCE=$(command -v smtp-source || echo /usr/sbin/smtp-source)
 peers() { "$REPO/bench/peers.sh" "$@" 9>&-; }
 { [ -x "$BIN" ] && [ -x "$LG" ]; } || die "missing $BIN or $LG"
 
@@ -240,6 +243,65 @@ smtp_run() { # smtp_run ROUND SERVER
 smtp_md() { smtp_run "$1" maildird; }
 smtp_peer() { smtp_run "$1" postfix; }
 
+# --- SMTP with Postfix's smtp-source as the client (a third-party client):
+# 50 parallel sessions, one message per connection; delivered = the last of
+# COUNT files in the Maildir, timed from the start.
+files_in() { find "$1/new" "$1/cur" -type f 2>/dev/null | wc -l; }
+sms_run() { # sms_run ROUND SERVER
+    local round=$1 server=$2 addr md pid c0 c1 t0 t1 n deadline
+    if [ "$server" = maildird ]; then
+        addr=$MD_SMTP md=$WORK/mail/alice pid=$MD_PID
+        to_trash "$md"; md_maildir "$md"
+    else
+        addr=$PEER_SMTP md=$WORK/peers/mail/alice/Maildir pid=$(pf_pid)
+        to_trash "$md"
+        install -d -m 700 -o benchmail -g benchmail "$md" "$md/tmp" "$md/new" "$md/cur"
+    fi
+    sync
+    sleep "$SETTLE"
+    c0=$(tree_cpu "$pid")
+    t0=$(date +%s.%N)
+    if ! timeout 180 "$SMTP_SOURCE" -s "$CONC" -m "$COUNT" -l "$SIZE" -M client.bench.test \
+        -f sender@bench.test -t alice@bench.test "$addr" >"$WORK/smtp-source.out" 2>&1; then
+        FAILS=$((FAILS + 1))
+        echo "$round $CELL $server failed 1" >>"$DATA"
+        log "  $CELL $server FAILED: $(tail -1 "$WORK/smtp-source.out")"
+        return 0
+    fi
+    deadline=$((SECONDS + 120))
+    n=$(files_in "$md")
+    while [ "$n" -lt "$COUNT" ] && [ $SECONDS -lt $deadline ]; do
+        sleep 0.02
+        n=$(files_in "$md")
+    done
+    t1=$(date +%s.%N)
+    c1=$(tree_cpu "$pid")
+    if [ "$n" -lt "$COUNT" ]; then
+        FAILS=$((FAILS + 1))
+        echo "$round $CELL $server failed 1" >>"$DATA"
+        log "  $CELL $server FAILED: $n of $COUNT delivered"
+        return 0
+    fi
+    awk -v p="$round $CELL $server" -v n="$COUNT" -v t0="$t0" -v t1="$t1" -v c0="$c0" -v c1="$c1" 'BEGIN {
+        printf "%s e2e_per_s %.1f\n%s delivered %d\n%s cpu_ms_per_msg %.3f\n", p, n / (t1 - t0), p, n, p, (c1 - c0) * 1000 / n
+    }' | tee -a "$RAW" >>"$DATA"
+    log "  $CELL $server: e2e_per_s=$(awk -v n="$COUNT" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.1f", n / (t1 - t0) }') cpu=$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2fs", b - a }')"
+}
+sms_md() { sms_run "$1" maildird; }
+sms_peer() { sms_run "$1" postfix; }
+
+# --- the filesystem's durable-delivery limit (examples/fsprobe.rs): N writers
+# looping over open, write, fsync, link, fsync(new/), unlink; no server.
+probe_run() { # probe_run ROUND WRITERS
+    local d=$WORK/probe out
+    to_trash "$d"
+    sync
+    sleep "$SETTLE"
+    out=$("$PROBE" "$d" "$2" 1100 5) || { log "  fsprobe $2 FAILED"; return 0; }
+    awk -v p="$1 probe-w$2 disk" '$1 == "ops_per_s" { print p, $0 }' <<<"$out" | tee -a "$RAW" >>"$DATA"
+    log "  probe $2 writers: $(awk '$1 == "ops_per_s" { print $2 }' <<<"$out") ops/s"
+}
+
 # --- POP3: u0..u9 hold POP3_MSGS x POP3_SIZE each, identical for both servers
 pop3_fixture() {
     local want="$POP3_MSGS x $POP3_SIZE" ok=1 i d n
@@ -325,6 +387,9 @@ for r in $(seq 1 "$ROUNDS"); do
             COUNT=$(scaled "$COUNT" "$CONC")
             pair "$r" smtp_md smtp_peer
         done
+        CELL=smtp-src-1k-c50 CONC=50 SIZE=1024 COUNT=$(scaled 2000 50)
+        pair "$r" sms_md sms_peer
+        for w in 1 10 50; do probe_run "$r" "$w"; done
     fi
     if want pop3; then
         for PIPE in 1 16; do
@@ -361,6 +426,7 @@ ROWS=$(
 smtp-1k-c50|e2e_per_s|postfix|SMTP 1 KiB, conc 50, $S1K50 msgs|delivered msgs/s|h
 smtp-1k-c10|e2e_per_s|postfix|SMTP 1 KiB, conc 10, $S1K10 msgs|delivered msgs/s|h
 smtp-100k-c50|e2e_per_s|postfix|SMTP 100 KiB, conc 50, $S100K msgs|delivered msgs/s|h
+smtp-src-1k-c50|e2e_per_s|postfix|SMTP 1 KiB, conc 50, $S1K50 msgs, client smtp-source|delivered msgs/s|h
 pop3-p1|msgs_per_s|dovecot|POP3 RETR 10 KiB, 10 sessions, pipeline 1|msgs/s|h
 pop3-p1|mb_per_s|dovecot|POP3 RETR 10 KiB, 10 sessions, pipeline 1|MB/s|h
 pop3-p16|msgs_per_s|dovecot|POP3 RETR 10 KiB, 10 sessions, pipeline 16|msgs/s|h
@@ -368,6 +434,7 @@ pop3-p16|mb_per_s|dovecot|POP3 RETR 10 KiB, 10 sessions, pipeline 16|MB/s|h
 smtp-1k-c50|cpu_ms_per_msg|postfix|SMTP 1 KiB, conc 50|server CPU ms/msg|l
 smtp-1k-c10|cpu_ms_per_msg|postfix|SMTP 1 KiB, conc 10|server CPU ms/msg|l
 smtp-100k-c50|cpu_ms_per_msg|postfix|SMTP 100 KiB, conc 50|server CPU ms/msg|l
+smtp-src-1k-c50|cpu_ms_per_msg|postfix|SMTP 1 KiB, conc 50, smtp-source|server CPU ms/msg|l
 pop3-p1|cpu_ms_per_msg|dovecot|POP3 RETR 10 KiB, pipeline 1|server CPU ms/msg|l
 pop3-p16|cpu_ms_per_msg|dovecot|POP3 RETR 10 KiB, pipeline 16|server CPU ms/msg|l
 idle-smtp|pss_kib_per_conn|postfix|Idle SMTP after EHLO, $IDLE_CONNS conns|PSS KiB/conn|l
@@ -418,6 +485,26 @@ table() {
         }' "$DATA" "$rows"
     rm -f "$rows"
 }
+# The disk's durable-delivery limit (fsprobe medians) and maildird's share of it.
+disk_limit() {
+    grep -q ' probe-w' "$DATA" || return 0
+    awk '
+        function med(k,   n, i, j, t, a) { n = cnt[k]; if (!n) return 0
+            for (i = 1; i <= n; i++) a[i] = v[k, i]
+            for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+        $4 == "ops_per_s" || ($4 == "e2e_per_s" && $3 == "maildird") { k = $2; v[k, ++cnt[k]] = $5 + 0 }
+        END {
+            w1 = med("probe-w1"); w10 = med("probe-w10"); w50 = med("probe-w50")
+            printf "\nDisk limit (examples/fsprobe.rs: open, write 1.1 KB, fsync, link, fsync new/, unlink; medians): "
+            printf "%.0f/s with 1 writer, %.0f/s with 10, %.0f/s with 50.", w1, w10, w50
+            if (w50 > 0) {
+                printf " maildird SMTP 1 KiB, conc 50 / limit at 50 writers: **%.2f** (loadgen)", med("smtp-1k-c50") / w50
+                if (med("smtp-src-1k-c50") > 0) printf ", **%.2f** (smtp-source)", med("smtp-src-1k-c50") / w50
+                printf ".\n"
+            }
+        }' "$DATA"
+}
 CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 MEM=$(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
 read -r FS_SRC FS_TYPE FS_OPTS < <(findmnt -no SOURCE,FSTYPE,OPTIONS -T "$WORK")
@@ -442,6 +529,7 @@ report() {
 | cell | metric | peer | maildird median (min–max) | peer median (min–max) | ratio |
 |---|---|---|---|---|---|
 $(table)
+$(disk_limit)
 
 How it was measured:
 - Everything on loopback; the load generator (examples/loadgen.rs) and the servers share the $(nproc) CPUs.

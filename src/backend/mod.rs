@@ -2,6 +2,7 @@
 //! `smtp::Backend` (in `smtp.rs`) and `pop3::Store` (in `pop3.rs`).
 
 pub mod checked;
+pub mod maildirs;
 pub mod pop3;
 pub mod quota;
 pub mod recipients;
@@ -93,6 +94,8 @@ pub struct Backend {
     pub checks: Option<Arc<crate::checks::Checks>>,
     /// Each listener's message filters (`message_filters`), when it has any.
     pub message_filters: std::collections::HashMap<String, Arc<[crate::msgfilter::Filter]>>,
+    /// Maildirs opened before (deliveries skip creating them again).
+    pub maildirs: Arc<maildirs::Maildirs>,
     /// `[quota] rule`: for users without their own.
     quota_default: Option<crate::maildir::quota::QuotaRule>,
     /// `[quota] sender_rate`, when set.
@@ -155,6 +158,7 @@ impl Backend {
             message_filters,
             quota_default,
             sender_rate,
+            maildirs: Arc::default(),
             config,
             users,
             aliases,

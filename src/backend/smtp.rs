@@ -16,6 +16,7 @@ use super::quota::{SenderRate, full_reply, rate_reply, refuses};
 use super::recipients::resolve;
 use crate::auth::{Role, validate_name};
 use crate::maildir::deliver::{Delivery, scratch_file, staging_maildir};
+use crate::maildir::name::UniqueName;
 use crate::maildir::quota::QuotaRule;
 use crate::maildir::{Maildir, fsat, is_no_space};
 use crate::smtp::backend::{
@@ -159,13 +160,49 @@ impl SmtpBackend for Backend {
             max_read: super::pop3::max_read(self.config.limits.max_message_size),
             quotas: quotas.clone(),
         });
-        let env_sender = env.mail_from.clone();
-        let (info, env) = (info.clone(), env.clone());
+        let rate = self.sender_rate.clone().map(|r| (r, env.mail_from.clone()));
         let host = self.config.hostname.clone();
+        let sink = |body: Body, targets: Vec<Maildir>| MaildirSink {
+            id: body.id().to_string(),
+            delivery: Some(body),
+            buf: Vec::with_capacity(BATCH),
+            targets,
+            paths: paths.clone(),
+            mailboxes: mailboxes.clone(),
+            quotas: quotas.clone(),
+            rate: rate.clone(),
+            host: host.clone(),
+            maildirs: self.maildirs.clone(),
+        };
+        // The common case: Maildirs delivered to before, no checks or
+        // filters. Nothing to do on disk until the body is in: the message
+        // file is created, written, fsynced and linked in one blocking task
+        // at the end (or at the first full batch of a big message).
+        if stage.is_none() {
+            let known: Option<Vec<Maildir>> =
+                paths.iter().map(|p| self.maildirs.known(p)).collect();
+            if let Some(targets) = known {
+                let name = UniqueName::generate(&host);
+                let headers = trace_headers(
+                    info,
+                    env,
+                    &host,
+                    name.id(),
+                    delivered_to.as_deref(),
+                    None,
+                    Timestamp::now(),
+                );
+                return Ok(sink(Body::Pending { name, headers }, targets));
+            }
+        }
+        let (info, env) = (info.clone(), env.clone());
+        let maildirs = self.maildirs.clone();
+        let (paths2, host2) = (paths.clone(), host.clone());
         let started = tokio::task::spawn_blocking(move || -> io::Result<(Body, Vec<Maildir>)> {
-            let targets = paths
+            let host = host2;
+            let targets = paths2
                 .iter()
-                .map(|p| Maildir::ensure(p))
+                .map(|p| maildirs.ensure(p))
                 .collect::<io::Result<Vec<Maildir>>>()?;
             if let Some(p) = stage {
                 let staging = staging_maildir(&targets)?;
@@ -188,16 +225,11 @@ impl SmtpBackend for Backend {
         })
         .await;
         match started {
-            Ok(Ok((delivery, targets))) => Ok(MaildirSink {
-                id: delivery.id().to_string(),
-                delivery: Some(delivery),
-                buf: Vec::with_capacity(BATCH),
-                targets,
-                mailboxes,
-                quotas,
-                rate: self.sender_rate.clone().map(|r| (r, env_sender.clone())),
-            }),
-            Ok(Err(e)) => Err(storage_failure(&e, None, "maildir delivery start")),
+            Ok(Ok((body, targets))) => Ok(sink(body, targets)),
+            Ok(Err(e)) => {
+                self.maildirs.forget(&paths);
+                Err(storage_failure(&e, None, "maildir delivery start"))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "delivery task failed");
                 Err(temp_failure())
@@ -270,6 +302,9 @@ pub fn trace_headers(
 /// Where a message's body goes while it arrives.
 #[derive(Debug)]
 enum Body {
+    /// Nothing on disk yet: the message file gets this name and these trace
+    /// headers when the first batch is written or at commit.
+    Pending { name: UniqueName, headers: String },
     /// Straight into the message file (trace headers already in it).
     Direct(Delivery),
     /// Into a scratch file, checked before the message file is written.
@@ -279,14 +314,23 @@ enum Body {
 impl Body {
     fn id(&self) -> &str {
         match self {
+            Body::Pending { name, .. } => name.id(),
             Body::Direct(d) => d.id(),
             Body::Staged(s) => s.id(),
         }
     }
 
-    /// Append body bytes (blocking).
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// Append body bytes (blocking): a pending message file is created
+    /// in `targets` first.
+    fn write(&mut self, bytes: &[u8], targets: &[Maildir], host: &str) -> io::Result<()> {
         match self {
+            Body::Pending { name, headers } => {
+                let mut d = Delivery::begin_named(targets, host, Some(name.clone()))?;
+                d.write(headers.as_bytes())?;
+                d.write(bytes)?;
+                *self = Body::Direct(d);
+                Ok(())
+            }
             Body::Direct(d) => d.write(bytes),
             Body::Staged(s) => s.write(bytes),
         }
@@ -305,10 +349,14 @@ pub struct MaildirSink {
     targets: Vec<Maildir>,
     /// The mailbox name of each target, in the same order.
     mailboxes: Vec<String>,
+    /// Where each target is (forgotten by `maildirs` when delivery fails).
+    paths: Vec<std::path::PathBuf>,
     /// The quota rule of each target, in the same order.
     quotas: Vec<Option<QuotaRule>>,
     /// The per-sender rate and this message's sender: counted once stored.
     rate: Option<(Arc<SenderRate>, String)>,
+    host: String,
+    maildirs: Arc<super::maildirs::Maildirs>,
 }
 
 impl MaildirSink {
@@ -322,12 +370,24 @@ impl MaildirSink {
         let targets = mem::take(&mut self.targets);
         let mailboxes = mem::take(&mut self.mailboxes);
         let id = mem::take(&mut self.id);
-        let mut delivery = match body {
-            Body::Direct(d) => d,
+        let body = match body {
             Body::Staged(s) => return s.commit(buf, targets, mailboxes).await,
+            other => other,
         };
         let quotas = mem::take(&mut self.quotas);
+        let host = self.host.clone();
         let done = tokio::task::spawn_blocking(move || {
+            let mut delivery = match body {
+                Body::Pending { name, headers } => {
+                    let mut d = Delivery::begin_named(&targets, &host, Some(name))?;
+                    d.write(headers.as_bytes())?;
+                    d
+                }
+                Body::Direct(d) => d,
+                Body::Staged(_) => {
+                    return Err(io::Error::other("staged message in the direct path"));
+                }
+            };
             delivery.write(&buf)?;
             let size = delivery.size();
             super::quota::check_fits(&targets, &quotas, size)?;
@@ -344,7 +404,10 @@ impl MaildirSink {
                 folder: None,
                 discarded: None,
             }),
-            Ok(Err(e)) => Err(commit_failure(&e, &id)),
+            Ok(Err(e)) => {
+                self.maildirs.forget(&self.paths);
+                Err(commit_failure(&e, &id))
+            }
             Err(e) => {
                 tracing::error!(id = %id, error = %e, "delivery task failed");
                 Err(temp_failure())
@@ -357,10 +420,11 @@ impl MaildirSink {
             return Err(temp_failure());
         };
         let mut buf = mem::take(&mut self.buf);
+        let (targets, host) = (self.targets.clone(), self.host.clone());
         // On error the Delivery is dropped inside the blocking task, which
         // unlinks its tmp file off the async threads.
         let done = tokio::task::spawn_blocking(move || {
-            delivery.write(&buf)?;
+            delivery.write(&buf, &targets, &host)?;
             buf.clear();
             Ok::<_, io::Error>((delivery, buf))
         })
@@ -371,7 +435,10 @@ impl MaildirSink {
                 self.buf = buf;
                 Ok(())
             }
-            Ok(Err(e)) => Err(storage_failure(&e, Some(&self.id), "maildir write")),
+            Ok(Err(e)) => {
+                self.maildirs.forget(&self.paths);
+                Err(storage_failure(&e, Some(&self.id), "maildir write"))
+            }
             Err(e) => {
                 tracing::error!(id = %self.id, error = %e, "delivery task failed");
                 Err(temp_failure())

@@ -170,8 +170,10 @@ impl Delivery {
             }
             // RFC 5321 §6.1 ("it MUST NOT lose the message"): the links are
             // durable only once each `new/` directory itself is on disk.
+            // Shared with concurrent deliveries into the same `new/`
+            // (group commit): one fsync that began after our link.
             for md in targets {
-                fsync_timed(|| md.sync(Sub::New))?;
+                md.sync_new(|| fsync_timed(|| md.sync(Sub::New)))?;
             }
             Ok(())
         })();

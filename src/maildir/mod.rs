@@ -12,6 +12,7 @@
 
 pub mod deliver;
 pub mod fsat;
+mod group_sync;
 pub mod lock;
 pub mod name;
 pub mod quota;
@@ -62,6 +63,8 @@ struct Handles {
     /// `new/` grants its group read+write (`user add --unix-group`): shared
     /// with a Unix account that runs mutt. Read from the `fstat` made at open.
     shared: bool,
+    /// Concurrent deliveries into `new/` share its fsyncs (`sync_new`).
+    new_sync: group_sync::GroupSync,
 }
 
 impl PartialEq for Maildir {
@@ -109,6 +112,7 @@ impl Maildir {
                 new,
                 cur,
                 shared,
+                new_sync: group_sync::GroupSync::default(),
             }),
         })
     }
@@ -240,6 +244,15 @@ impl Maildir {
     /// fsync one of the subdirectories (its entries survive a crash).
     pub fn sync(&self, sub: Sub) -> io::Result<()> {
         rustix::fs::fsync(self.dir(sub)).map_err(io::Error::from)
+    }
+
+    /// fsync `new/` after a link into it, sharing the fsync with concurrent
+    /// deliveries into the same `new/` (group commit): returns once an fsync
+    /// that began after the call has completed, so it covers the caller's
+    /// link. Blocking. `fsync` does the fsync itself (timed by the caller's
+    /// metrics).
+    pub fn sync_new(&self, fsync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        self.inner.new_sync.sync(fsync)
     }
 }
 

@@ -29,14 +29,7 @@ impl UniqueName {
         // The random part guards against pid reuse after a restart within the
         // same microsecond and against clocks stepping backwards.
         let r: u32 = rand::random();
-        UniqueName::from_parts(
-            now.as_secs(),
-            now.subsec_micros(),
-            std::process::id(),
-            q,
-            r,
-            host,
-        )
+        UniqueName::from_parts(now.as_secs(), now.subsec_micros(), pid(), q, r, host)
     }
 
     /// A name from explicit parts (deterministic; `generate` uses the clock).
@@ -150,6 +143,13 @@ fn parse_number(v: &str) -> Option<u64> {
         return None;
     }
     v.parse().ok()
+}
+
+/// This process's id, asked of the kernel once (getpid is a system call per
+/// delivery otherwise; the daemon never forks without exec).
+fn pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }
 
 #[cfg(test)]
