@@ -86,6 +86,34 @@ fn lf_text() -> impl Strategy<Value = Vec<u8>> {
     )
 }
 
+/// Encode `body` with the streaming POP3 encoder, cut at `cuts` (taken modulo
+/// the length and sorted; repeats make empty chunks).
+fn pop3_stream(
+    mut enc: crate::pop3::reply::MultilineEncoder,
+    body: &[u8],
+    cuts: &[usize],
+) -> Vec<u8> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+    points.sort_unstable();
+    points.push(body.len());
+    let mut out = Vec::new();
+    let mut pos = 0;
+    for p in points {
+        enc.feed(&mut out, &body[pos..p]);
+        pos = p;
+    }
+    enc.finish(&mut out);
+    out
+}
+
+/// Stored bytes with many line ends, lone CRs and dots (the hard cases).
+fn pop3_bytes() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(
+        prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), any::<u8>()],
+        0..400,
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
 
@@ -204,6 +232,24 @@ proptest! {
             })
             .collect();
         prop_assert_eq!(unstuffed, stored);
+    }
+
+    /// RETR in chunks sends exactly what `multiline` sends for the whole message.
+    #[test]
+    fn pop3_streaming_retr_equals_multiline(body in pop3_bytes(), cuts in proptest::collection::vec(any::<usize>(), 0..12)) {
+        let mut want = Vec::new();
+        crate::pop3::reply::multiline(&mut want, &body);
+        let got = pop3_stream(crate::pop3::reply::MultilineEncoder::retr(), &body, &cuts);
+        prop_assert_eq!(got, want);
+    }
+
+    /// TOP in chunks sends exactly `multiline(top(..))` of the whole message.
+    #[test]
+    fn pop3_streaming_top_equals_top(body in pop3_bytes(), lines in 0u64..6, cuts in proptest::collection::vec(any::<usize>(), 0..12)) {
+        let mut want = Vec::new();
+        crate::pop3::reply::multiline(&mut want, crate::pop3::reply::top(&body, lines));
+        let got = pop3_stream(crate::pop3::reply::MultilineEncoder::top(lines), &body, &cuts);
+        prop_assert_eq!(got, want);
     }
 
     #[test]

@@ -583,3 +583,95 @@ fn mutt_reading_the_maildir_keeps_pop3_uidls_and_sizes() {
         "messages left after DELE+QUIT"
     );
 }
+
+/// A stored message of `size` bytes (LF line ends, some lines starting with
+/// `.`), different for each `user`.
+fn big_message(user: &str, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: sender@example.org\nTo: {user}@example.org\nSubject: big\nMessage-ID: <big.{user}@example.org>\n\n"
+    )
+    .into_bytes();
+    m.reserve(size);
+    let mut i = 0u64;
+    while m.len() < size {
+        let dot = if i % 1000 == 7 { "." } else { "" };
+        m.extend_from_slice(
+            format!("{dot}{user} line {i:09} {:064x}\n", i * 2654435761).as_bytes(),
+        );
+        i += 1;
+    }
+    m
+}
+
+/// Five concurrent python3 poplib clients each RETR a 20 MiB message from
+/// their own Maildir: RETR streams the file in chunks, so the daemon's peak
+/// RSS (VmHWM) grows by less than 64 MiB in all (the bound: about 256 KiB per
+/// session plus allocator slack; holding the messages took about 150 MB),
+/// and every client gets its message byte for byte.
+#[test]
+fn five_concurrent_20_mib_retrs_in_bounded_memory() {
+    const SIZE: usize = 20 << 20;
+    const USERS: [&str; 5] = ["u1", "u2", "u3", "u4", "u5"];
+    const BOUND_KIB: u64 = 64 * 1024;
+    let env = TestEnv::new();
+    let mut want = Vec::new();
+    for (n, user) in USERS.iter().enumerate() {
+        add_user(&env, user, PW);
+        let md = env.maildir(user);
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(md.join(sub)).expect("maildir");
+            chmod(&md.join(sub), 0o700);
+        }
+        chmod(&md, 0o700);
+        let m = big_message(user, SIZE);
+        // W=: the size on the POP3 wire (every LF becomes CRLF).
+        let wire = m.len() + m.iter().filter(|&&b| b == b'\n').count();
+        let name = format!("1700000000.M{n}P1Q1R1.mx.test,S={},W={wire}", m.len());
+        std::fs::write(md.join("new").join(name), &m).expect("write message");
+        give_to_daemon_user(&md);
+        want.push(format!("{user} {} {}", m.len(), sha256_hex(&m)));
+    }
+    let d = Daemon::start(&env);
+    let before = proc_status(d.pid(), "VmHWM");
+    let out = python_ok(
+        r#"
+import hashlib, poplib, sys, threading
+port, pw, users = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+ready = threading.Barrier(len(users))
+got = {}
+def fetch(user):
+    p = poplib.POP3('127.0.0.1', port, timeout=120)
+    p.user(user); p.pass_(pw)
+    ready.wait()
+    resp, lines, octets = p.retr(1)
+    body = b'\n'.join(lines) + b'\n'
+    got[user] = '%s %d %s' % (user, len(body), hashlib.sha256(body).hexdigest())
+    p.quit()
+threads = [threading.Thread(target=fetch, args=(u,)) for u in users]
+for t in threads: t.start()
+for t in threads: t.join()
+for u in users: print(got.get(u, u + ' failed'))
+"#,
+        &[&[&env.pop3_port.to_string(), PW][..], &USERS[..]].concat(),
+    );
+    let peak = proc_status(d.pid(), "VmHWM");
+    let got: Vec<&str> = out.lines().collect();
+    assert_eq!(got, want, "what the clients got");
+    eprintln!(
+        "five concurrent 20 MiB RETRs: daemon VmHWM {before} KiB before, {peak} KiB after (+{} KiB, bound {BOUND_KIB} KiB)",
+        peak.saturating_sub(before)
+    );
+    assert!(
+        peak.saturating_sub(before) < BOUND_KIB,
+        "daemon peak RSS grew from {before} KiB to {peak} KiB (bound +{BOUND_KIB} KiB)"
+    );
+}
+
+/// Hex SHA-256, as python's hashlib prints it.
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::Backend;
@@ -18,7 +20,7 @@ use crate::auth::{Role, validate_name};
 use crate::maildir::lock::{LockCheck, LockError, MailboxLock};
 use crate::maildir::scan::{self, Entry};
 use crate::maildir::{Maildir, Sub, fsat};
-use crate::pop3::store::{Mailbox, MessageInfo, Store, StoreError};
+use crate::pop3::store::{Mailbox, MessageInfo, MessageReader, Store, StoreError};
 
 /// A locked Maildir with its login snapshot.
 #[derive(Debug)]
@@ -39,9 +41,12 @@ struct HeldLock {
     lost: AtomicBool,
 }
 
-/// RETR and TOP hold a message in memory while sending it, so a file larger
-/// than this is refused (logged): four times `max_message_size`, at least
-/// 64 MiB. A Maildir's owner can make a sparse file of a terabyte.
+/// The largest message file read: four times `max_message_size`, at least
+/// 64 MiB; a larger one is refused (logged). A Maildir's owner can make a
+/// sparse file of a terabyte. Filters hold the message in memory (see
+/// `checked`); RETR and TOP stream it in bounded memory, but keep the same
+/// limit: no real message is that large, and a terabyte of zeros would tie a
+/// session and the disk for hours.
 pub fn max_read(max_message_size: u64) -> u64 {
     max_message_size.saturating_mul(4).max(64 << 20)
 }
@@ -211,22 +216,198 @@ fn open_message(md: &Maildir, entry: &Entry) -> Result<Opened, StoreError> {
     Err(StoreError::Gone)
 }
 
-/// Read an opened message: exactly the `len` bytes `fstat` reported at open
-/// (a file the owner keeps appending to cannot make us read without end).
-fn read_opened(f: File, len: u64) -> Result<Vec<u8>, StoreError> {
-    let mut buf = Vec::new();
-    if buf
-        .try_reserve_exact(usize::try_from(len).unwrap_or(usize::MAX))
-        .is_err()
-    {
-        warn!(size = len, "no memory to read a message");
-        return Err(StoreError::Temporary);
+/// Stored bytes per chunk given to the session: a session holds at most two
+/// (the one it encodes, the one read ahead), whatever the message's size.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// How long the read-ahead task waits for the session to take its chunk
+/// before it gives its blocking thread back: the session waits for a client
+/// that stopped reading, and 128 such clients must not hold the whole
+/// blocking pool (deliveries use it). The session starts a new task when it
+/// wants the next chunk.
+const READER_PARK: Duration = if cfg!(test) {
+    Duration::from_millis(50)
+} else {
+    Duration::from_secs(1)
+};
+
+/// A chunk read ahead, or why reading failed.
+type Chunk = Result<Vec<u8>, StoreError>;
+
+/// A message opened for RETR/TOP: exactly the `len` bytes `fstat` reported at
+/// open are read (a file the owner keeps appending to cannot make us read
+/// without end; one that shrank ends early), `READ_CHUNK` at a time.
+#[derive(Debug)]
+pub struct MaildirMessage {
+    source: Source,
+    /// The chunk last returned by `next_chunk`.
+    chunk: Vec<u8>,
+}
+
+#[derive(Debug)]
+enum Source {
+    /// Up to `INLINE_READ`: read on the session's thread.
+    Inline { file: File, left: u64 },
+    /// Larger: read ahead by a task in the blocking pool.
+    Pool(ReadAhead),
+}
+
+/// One blocking task per RETR reads the file chunk by chunk into a channel of
+/// one slot: it reads a chunk only once the slot is free, so the session's
+/// pace (a slow client's) holds it back, and no more than the chunk being
+/// encoded and the one read ahead exist. Not one blocking hop per chunk:
+/// the task goes on until the end, unless the session does not take a chunk
+/// within `READER_PARK`; then it hands the file back and ends.
+#[derive(Debug)]
+struct ReadAhead {
+    rx: mpsc::Receiver<Chunk>,
+    /// Kept to start another task after one handed the file back.
+    tx: mpsc::Sender<Chunk>,
+    /// The task reading now: it returns the file and the bytes left when it
+    /// stopped early, `None` when it is done.
+    task: Option<JoinHandle<Option<(File, u64)>>>,
+    /// The file and the bytes left to read while no task reads it.
+    parked: Option<(File, u64)>,
+}
+
+impl ReadAhead {
+    /// Start reading `len` bytes of `file` at once, while the session queues
+    /// its `+OK`.
+    fn start(file: File, len: u64) -> ReadAhead {
+        let (tx, rx) = mpsc::channel(1);
+        let mut r = ReadAhead {
+            rx,
+            tx,
+            task: None,
+            parked: Some((file, len)),
+        };
+        r.resume();
+        r
     }
-    f.take(len).read_to_end(&mut buf).map_err(|e| {
+
+    /// Start a task for the parked file, if any.
+    fn resume(&mut self) {
+        if self.task.is_none()
+            && let Some((file, left)) = self.parked.take()
+        {
+            let (tx, rt) = (self.tx.clone(), tokio::runtime::Handle::current());
+            self.task = Some(tokio::task::spawn_blocking(move || {
+                read_ahead(file, left, &tx, &rt)
+            }));
+        }
+    }
+
+    /// The next chunk read ahead, `None` after the last one.
+    async fn next(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
+        loop {
+            if let Ok(chunk) = self.rx.try_recv() {
+                // Read the next one while this one is encoded, also when the
+                // task has just handed the file back.
+                if self.task.as_ref().is_some_and(JoinHandle::is_finished) {
+                    reap(&mut self.task, &mut self.parked).await?;
+                }
+                self.resume();
+                return chunk.map(Some);
+            }
+            if self.task.is_none() {
+                if self.parked.is_none() {
+                    return Ok(None);
+                }
+                self.resume();
+                continue;
+            }
+            // A chunk, or the task's end (done, or the file handed back).
+            tokio::select! {
+                chunk = self.rx.recv() => return match chunk {
+                    Some(chunk) => chunk.map(Some),
+                    // Never: `self.tx` is a sender.
+                    None => Ok(None),
+                },
+                ended = reap(&mut self.task, &mut self.parked) => ended?,
+            }
+        }
+    }
+}
+
+/// Wait for the read-ahead `task` to end; park the file it hands back.
+/// Cancel-safe: nothing changes until it has ended.
+async fn reap(
+    task: &mut Option<JoinHandle<Option<(File, u64)>>>,
+    parked: &mut Option<(File, u64)>,
+) -> Result<(), StoreError> {
+    if let Some(t) = task.as_mut() {
+        let ended = t.await;
+        *task = None;
+        *parked = ended.map_err(|e| {
+            warn!(error = %e, "message read task failed");
+            StoreError::Temporary
+        })?;
+    }
+    Ok(())
+}
+
+/// Blocking: send `left` bytes of `file` through `tx` chunk by chunk, each read
+/// only when the channel has room for it. Returns the file and what is left
+/// when the session took no chunk for `READER_PARK`; `None` when done (or
+/// failed, or the session is gone).
+fn read_ahead(
+    mut file: File,
+    mut left: u64,
+    tx: &mpsc::Sender<Chunk>,
+    rt: &tokio::runtime::Handle,
+) -> Option<(File, u64)> {
+    while left > 0 {
+        let permit = match tx.try_reserve() {
+            Ok(p) => p,
+            Err(mpsc::error::TrySendError::Closed(())) => return None,
+            Err(mpsc::error::TrySendError::Full(())) => {
+                match rt.block_on(tokio::time::timeout(READER_PARK, tx.reserve())) {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return None,
+                    Err(_) => return Some((file, left)),
+                }
+            }
+        };
+        let mut buf = Vec::new();
+        match read_chunk(&mut file, &mut left, &mut buf) {
+            Ok(()) if buf.is_empty() => return None,
+            Ok(()) => permit.send(Ok(buf)),
+            Err(e) => {
+                permit.send(Err(e));
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// Read the next chunk of at most `READ_CHUNK` of the `left` bytes into `buf`
+/// (replacing its contents); empty at the end, also when the file became
+/// shorter than it was at open.
+fn read_chunk(file: &mut File, left: &mut u64, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+    buf.clear();
+    let want = (*left).min(READ_CHUNK as u64);
+    buf.reserve_exact(usize::try_from(want).unwrap_or(READ_CHUNK));
+    file.take(want).read_to_end(buf).map_err(|e| {
         warn!(error = %e, "cannot read message");
         StoreError::Temporary
     })?;
-    Ok(buf)
+    *left = if buf.is_empty() {
+        0
+    } else {
+        left.saturating_sub(buf.len() as u64)
+    };
+    Ok(())
+}
+
+impl MessageReader for MaildirMessage {
+    async fn next_chunk(&mut self) -> Result<Option<&[u8]>, StoreError> {
+        match &mut self.source {
+            Source::Inline { file, left } => read_chunk(file, left, &mut self.chunk)?,
+            Source::Pool(r) => self.chunk = r.next().await?.unwrap_or_default(),
+        }
+        Ok((!self.chunk.is_empty()).then_some(self.chunk.as_slice()))
+    }
 }
 
 impl Mailbox for MaildirMailbox {
@@ -234,7 +415,9 @@ impl Mailbox for MaildirMailbox {
         &self.messages
     }
 
-    async fn read(&mut self, index: usize) -> Result<Vec<u8>, StoreError> {
+    type Message = MaildirMessage;
+
+    async fn open(&mut self, index: usize) -> Result<MaildirMessage, StoreError> {
         let entry = self.entries.get(index).ok_or(StoreError::Gone)?;
         let (file, len, moved) = match scan::open_message(&self.md, entry.sub, &entry.name) {
             Ok((f, len)) => (f, len, None),
@@ -260,13 +443,15 @@ impl Mailbox for MaildirMailbox {
             );
             return Err(StoreError::Temporary);
         }
-        if len <= INLINE_READ {
-            read_opened(file, len)
+        let source = if len <= INLINE_READ {
+            Source::Inline { file, left: len }
         } else {
-            tokio::task::spawn_blocking(move || read_opened(file, len))
-                .await
-                .map_err(|_| StoreError::Temporary)?
-        }
+            Source::Pool(ReadAhead::start(file, len))
+        };
+        Ok(MaildirMessage {
+            source,
+            chunk: Vec::new(),
+        })
     }
 
     async fn mark_seen(&mut self, index: usize) {
@@ -326,6 +511,18 @@ mod tests {
 
     const STALE: Duration = Duration::from_secs(1800);
 
+    /// RETR's view: open message `i` and read every chunk (none empty, none
+    /// over `READ_CHUNK`).
+    async fn read(mb: &mut MaildirMailbox, i: usize) -> Result<Vec<u8>, StoreError> {
+        let mut msg = mb.open(i).await?;
+        let mut all = Vec::new();
+        while let Some(chunk) = msg.next_chunk().await? {
+            assert!(!chunk.is_empty() && chunk.len() <= READ_CHUNK);
+            all.extend_from_slice(chunk);
+        }
+        Ok(all)
+    }
+
     fn maildir() -> (tempfile::TempDir, Maildir) {
         let t = tempfile::tempdir().unwrap();
         let md = Maildir::ensure(&t.path().join("alice")).unwrap();
@@ -363,13 +560,13 @@ mod tests {
         );
         // mutt reads `a`: new/ -> cur/ with a flag; we still find it.
         fs::rename(md.new_dir().join(a), md.cur().join(format!("{a}:2,S"))).unwrap();
-        assert_eq!(mb.read(0).await.unwrap(), b"x\n.y\n");
+        assert_eq!(read(&mut mb, 0).await.unwrap(), b"x\n.y\n");
         // mutt deletes `b`: that message is gone, the session goes on.
         fs::remove_file(md.new_dir().join(b)).unwrap();
-        assert_eq!(mb.read(1).await, Err(StoreError::Gone));
-        assert_eq!(mb.read(9).await, Err(StoreError::Gone));
+        assert_eq!(read(&mut mb, 1).await, Err(StoreError::Gone));
+        assert_eq!(read(&mut mb, 9).await, Err(StoreError::Gone));
         mb.mark_seen(2).await;
-        assert_eq!(mb.read(2).await.unwrap(), b"c");
+        assert_eq!(read(&mut mb, 2).await.unwrap(), b"c");
         mb.commit_deletes(vec![0, 1]).await.unwrap();
         assert_eq!(scan::find(&md, a), None);
         assert!(md.cur().join(format!("{c}:2,S")).exists());
@@ -399,10 +596,42 @@ mod tests {
             .await
             .unwrap();
         assert!(mb.messages()[1].size > INLINE_READ);
-        assert_eq!(mb.read(0).await.unwrap(), b"small\n");
+        assert_eq!(read(&mut mb, 0).await.unwrap(), b"small\n");
         fs::rename(md.new_dir().join(l), md.cur().join(format!("{l}:2,S"))).unwrap();
-        assert_eq!(mb.read(1).await.unwrap(), big);
-        assert_eq!(mb.read(1).await.unwrap(), big);
+        assert_eq!(read(&mut mb, 1).await.unwrap(), big);
+        assert_eq!(read(&mut mb, 1).await.unwrap(), big);
+    }
+
+    /// A large message read by a session that stalls between chunks (its
+    /// client stopped reading): the read-ahead task hands the file back and a
+    /// new one goes on where it stopped, byte for byte; dropping a message
+    /// half read ends its task.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_reader_resumes_exactly() {
+        let (_t, md) = maildir();
+        let big: Vec<u8> = (0..READ_CHUNK * 5 + 123).map(|i| (i % 251) as u8).collect();
+        fs::write(md.new_dir().join("1700000000.M1P1Q1R1.h"), &big).unwrap();
+        let mut mb = MaildirMailbox::open(md.path().to_path_buf(), STALE, max_read(0))
+            .await
+            .unwrap();
+        let mut msg = mb.open(0).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(chunk) = msg.next_chunk().await.unwrap() {
+            got.extend_from_slice(chunk);
+            if got.len() <= 2 * READ_CHUNK {
+                tokio::time::sleep(READER_PARK * 3).await;
+            }
+        }
+        assert_eq!(got.len(), big.len());
+        assert!(got == big);
+        assert_eq!(msg.next_chunk().await.unwrap(), None);
+        let mut half = mb.open(0).await.unwrap();
+        assert_eq!(
+            half.next_chunk().await.unwrap().map(<[u8]>::len),
+            Some(READ_CHUNK)
+        );
+        drop(half);
+        assert!(read(&mut mb, 0).await.unwrap() == big);
     }
 
     #[tokio::test]

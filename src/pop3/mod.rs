@@ -11,4 +11,4 @@ pub mod state;
 pub mod store;
 
 pub use session::{Session, SessionConfig};
-pub use store::{Mailbox, MessageInfo, Store, StoreError};
+pub use store::{Mailbox, MessageInfo, MessageReader, Store, StoreError};

@@ -1,6 +1,8 @@
 //! POP3 replies: `+OK` / `-ERR [CODE] text` status lines (RFC 1939 §3, response
-//! codes RFC 2449 §8 and RFC 3206), and the multi-line encoder used by RETR, TOP,
-//! LIST, UIDL and CAPA (LF -> CRLF, dot-stuffing, `.` terminator). Pure.
+//! codes RFC 2449 §8 and RFC 3206), and the multi-line encoders (LF -> CRLF,
+//! dot-stuffing, `.` terminator): `multiline` for a reply built whole (LIST,
+//! UIDL, CAPA), `MultilineEncoder` for a message streamed in chunks (RETR,
+//! TOP). Pure.
 
 /// RFC 2449 §8 / RFC 3206 extended response codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +120,130 @@ pub fn top(body: &[u8], lines: u64) -> &[u8] {
         rest = next;
     }
     body.get(..body.len() - rest.len()).unwrap_or(body)
+}
+
+/// RFC 1939 §3 and §7: `multiline` (RETR) and `multiline(top(..))` (TOP) for
+/// a message that arrives in chunks of any size, so that RETR never holds a
+/// whole message: the wire bytes are exactly those of the whole-buffer
+/// functions (property tests in `crate::proptests`). What a line is carries
+/// across chunk edges: whether the next byte starts a line (dot-stuffing), and
+/// a CR that ended one chunk (an LF starting the next belongs to it).
+#[derive(Debug, Clone)]
+pub struct MultilineEncoder {
+    /// Nothing of the current line has been written yet.
+    line_start: bool,
+    /// The last byte fed was a CR, already written as a line end: an LF
+    /// that follows it is part of that CRLF.
+    after_cr: bool,
+    /// TOP: where the message is cut (`None` for RETR).
+    top: Option<TopCut>,
+}
+
+/// How far a TOP has come (see `top`).
+#[derive(Debug, Clone, Copy)]
+struct TopCut {
+    in_header: bool,
+    /// Body lines still to send.
+    left: u64,
+}
+
+impl Default for MultilineEncoder {
+    fn default() -> Self {
+        MultilineEncoder::retr()
+    }
+}
+
+impl MultilineEncoder {
+    /// The whole message (RETR).
+    pub fn retr() -> Self {
+        MultilineEncoder {
+            line_start: true,
+            after_cr: false,
+            top: None,
+        }
+    }
+
+    /// The header, the blank line and the first `lines` body lines (TOP).
+    pub fn top(lines: u64) -> Self {
+        MultilineEncoder {
+            top: Some(TopCut {
+                in_header: true,
+                left: lines,
+            }),
+            ..MultilineEncoder::retr()
+        }
+    }
+
+    /// Whether everything to send has been encoded (TOP only): the caller
+    /// stops reading the message.
+    pub fn is_done(&self) -> bool {
+        matches!(
+            self.top,
+            Some(TopCut {
+                in_header: false,
+                left: 0
+            })
+        )
+    }
+
+    /// Append the wire form of the next `chunk` of the stored message to
+    /// `out`. Returns whether more input is wanted (false once a TOP is
+    /// complete; input fed after that is ignored).
+    pub fn feed(&mut self, out: &mut Vec<u8>, chunk: &[u8]) -> bool {
+        let mut rest = chunk;
+        // An empty chunk must not forget the CR it would pair with.
+        if self.after_cr && !rest.is_empty() {
+            self.after_cr = false;
+            rest = rest.strip_prefix(b"\n").unwrap_or(rest);
+        }
+        while !rest.is_empty() && !self.is_done() {
+            if self.line_start && rest.first() == Some(&b'.') {
+                out.push(b'.');
+            }
+            let Some((line, end)) =
+                memchr::memchr2(b'\n', b'\r', rest).and_then(|i| rest.split_at_checked(i))
+            else {
+                // The line goes on in the next chunk.
+                out.extend_from_slice(rest);
+                self.line_start = false;
+                break;
+            };
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+            let empty = self.line_start && line.is_empty();
+            self.line_start = true;
+            rest = match end {
+                [b'\r', b'\n', tail @ ..] => tail,
+                [b'\r'] => {
+                    self.after_cr = true;
+                    &[]
+                }
+                [_, tail @ ..] => tail,
+                [] => &[],
+            };
+            self.line_ended(empty);
+        }
+        !self.is_done()
+    }
+
+    /// TOP's count of a line just ended (`empty`: without content).
+    fn line_ended(&mut self, empty: bool) {
+        if let Some(t) = &mut self.top {
+            if t.in_header {
+                t.in_header = !empty;
+            } else {
+                t.left = t.left.saturating_sub(1);
+            }
+        }
+    }
+
+    /// End the response: terminate a last line that has no line end, then `.\r\n`.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if !self.line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
 }
 
 #[cfg(test)]
@@ -242,5 +368,82 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    /// Encode `body` with `enc`, cut at `cuts` (sorted, may repeat: empty chunks).
+    fn encode_cut(mut enc: MultilineEncoder, body: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        for &c in cuts.iter().chain([&body.len()]) {
+            enc.feed(&mut out, &body[pos..c]);
+            pos = c;
+        }
+        enc.finish(&mut out);
+        out
+    }
+
+    /// Every edge a chunk can have: each case cut at every single place, at
+    /// every pair of places, and byte by byte, encodes as the whole buffer.
+    #[test]
+    fn streaming_encoder_table_at_every_cut() {
+        let cases: &[&[u8]] = &[
+            b"",
+            b"a\r\nb\r\n",
+            b"no newline",
+            b".",
+            b".\n..\n",
+            b"x\n.\n..\nx.y\n",
+            b"bare\rcr\n",
+            b"last\r",
+            b"cr\r\r\n",
+            b"\r\r",
+            b"a\r.\r\nb\n",
+            b"a\r..\r\r\n",
+            b"\r.\r\n.\n",
+            b"\n.\r.\n",
+            b"H: v\n\nb1\r\nb2\r.\r\n.b3\nb4",
+            b"H: v\r\rb1\rb2\n",
+        ];
+        for &body in cases {
+            let mut want = Vec::new();
+            multiline(&mut want, body);
+            let n = body.len();
+            let show = String::from_utf8_lossy(body);
+            for a in 0..=n {
+                for b in a..=n {
+                    let got = encode_cut(MultilineEncoder::retr(), body, &[a, b]);
+                    assert_eq!(got, want, "{show:?} cut at {a} {b}");
+                }
+            }
+            let bytes: Vec<usize> = (0..=n).collect();
+            assert_eq!(encode_cut(MultilineEncoder::default(), body, &bytes), want);
+            for lines in 0..4 {
+                let mut want = Vec::new();
+                multiline(&mut want, top(body, lines));
+                for a in 0..=n {
+                    let got = encode_cut(MultilineEncoder::top(lines), body, &[a, a]);
+                    assert_eq!(got, want, "{show:?} TOP {lines} cut at {a}");
+                }
+                assert_eq!(encode_cut(MultilineEncoder::top(lines), body, &bytes), want);
+            }
+        }
+    }
+
+    /// TOP says when it needs no more input, and ignores what comes after.
+    #[test]
+    fn top_encoder_stops_wanting_input() {
+        let mut e = MultilineEncoder::top(1);
+        let mut out = Vec::new();
+        assert!(e.feed(&mut out, b"H: v\n"));
+        assert!(e.feed(&mut out, b"\nb1"));
+        assert!(!e.is_done());
+        assert!(!e.feed(&mut out, b"\r"));
+        assert!(e.is_done());
+        assert!(!e.feed(&mut out, b"\nb2\n"));
+        e.finish(&mut out);
+        assert_eq!(out, b"H: v\r\n\r\nb1\r\n.\r\n");
+        // A message without a blank line is all header: never done.
+        let mut e = MultilineEncoder::top(0);
+        assert!(e.feed(&mut out, b"H: v\nno blank line\n"));
     }
 }

@@ -205,7 +205,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             Command::Auth { mechanism, initial } => return self.auth(mechanism, initial).await,
             Command::Apop => self.apop(),
             Command::Stls => return self.stls().await,
-            other => self.transaction(other).await?,
+            other => return self.transaction(other).await,
         }
         Ok(Flow::Continue)
     }

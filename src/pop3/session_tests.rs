@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use super::{Session, SessionConfig};
 use crate::filter::tls::Upgrade;
 use crate::pop3::reply;
-use crate::pop3::store::{Mailbox, MessageInfo, Store, StoreError};
+use crate::pop3::store::{Mailbox, MessageInfo, MessageReader, Store, StoreError};
 
 const MSGS: [&[u8]; 4] = [
     b"Subject: one\n\nhello\n.\n..\nbye\n",
@@ -37,7 +37,33 @@ struct FakeStore {
 struct FakeMailbox {
     info: Vec<MessageInfo>,
     fail_commit: bool,
+    /// Reading fails after the first chunk ("torn").
+    fail_read: bool,
     log: Arc<Mutex<Log>>,
+}
+
+/// Bytes per chunk of the fake's messages: small, so that every message
+/// crosses chunk edges.
+const FAKE_CHUNK: usize = 5;
+
+/// A fake message: `data` in `FAKE_CHUNK` pieces, failing after the first
+/// when `fail` is set.
+struct FakeMessage {
+    data: &'static [u8],
+    pos: usize,
+    fail: bool,
+}
+
+impl MessageReader for FakeMessage {
+    async fn next_chunk(&mut self) -> Result<Option<&[u8]>, StoreError> {
+        if self.fail && self.pos > 0 {
+            return Err(StoreError::Temporary);
+        }
+        let rest = self.data.get(self.pos..).unwrap_or_default();
+        let chunk = rest.get(..FAKE_CHUNK).unwrap_or(rest);
+        self.pos += chunk.len();
+        Ok((!chunk.is_empty()).then_some(chunk))
+    }
 }
 
 impl Drop for FakeMailbox {
@@ -62,7 +88,7 @@ impl Store for FakeStore {
         match user {
             "locked" => return Err(StoreError::InUse),
             "broken" => return Err(StoreError::Temporary),
-            "alice" | "flaky" if password == PASSWORD => {}
+            "alice" | "flaky" | "torn" if password == PASSWORD => {}
             _ => return Err(StoreError::Auth),
         }
         Ok(FakeMailbox {
@@ -75,6 +101,7 @@ impl Store for FakeStore {
                 })
                 .collect(),
             fail_commit: user == "flaky",
+            fail_read: user == "torn",
             log: self.log.clone(),
         })
     }
@@ -84,10 +111,15 @@ impl Mailbox for FakeMailbox {
     fn messages(&self) -> &[MessageInfo] {
         &self.info
     }
-    async fn read(&mut self, index: usize) -> Result<Vec<u8>, StoreError> {
+    type Message = FakeMessage;
+    async fn open(&mut self, index: usize) -> Result<FakeMessage, StoreError> {
         match MSGS.get(index) {
             Some(_) if index == GONE => Err(StoreError::Gone),
-            Some(m) => Ok(m.to_vec()),
+            Some(m) => Ok(FakeMessage {
+                data: m,
+                pos: 0,
+                fail: self.fail_read,
+            }),
             None => Err(StoreError::Gone),
         }
     }
@@ -444,6 +476,39 @@ async fn top_and_a_gone_message() {
             "+OK\r\nSubject: one\r\n\r\n.\r\n+OK\r\nSubject: two\r\n\r\nline1\r\n.\r\n+OK\r\nno newline\r\n.\r\n-ERR Message no longer exists\r\n-ERR Message no longer exists\r\n-ERR No such message\r\n+OK\r\n{BYE}"
         )
     );
+}
+
+/// A message whose reading fails after its `+OK` and first chunk went out:
+/// no `-ERR` inside the response, the connection closes (the pipelined NOOP
+/// is not answered) and nothing is committed.
+#[tokio::test(start_paused = true)]
+async fn a_read_failing_midway_closes_the_connection() {
+    let (out, log) =
+        run("USER torn\r\nPASS s3cret pass\r\nDELE 2\r\nRETR 1\r\nNOOP\r\nQUIT\r\n").await;
+    assert_eq!(
+        out,
+        format!("{GREET}{LOGGED_IN}+OK Message 2 deleted\r\n+OK 35 octets\r\nSubje")
+    );
+    assert!(log.commits.is_empty());
+    assert_eq!(log.drops, 1);
+    assert!(log.seen.is_empty());
+}
+
+/// A message far larger than any buffer, in the fake's tiny chunks, arrives
+/// exactly as `multiline` encodes it whole.
+#[tokio::test(start_paused = true)]
+async fn retr_streams_a_message_as_multiline_encodes_it() {
+    let (out, _) = after_login("RETR 1\r\nTOP 1 1\r\nTOP 2 0\r\nRETR 3\r\nQUIT\r\n").await;
+    let mut want = b"+OK 35 octets\r\n".to_vec();
+    reply::multiline(&mut want, MSGS[0]);
+    want.extend_from_slice(b"+OK\r\n");
+    reply::multiline(&mut want, reply::top(MSGS[0], 1));
+    want.extend_from_slice(b"+OK\r\n");
+    reply::multiline(&mut want, reply::top(MSGS[1], 0));
+    want.extend_from_slice(b"+OK 12 octets\r\n");
+    reply::multiline(&mut want, MSGS[2]);
+    want.extend_from_slice(BYE.as_bytes());
+    assert_eq!(out, String::from_utf8(want).unwrap());
 }
 
 #[tokio::test(start_paused = true)]

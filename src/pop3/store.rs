@@ -42,10 +42,16 @@ pub trait Store: Send + Sync + 'static {
 /// A locked mailbox with its login snapshot. Dropping it releases the lock and
 /// changes nothing.
 pub trait Mailbox: Send + 'static {
+    /// An opened message, read in chunks.
+    type Message: MessageReader;
+
     fn messages(&self) -> &[MessageInfo];
-    /// The message's bytes as stored (LF line endings); the session encodes them.
-    /// Found by base name at read time, so a file mutt moved is still read.
-    fn read(&mut self, index: usize) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+    /// Open a message for RETR/TOP. Found by base name at open time, so a file
+    /// mutt moved is still read. Errors here come before any reply is sent.
+    fn open(
+        &mut self,
+        index: usize,
+    ) -> impl Future<Output = Result<Self::Message, StoreError>> + Send;
     /// Mark a message seen after a full RETR (when configured).
     fn mark_seen(&mut self, index: usize) -> impl Future<Output = ()> + Send;
     /// UPDATE state: remove these messages (by snapshot index), tolerating ones
@@ -54,4 +60,14 @@ pub trait Mailbox: Send + 'static {
         self,
         indexes: Vec<usize>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// An opened message: its bytes as stored (LF line endings), in chunks of at
+/// most 64 KiB, so that a session holds a bounded part of a message however
+/// large it is; the session encodes each chunk as it comes. Dropping it stops
+/// the reading (TOP needs only the start).
+pub trait MessageReader: Send + 'static {
+    /// The next chunk (never empty), or `None` after the last one. An error
+    /// ends the message: the session cannot send the rest.
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<&[u8]>, StoreError>> + Send;
 }

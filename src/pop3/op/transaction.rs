@@ -5,15 +5,22 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::warn;
 
+use crate::conn::Conn;
 use crate::pop3::command::Command;
-use crate::pop3::reply::{self, RespCode};
+use crate::pop3::reply::{self, MultilineEncoder, RespCode};
 use crate::pop3::session::{Flow, Session, refused};
 use crate::pop3::state::{Marks, State};
-use crate::pop3::store::{Mailbox, MessageInfo, Store, StoreError};
+use crate::pop3::store::{Mailbox, MessageInfo, MessageReader, Store, StoreError};
 
 /// Replies larger than this are flushed at once instead of piling up behind
-/// pipelined commands (a RETR of a big message).
+/// pipelined commands; RETR and TOP flush whenever their output passes it.
 const FLUSH_AT: usize = 64 * 1024;
+
+/// Stored bytes encoded at a time during RETR/TOP, between checks of the
+/// output's size: encoding at most doubles them (LF -> CRLF, `.` -> `..`), so
+/// the output never holds more than `FLUSH_AT` + 2 x `ENCODE_PIECE`, whatever
+/// the chunks the store gives.
+const ENCODE_PIECE: usize = 16 * 1024;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
     /// RFC 1939 §6 QUIT: from TRANSACTION, enter UPDATE and remove the marked messages.
@@ -43,8 +50,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
         Ok(Flow::Close)
     }
 
-    /// RFC 1939 §5: the TRANSACTION commands.
-    pub(in crate::pop3) async fn transaction(&mut self, cmd: Command) -> io::Result<()> {
+    /// RFC 1939 §5: the TRANSACTION commands. `Flow::Close` when a message
+    /// could not be sent to its end.
+    pub(in crate::pop3) async fn transaction(&mut self, cmd: Command) -> io::Result<Flow> {
+        let flow = match cmd {
+            Command::Retr(n) => self.retr(n).await?,
+            Command::Top { msg, lines } => self.top(msg, lines).await?,
+            other => {
+                self.other_transaction(other);
+                Flow::Continue
+            }
+        };
+        if self.conn.out_buf().len() > FLUSH_AT {
+            self.conn.flush().await?;
+        }
+        Ok(flow)
+    }
+
+    /// RFC 1939 §5 RETR: `+OK`, then the message streamed chunk by chunk;
+    /// counted and marked seen only once sent whole.
+    async fn retr(&mut self, n: usize) -> io::Result<Flow> {
         let Session {
             conn,
             state,
@@ -53,7 +78,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
             ..
         } = self;
         let State::Transaction { mailbox, deleted } = state else {
-            return Ok(());
+            return Ok(Flow::Continue);
+        };
+        let i = match deleted.index(n) {
+            Ok(i) => i,
+            Err(t) => {
+                no_such_message(conn.out_buf(), t);
+                return Ok(Flow::Continue);
+            }
+        };
+        let mut msg = match mailbox.open(i).await {
+            Ok(msg) => msg,
+            Err(e) => {
+                read_error(conn.out_buf(), e);
+                return Ok(Flow::Continue);
+            }
+        };
+        let size = mailbox.messages().get(i).map(|m| m.size).unwrap_or(0);
+        reply::ok(conn.out_buf(), &format!("{size} octets"));
+        if let Err(e) = send_message(conn, &mut msg, MultilineEncoder::retr()).await? {
+            return Ok(torn(e, "RETR"));
+        }
+        drop(msg);
+        stats.retrieved += 1;
+        stats.retrieved_bytes += size;
+        let metrics = crate::metrics::get();
+        metrics.pop3_retrieved.inc();
+        metrics.pop3_retrieved_bytes.inc_by(size);
+        if cfg.retr_marks_seen {
+            mailbox.mark_seen(i).await;
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// RFC 1939 §7 TOP: like RETR, reading the message only as far as needed.
+    async fn top(&mut self, n: usize, lines: u64) -> io::Result<Flow> {
+        let Session { conn, state, .. } = self;
+        let State::Transaction { mailbox, deleted } = state else {
+            return Ok(Flow::Continue);
+        };
+        let opened = match deleted.index(n) {
+            Ok(i) => mailbox.open(i).await,
+            Err(t) => {
+                no_such_message(conn.out_buf(), t);
+                return Ok(Flow::Continue);
+            }
+        };
+        match opened {
+            Ok(mut msg) => {
+                reply::ok(conn.out_buf(), "");
+                if let Err(e) = send_message(conn, &mut msg, MultilineEncoder::top(lines)).await? {
+                    return Ok(torn(e, "TOP"));
+                }
+            }
+            Err(e) => read_error(conn.out_buf(), e),
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// The TRANSACTION commands that answer from the login snapshot.
+    fn other_transaction(&mut self, cmd: Command) {
+        let Session { conn, state, .. } = self;
+        let State::Transaction { mailbox, deleted } = state else {
+            return;
         };
         // Replies are encoded straight into the connection's output buffer.
         let out = conn.out_buf();
@@ -90,37 +177,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
                 Ok(m) => reply::ok(out, &format!("{n} {}", m.uidl)),
                 Err(t) => no_such_message(out, t),
             },
-            // RFC 1939 §5 RETR.
-            Command::Retr(n) => match deleted.index(n) {
-                Ok(i) => match mailbox.read(i).await {
-                    Ok(body) => {
-                        let size = mailbox.messages().get(i).map(|m| m.size).unwrap_or(0);
-                        reply::ok(out, &format!("{size} octets"));
-                        reply::multiline(out, &body);
-                        stats.retrieved += 1;
-                        stats.retrieved_bytes += size;
-                        let metrics = crate::metrics::get();
-                        metrics.pop3_retrieved.inc();
-                        metrics.pop3_retrieved_bytes.inc_by(size);
-                        if cfg.retr_marks_seen {
-                            mailbox.mark_seen(i).await;
-                        }
-                    }
-                    Err(e) => read_error(out, e),
-                },
-                Err(t) => no_such_message(out, t),
-            },
-            // RFC 1939 §7 TOP.
-            Command::Top { msg, lines } => match deleted.index(msg) {
-                Ok(i) => match mailbox.read(i).await {
-                    Ok(body) => {
-                        reply::ok(out, "");
-                        reply::multiline(out, reply::top(&body, lines));
-                    }
-                    Err(e) => read_error(out, e),
-                },
-                Err(t) => no_such_message(out, t),
-            },
             // RFC 1939 §5 DELE: only marks.
             Command::Dele(n) => match deleted.mark(n) {
                 Ok(()) => reply::ok(out, &format!("Message {n} deleted")),
@@ -140,11 +196,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, St: Store> Session<S, St> {
                 reply::err(out, None, "Command not allowed now")
             }
         }
-        if conn.out_buf().len() > FLUSH_AT {
-            conn.flush().await?;
-        }
-        Ok(())
     }
+}
+
+/// Encode `msg` into the connection's output chunk by chunk, flushing it to
+/// the client whenever it passes `FLUSH_AT`: the session holds a bounded part
+/// of the message (the store's chunks, at most 2 x 64 KiB, and its output),
+/// and a slow client holds the reading back. The outer error is the
+/// client's (the connection is lost); the inner one the store's, after the
+/// `+OK` and part of the message may have gone out.
+async fn send_message<S: AsyncRead + AsyncWrite + Unpin, M: MessageReader>(
+    conn: &mut Conn<S>,
+    msg: &mut M,
+    mut enc: MultilineEncoder,
+) -> io::Result<Result<(), StoreError>> {
+    'read: loop {
+        let chunk = match msg.next_chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => return Ok(Err(e)),
+        };
+        for piece in chunk.chunks(ENCODE_PIECE) {
+            make_room(conn.out_buf(), piece.len());
+            let more = enc.feed(conn.out_buf(), piece);
+            if conn.out_buf().len() >= FLUSH_AT {
+                conn.flush().await?;
+            }
+            if !more {
+                break 'read;
+            }
+        }
+    }
+    enc.finish(conn.out_buf());
+    Ok(Ok(()))
+}
+
+/// Make room in `out` for the encoding of `stored` bytes (at most twice as
+/// many) and the final `.` line, growing it at most to what the output holds
+/// during a RETR (`FLUSH_AT` + 2 x `ENCODE_PIECE`): a `Vec` left to grow by
+/// itself could double past it. A small message gets just what it needs.
+fn make_room(out: &mut Vec<u8>, stored: usize) {
+    let need = out.len() + 2 * stored + 8;
+    if need > out.capacity() {
+        let most = FLUSH_AT + 2 * ENCODE_PIECE + 8;
+        let target = out.capacity().saturating_mul(2).min(most).max(need);
+        out.reserve_exact(target - out.len());
+    }
+}
+
+/// A message that failed after its `+OK` went out: an `-ERR` inside the
+/// multi-line response would be read as message text, so the only honest end
+/// is to close the connection (without UPDATE: nothing is deleted). What was
+/// encoded is still sent; the client sees the response cut short.
+fn torn(e: StoreError, command: &'static str) -> Flow {
+    warn!(command, error = ?e, "pop3 message read failed midway, closing");
+    refused("storage");
+    Flow::Close
 }
 
 /// The wire text of a failed read: generic (logs carry the details).
@@ -191,4 +298,34 @@ fn message<'a>(
 ) -> Result<&'a MessageInfo, &'static str> {
     let i = deleted.index(n)?;
     msgs.get(i).ok_or("No such message")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RETR's output buffer, encoding the worst case (every byte doubles)
+    /// and emptied as a flush would: it never grows past
+    /// `FLUSH_AT` + 2 x `ENCODE_PIECE`, and a small message gets a small one.
+    #[test]
+    fn output_stays_bounded_whatever_the_message() {
+        let most = FLUSH_AT + 2 * ENCODE_PIECE + 8;
+        let stored = vec![b'\n'; 1 << 20];
+        let mut out = Vec::new();
+        let mut enc = MultilineEncoder::retr();
+        for piece in stored.chunks(ENCODE_PIECE) {
+            make_room(&mut out, piece.len());
+            enc.feed(&mut out, piece);
+            assert!(out.capacity() <= most, "{}", out.capacity());
+            if out.len() >= FLUSH_AT {
+                out.clear();
+            }
+        }
+        make_room(&mut out, 0);
+        enc.finish(&mut out);
+        assert!(out.capacity() <= most);
+        let mut small = Vec::new();
+        make_room(&mut small, 10 * 1024);
+        assert!(small.capacity() < 32 * 1024, "{}", small.capacity());
+    }
 }
