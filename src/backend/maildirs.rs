@@ -11,14 +11,15 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::maildir::{Maildir, fsat};
+use crate::maildir::{Maildir, Sub, fsat};
 
 /// Most Maildirs kept open (four descriptors each); past it the table
 /// starts again.
-const MAX_OPEN: usize = 512;
+pub const MAX_OPEN: usize = 512;
 
-/// An open Maildir and the (device, inode) of its directory when opened.
-type Known = (Maildir, (u64, u64));
+/// An open Maildir and the (device, inode) of its directory, its `tmp/` and
+/// its `new/` when opened.
+type Known = (Maildir, [(u64, u64); 3]);
 
 #[derive(Debug, Default)]
 pub struct Maildirs {
@@ -26,22 +27,23 @@ pub struct Maildirs {
 }
 
 impl Maildirs {
-    /// The Maildir at `path` if it was opened before and is still the
-    /// directory there (one `lstat`, cheap enough for the async threads).
+    /// The Maildir at `path` if it was opened before and is still the same:
+    /// the directory at `path` (an `lstat`), and its `tmp/` and `new/`
+    /// (two `fstatat`s on its handle, not following links) the ones we hold,
+    /// with `new/` shared with a group or not as it was. Cheap enough for the
+    /// async threads; anything else is forgotten and opened again.
     pub fn known(&self, path: &Path) -> Option<Maildir> {
-        let (md, id) = self
+        let (md, ids) = self
             .open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(path)
             .cloned()?;
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if (m.dev(), m.ino()) == id => Some(md),
-            _ => {
-                self.forget(&[path.to_path_buf()]);
-                None
-            }
+        if still(&md, path, &ids) {
+            return Some(md);
         }
+        self.forget(&[path.to_path_buf()]);
+        None
     }
 
     /// The Maildir at `path`, created when missing (blocking).
@@ -50,12 +52,16 @@ impl Maildirs {
             return Ok(md);
         }
         let md = Maildir::ensure(path)?;
-        let id = fsat::identity(&md.root())?;
+        let ids = [
+            fsat::identity(&md.root())?,
+            fsat::identity(&md.dir(Sub::Tmp))?,
+            fsat::identity(&md.dir(Sub::New))?,
+        ];
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.len() >= MAX_OPEN {
             open.clear();
         }
-        open.insert(path.to_path_buf(), (md.clone(), id));
+        open.insert(path.to_path_buf(), (md.clone(), ids));
         Ok(md)
     }
 
@@ -65,6 +71,26 @@ impl Maildirs {
         for p in paths {
             open.remove(p);
         }
+    }
+}
+
+/// Is `md` still what is at `path`? See `Maildirs::known`.
+fn still(md: &Maildir, path: &Path, ids: &[(u64, u64); 3]) -> bool {
+    let root = match std::fs::symlink_metadata(path) {
+        Ok(m) => (m.dev(), m.ino()),
+        Err(_) => return false,
+    };
+    if root != ids[0] {
+        return false;
+    }
+    let sub = |s: Sub| fsat::stat_at(md.root(), s.name()).ok();
+    match (sub(Sub::Tmp), sub(Sub::New)) {
+        (Some(t), Some(n)) => {
+            (t.st_dev, t.st_ino) == ids[1]
+                && (n.st_dev, n.st_ino) == ids[2]
+                && (n.st_mode & 0o060 == 0o060) == md.is_shared()
+        }
+        _ => false,
     }
 }
 
@@ -90,6 +116,19 @@ mod tests {
         assert!(m.known(&path).is_some_and(|k| k == again));
         m.forget(std::slice::from_ref(&path));
         assert!(m.known(&path).is_none());
+        // new/ moved aside and made again: forgotten (the cached handle
+        // would deliver where nobody looks).
+        m.ensure(&path).unwrap();
+        std::fs::rename(path.join("new"), path.join("new.x")).unwrap();
+        std::fs::create_dir(path.join("new")).unwrap();
+        assert!(m.known(&path).is_none());
+        // Shared with a group since it was opened: forgotten too.
+        m.ensure(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path.join("new"), std::fs::Permissions::from_mode(0o2770))
+            .unwrap();
+        assert!(m.known(&path).is_none());
+        std::fs::set_permissions(path.join("new"), std::fs::Permissions::from_mode(0o700)).unwrap();
         // A symlink put in its place is never taken for it.
         m.ensure(&path).unwrap();
         std::fs::rename(&path, t.path().join("old2")).unwrap();

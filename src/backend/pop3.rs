@@ -221,15 +221,13 @@ fn open_message(md: &Maildir, entry: &Entry) -> Result<Opened, StoreError> {
 const READ_CHUNK: usize = 64 * 1024;
 
 /// How long the read-ahead task waits for the session to take its chunk
-/// before it gives its blocking thread back: the session waits for a client
-/// that stopped reading, and 128 such clients must not hold the whole
-/// blocking pool (deliveries use it). The session starts a new task when it
-/// wants the next chunk.
-const READER_PARK: Duration = if cfg!(test) {
-    Duration::from_millis(50)
-} else {
-    Duration::from_secs(1)
-};
+/// before it gives its blocking thread back: long enough for a session that
+/// keeps up with the disk (one task streams the whole message), short
+/// enough that a client slower than that (a phone on a slow link, or one
+/// that stopped reading) holds a blocking thread only a little of the time:
+/// 128 of them must not hold the whole blocking pool, which deliveries use.
+/// The session starts a new task when it wants the next chunk.
+const READER_PARK: Duration = Duration::from_millis(20);
 
 /// A chunk read ahead, or why reading failed.
 type Chunk = Result<Vec<u8>, StoreError>;
@@ -382,7 +380,7 @@ fn read_ahead(
 }
 
 /// Read the next chunk of at most `READ_CHUNK` of the `left` bytes into `buf`
-/// (replacing its contents); empty at the end, also when the file became
+/// (replacing its contents); empty at the end; an error when the file became
 /// shorter than it was at open.
 fn read_chunk(file: &mut File, left: &mut u64, buf: &mut Vec<u8>) -> Result<(), StoreError> {
     buf.clear();
@@ -392,11 +390,13 @@ fn read_chunk(file: &mut File, left: &mut u64, buf: &mut Vec<u8>) -> Result<(), 
         warn!(error = %e, "cannot read message");
         StoreError::Temporary
     })?;
-    *left = if buf.is_empty() {
-        0
-    } else {
-        left.saturating_sub(buf.len() as u64)
-    };
+    if buf.is_empty() && *left > 0 {
+        // Shorter than at open (the owner of a shared Maildir truncated
+        // it): never sent as complete, the connection closes instead.
+        warn!(missing = *left, "message file shrank while it was read");
+        return Err(StoreError::Temporary);
+    }
+    *left = left.saturating_sub(buf.len() as u64);
     Ok(())
 }
 
@@ -600,6 +600,23 @@ mod tests {
         fs::rename(md.new_dir().join(l), md.cur().join(format!("{l}:2,S"))).unwrap();
         assert_eq!(read(&mut mb, 1).await.unwrap(), big);
         assert_eq!(read(&mut mb, 1).await.unwrap(), big);
+    }
+
+    #[test]
+    fn a_file_that_shrank_is_an_error_not_a_short_message() {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, b"only ten b").unwrap();
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0)).unwrap();
+        // fstat said 20 at open; the file holds 10.
+        let mut left = 20u64;
+        let mut buf = Vec::new();
+        read_chunk(&mut f, &mut left, &mut buf).unwrap();
+        assert_eq!((buf.as_slice(), left), (&b"only ten b"[..], 10));
+        assert!(read_chunk(&mut f, &mut left, &mut buf).is_err());
+        // A file read to its fstat length ends cleanly.
+        let mut left = 0u64;
+        read_chunk(&mut f, &mut left, &mut buf).unwrap();
+        assert!(buf.is_empty());
     }
 
     /// A large message read by a session that stalls between chunks (its

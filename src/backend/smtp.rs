@@ -299,6 +299,16 @@ pub fn trace_headers(
     h
 }
 
+/// A pending message's trace headers, with the id of the file actually
+/// created (should its announced name have been taken in `tmp/`).
+fn pending_headers(headers: &str, name: &UniqueName, d: &Delivery) -> String {
+    if d.id() == name.id() {
+        headers.to_string()
+    } else {
+        headers.replacen(&format!(" id {}", name.id()), &format!(" id {}", d.id()), 1)
+    }
+}
+
 /// Where a message's body goes while it arrives.
 #[derive(Debug)]
 enum Body {
@@ -326,7 +336,7 @@ impl Body {
         match self {
             Body::Pending { name, headers } => {
                 let mut d = Delivery::begin_named(targets, host, Some(name.clone()))?;
-                d.write(headers.as_bytes())?;
+                d.write(pending_headers(headers, name, &d).as_bytes())?;
                 d.write(bytes)?;
                 *self = Body::Direct(d);
                 Ok(())
@@ -371,7 +381,14 @@ impl MaildirSink {
         let mailboxes = mem::take(&mut self.mailboxes);
         let id = mem::take(&mut self.id);
         let body = match body {
-            Body::Staged(s) => return s.commit(buf, targets, mailboxes).await,
+            Body::Staged(s) => {
+                let r = s.commit(buf, targets, mailboxes).await;
+                if r.is_err() {
+                    // Checked again next time (a refusal costs one ensure).
+                    self.maildirs.forget(&self.paths);
+                }
+                return r;
+            }
             other => other,
         };
         let quotas = mem::take(&mut self.quotas);
@@ -379,8 +396,8 @@ impl MaildirSink {
         let done = tokio::task::spawn_blocking(move || {
             let mut delivery = match body {
                 Body::Pending { name, headers } => {
-                    let mut d = Delivery::begin_named(&targets, &host, Some(name))?;
-                    d.write(headers.as_bytes())?;
+                    let mut d = Delivery::begin_named(&targets, &host, Some(name.clone()))?;
+                    d.write(pending_headers(&headers, &name, &d).as_bytes())?;
                     d
                 }
                 Body::Direct(d) => d,
@@ -732,6 +749,46 @@ mod tests {
             crate::maildir::name::parse_sizes(name),
             (Some(size), Some(size + lfs))
         );
+    }
+
+    /// A Maildir delivered to before: the second message is pending (no
+    /// file until commit), then stored in one go with its id everywhere;
+    /// a big one becomes a file at its first batch; an abort leaves nothing.
+    #[tokio::test]
+    async fn known_maildirs_deliver_in_one_step() {
+        let t = tempfile::tempdir().unwrap();
+        let b = backend(t.path(), true);
+        let env = envelope(&[("alice@example.org", &["alice"])]);
+        let first = b.begin(&info(None), &env).await.unwrap();
+        first.commit().await.unwrap();
+        let md = t.path().join("mail/alice");
+        let mut sink = b.begin(&info(None), &env).await.unwrap();
+        assert!(matches!(sink.delivery, Some(Body::Pending { .. })));
+        sink.write(b"Subject: two\n\nsmall\n").await.unwrap();
+        assert!(
+            files(md.join("tmp")).is_empty(),
+            "nothing on disk before commit"
+        );
+        let id = sink.id().to_string();
+        let stored = sink.commit().await.unwrap();
+        assert_eq!(stored.id, id);
+        let text = fs::read_to_string(&stored.files[0].1).unwrap();
+        assert!(text.contains(&format!(" id {id}\n")), "{text}");
+        assert!(text.ends_with("\nSubject: two\n\nsmall\n"), "{text}");
+        assert_eq!(files(md.join("new")).len(), 2);
+        // Big: a file appears at the first full batch.
+        let mut sink = b.begin(&info(None), &env).await.unwrap();
+        sink.write(&[b'x'; BATCH + 1]).await.unwrap();
+        assert!(matches!(sink.delivery, Some(Body::Direct(_))));
+        assert_eq!(files(md.join("tmp")).len(), 1);
+        sink.abort().await;
+        assert!(files(md.join("tmp")).is_empty());
+        // Pending and aborted: nothing anywhere.
+        let mut sink = b.begin(&info(None), &env).await.unwrap();
+        sink.write(b"x\n").await.unwrap();
+        sink.abort().await;
+        assert!(files(md.join("tmp")).is_empty());
+        assert_eq!(files(md.join("new")).len(), 2);
     }
 
     #[tokio::test]

@@ -17,8 +17,10 @@ pub(super) fn raise_nofile(max_connections: usize) {
     } else {
         soft
     };
-    // Listeners, the control socket, Maildir files and logs need some too.
-    if (max_connections as u64).saturating_add(64) > limit {
+    // Listeners, the control socket, Maildir files and logs need some too,
+    // and the Maildirs kept open for deliveries (four descriptors each).
+    let maildirs = 4 * crate::backend::maildirs::MAX_OPEN as u64;
+    if (max_connections as u64).saturating_add(64 + maildirs) > limit {
         tracing::warn!(
             limit,
             max_connections,

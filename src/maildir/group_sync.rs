@@ -22,9 +22,10 @@ struct State {
     /// The last fsync that ended (its number).
     finished: u64,
     running: bool,
-    /// The last fsync that failed, and how: callers it covered get the
-    /// error (a failed fsync says nothing about their links).
-    failed: Option<(u64, io::ErrorKind, String)>,
+    /// The last fsync that failed, and how (errno when there is one, so
+    /// ENOSPC stays ENOSPC): callers it covered get the error (a failed
+    /// fsync says nothing about their links).
+    failed: Option<(u64, Option<i32>, io::ErrorKind, String)>,
 }
 
 impl GroupSync {
@@ -38,7 +39,12 @@ impl GroupSync {
         loop {
             if st.finished >= need {
                 return match &st.failed {
-                    Some((n, kind, msg)) if *n >= need => Err(io::Error::new(*kind, msg.clone())),
+                    Some((n, Some(errno), _, _)) if *n >= need => {
+                        Err(io::Error::from_raw_os_error(*errno))
+                    }
+                    Some((n, None, kind, msg)) if *n >= need => {
+                        Err(io::Error::new(*kind, msg.clone()))
+                    }
                     _ => Ok(()),
                 };
             }
@@ -47,19 +53,49 @@ impl GroupSync {
                 st.started += 1;
                 let mine = st.started;
                 drop(st);
+                // Should the fsync panic, the guard still ends this round
+                // (as a failure), so nobody waits for it forever.
+                let mut guard = Round {
+                    sync: self,
+                    mine,
+                    result: None,
+                };
                 let r = fsync.take().map_or(Ok(()), |f| f());
-                st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                st.running = false;
-                st.finished = mine;
-                if let Err(e) = &r {
-                    st.failed = Some((mine, e.kind(), e.to_string()));
-                }
-                self.done.notify_all();
+                guard.result = Some(match &r {
+                    Ok(()) => None,
+                    Err(e) => Some((e.raw_os_error(), e.kind(), e.to_string())),
+                });
+                drop(guard);
                 // `mine` began after this call: it covers the caller.
                 return r;
             }
             st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
         }
+    }
+}
+
+/// Ends a leader's round when dropped: records the result (a panic counts
+/// as a failure) and wakes the waiters.
+struct Round<'a> {
+    sync: &'a GroupSync,
+    mine: u64,
+    /// None until the fsync returned; then its error, if any.
+    result: Option<Option<(Option<i32>, io::ErrorKind, String)>>,
+}
+
+impl Drop for Round<'_> {
+    fn drop(&mut self) {
+        let mut st = self.sync.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.running = false;
+        st.finished = self.mine;
+        let failure = match self.result.take() {
+            Some(r) => r,
+            None => Some((None, io::ErrorKind::Other, "fsync panicked".to_string())),
+        };
+        if let Some((errno, kind, msg)) = failure {
+            st.failed = Some((self.mine, errno, kind, msg));
+        }
+        self.sync.done.notify_all();
     }
 }
 
@@ -121,6 +157,49 @@ mod tests {
         }
         let n = fsyncs.load(Ordering::SeqCst);
         assert!(n < 16 * 50, "no fsync was shared ({n})");
+    }
+
+    #[test]
+    fn waiters_get_the_leaders_errno_and_a_panic_ends_the_round() {
+        let g = Arc::new(GroupSync::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let leader = {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                g.sync(|| {
+                    tx.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(100));
+                    Err(io::Error::from_raw_os_error(nix::libc::ENOSPC))
+                })
+            })
+        };
+        rx.recv().unwrap();
+        // Arrives while the first fsync runs: needs the next one, which
+        // this test makes fail too, with the same errno.
+        // Two arrive while the first fsync runs: one leads the next round,
+        // the other is covered by it and gets its errno from the state.
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let g = g.clone();
+                std::thread::spawn(move || {
+                    g.sync(|| {
+                        std::thread::sleep(Duration::from_millis(50));
+                        Err(io::Error::from_raw_os_error(nix::libc::ENOSPC))
+                    })
+                })
+            })
+            .collect();
+        let e = leader.join().unwrap().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC));
+        for w in waiters {
+            let e = w.join().unwrap().unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC));
+        }
+        // A panicking fsync: its caller panics, nobody else hangs.
+        let g2 = g.clone();
+        let r = std::thread::spawn(move || g2.sync(|| panic!("fsync panicked"))).join();
+        assert!(r.is_err());
+        g.sync(|| Ok(())).unwrap();
     }
 
     #[test]
