@@ -340,6 +340,47 @@ pop3_run() { # pop3_run ROUND SERVER
 pop3_md() { pop3_run "$1" maildird; }
 pop3_peer() { pop3_run "$1" dovecot; }
 
+# --- POP3 memory: RETR_SESS sessions at once, each RETR of one 20 MiB message
+# (mailboxes idle0..; emptied again afterwards); the growth of the server's
+# resident memory (its whole process tree, sampled every 10 ms).
+RETR_SESS=$(scaled 50 5)
+RETR_SIZE=$((20 * 1024 * 1024))
+retrmem_run() { # retrmem_run ROUND SERVER
+    local server=$2 i d addr pid owner out dirs=()
+    for ((i = 0; i < RETR_SESS; i++)); do
+        if [ "$server" = maildird ]; then d=$WORK/mail/idle$i; else d=$WORK/peers/mail/idle$i/Maildir; fi
+        to_trash "$d"
+        dirs+=("$d")
+    done
+    if [ "$server" = maildird ]; then
+        addr=$MD_POP3 pid=$MD_PID owner=$MD_UID:$MD_GID
+    else
+        addr=$PEER_POP3 pid=$(dc_pid) owner=$PEER_UID:$PEER_GID
+    fi
+    python3 "$REPO/bench/fill_maildirs.py" --count 1 --size "$RETR_SIZE" --owner "$owner" "${dirs[@]}" >&2
+    sync
+    sleep "$SETTLE"
+    if out=$(python3 "$REPO/bench/retr_memory.py" "$addr" 'idle{i}' "$PASS" "$RETR_SESS" "$pid"); then
+        awk -v p="$1 $CELL $server" '{ print p, $0 }' <<<"$out" | tee -a "$RAW" >>"$DATA"
+        log "  $CELL $server: $(tr '\n' ' ' <<<"$out")"
+    else
+        FAILS=$((FAILS + 1))
+        echo "$1 $CELL $server failed 1" >>"$DATA"
+        log "  $CELL $server FAILED"
+    fi
+    # Empty again (the idle cells want empty mailboxes).
+    for d in "${dirs[@]}"; do
+        to_trash "$d"
+        if [ "$server" = maildird ]; then
+            md_maildir "$d"
+        else
+            install -d -m 700 -o benchmail -g benchmail "$d" "$d/tmp" "$d/new" "$d/cur"
+        fi
+    done
+}
+retrmem_md() { retrmem_run "$1" maildird; }
+retrmem_peer() { retrmem_run "$1" dovecot; }
+
 # --- idle memory: each cell on a freshly started server
 IDLE_CONNS=$(scaled $IDLE_CONNS_FULL 20)
 IDLE_10K=$(scaled 10000 20) # maildird alone: 10,000 idle sessions, still responsive
@@ -398,6 +439,11 @@ for r in $(seq 1 "$ROUNDS"); do
         done
     fi
 done
+if want pop3; then
+    log "POP3 memory: $RETR_SESS sessions RETR 20 MiB each at once"
+    CELL=pop3-retr20m
+    pair 1 retrmem_md retrmem_peer
+fi
 if want idle; then
     for r in $(seq 1 "$IDLE_ROUNDS"); do
         log "idle memory, $IDLE_CONNS connections (repetition $r of $IDLE_ROUNDS)"
@@ -431,6 +477,8 @@ pop3-p1|msgs_per_s|dovecot|POP3 RETR 10 KiB, 10 sessions, pipeline 1|msgs/s|h
 pop3-p1|mb_per_s|dovecot|POP3 RETR 10 KiB, 10 sessions, pipeline 1|MB/s|h
 pop3-p16|msgs_per_s|dovecot|POP3 RETR 10 KiB, 10 sessions, pipeline 16|msgs/s|h
 pop3-p16|mb_per_s|dovecot|POP3 RETR 10 KiB, 10 sessions, pipeline 16|MB/s|h
+pop3-retr20m|growth_kib|dovecot|POP3 RETR 20 MiB, $RETR_SESS sessions at once|server RSS growth KiB|l
+pop3-retr20m|peak_kib|dovecot|POP3 RETR 20 MiB, $RETR_SESS sessions at once|server RSS peak KiB|l
 smtp-1k-c50|cpu_ms_per_msg|postfix|SMTP 1 KiB, conc 50|server CPU ms/msg|l
 smtp-1k-c10|cpu_ms_per_msg|postfix|SMTP 1 KiB, conc 10|server CPU ms/msg|l
 smtp-100k-c50|cpu_ms_per_msg|postfix|SMTP 100 KiB, conc 50|server CPU ms/msg|l
