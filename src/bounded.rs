@@ -70,6 +70,23 @@ impl<K: Hash + Eq + Clone, V> LruMap<K, V> {
         &mut slot.value
     }
 
+    /// Mark `key` as the most recently used and return its value, if it is
+    /// there.
+    pub fn touch(&mut self, key: &K) -> Option<&mut V> {
+        if !self.map.contains_key(key) {
+            return None;
+        }
+        self.clock += 1;
+        let stamp = self.clock;
+        if self.order.len() >= 2 * self.cap {
+            self.compact();
+        }
+        self.order.push_back((key.clone(), stamp));
+        let slot = self.map.get_mut(key)?;
+        slot.stamp = stamp;
+        Some(&mut slot.value)
+    }
+
     pub fn remove(&mut self, key: &K) -> Option<V> {
         // Its touches in the queue are now stale and skipped later.
         self.map.remove(key).map(|s| s.value)
@@ -136,6 +153,20 @@ mod tests {
         assert_eq!(m.pop_oldest(), Some(("d", 1)));
         assert_eq!(m.pop_oldest(), None);
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn touch_renews_without_inserting() {
+        let mut m = LruMap::new(2);
+        *m.touch_or_insert_with("a", || 1) += 0;
+        *m.touch_or_insert_with("b", || 2) += 0;
+        assert_eq!(m.touch(&"a").copied(), Some(1));
+        assert_eq!(m.touch(&"z"), None);
+        assert_eq!(m.len(), 2);
+        // "a" was touched last: "b" goes first.
+        m.touch_or_insert_with("c", || 3);
+        assert_eq!(m.get(&"b"), None);
+        assert_eq!(m.get(&"a"), Some(&1));
     }
 
     #[test]

@@ -1,23 +1,26 @@
-//! A message under the sender checks (`[checks]`): its body is staged in an
-//! unlinked scratch file while it arrives; at the end it is read back once,
-//! verified (SPF, DKIM, DMARC, iprev), and only then written as the message
-//! file, with `Authentication-Results:` at the top and any forged copy of ours
-//! removed, into the inbox or the `.Junk` folder, or refused.
+//! A message under the sender checks (`[checks]`) or message filters
+//! (`message_filters`): its body is staged in an unlinked scratch file while
+//! it arrives; at the end it is verified (SPF, DKIM, DMARC, iprev), read back
+//! as header fields (any forged `Authentication-Results:` of ours removed)
+//! over the staged body, filtered, and only then written as the message file,
+//! with `Authentication-Results:` at the top, into the inbox or the `.Junk`
+//! folder, or refused, or discarded.
 //!
-//! Memory: a message is held only while it is verified, at most
+//! Memory: a message is held whole only while it is verified, at most
 //! `checks.max_concurrent` at once, in its CRLF form (its size plus one byte
-//! per line): about `max_concurrent × max_message_size` at worst. The
-//! message file is then written from the scratch file, not from memory.
+//! per line): about `max_concurrent × max_message_size` at worst. Otherwise
+//! only its header section is held (at most 1 MiB); the body is streamed from
+//! the scratch file to the filters and into the message file.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use jiff::Timestamp;
 
 use super::smtp::{storage_failure, temp_failure, trace_headers};
-use crate::checks::header::{extend_crlf, is_results_field, names_us};
+use crate::checks::header::extend_crlf;
 use crate::checks::{Action, Checks, Verdict};
 use crate::maildir::deliver::Delivery;
 use crate::maildir::name::UniqueName;
@@ -79,8 +82,8 @@ pub struct StageParams {
 struct Outcome {
     verdict: Option<Verdict>,
     folder: Option<&'static str>,
-    /// The filtered message, when filters ran.
-    message: Option<Message>,
+    /// The message as checks and filters left it.
+    message: Message,
 }
 
 impl Staged {
@@ -173,60 +176,61 @@ impl Staged {
                 .because("dns"));
             }
         };
-        let (message, file) = match &self.filters {
-            Some(filters) => {
-                let (decision, msg) = self.filter(filters, file, &id).await?;
-                match decision {
-                    Decision::Deliver { quarantine: None } => {}
-                    Decision::Deliver {
-                        quarantine: Some(_),
-                    } => folder = Some(JUNK),
-                    Decision::Refuse(r) => return Err(r),
-                    Decision::Discard(filter) => {
-                        return Ok(Stored {
-                            id,
-                            discarded: Some(filter),
-                            auth: verdict.as_ref().map(summary),
-                            ..Stored::default()
-                        });
-                    }
+        // The header section in memory (bounded), the body left in the
+        // scratch file; any Authentication-Results: claiming our
+        // authserv-id is gone from here on.
+        let mut message = self.read_message(file, &id).await?;
+        if let Some(filters) = &self.filters {
+            let (decision, msg) = self.filter(filters, message, &id).await?;
+            message = msg;
+            match decision {
+                Decision::Deliver { quarantine: None } => {}
+                Decision::Deliver {
+                    quarantine: Some(_),
+                } => folder = Some(JUNK),
+                Decision::Refuse(r) => return Err(r),
+                Decision::Discard(filter) => {
+                    return Ok(Stored {
+                        id,
+                        discarded: Some(filter),
+                        auth: verdict.as_ref().map(summary),
+                        ..Stored::default()
+                    });
                 }
-                (Some(msg), None)
             }
-            None => (None, Some(file)),
-        };
+        }
         let outcome = Outcome {
             verdict,
             folder,
             message,
         };
-        self.store(outcome, file, targets, mailboxes).await
+        self.store(outcome, targets, mailboxes).await
+    }
+
+    /// The staged message read back as header fields and body (blocking
+    /// work off the async threads).
+    async fn read_message(&self, file: File, id: &str) -> Result<Message, Reply> {
+        let host = self.host.clone();
+        match tokio::task::spawn_blocking(move || Message::read(file, &host)).await {
+            Ok(Ok(Ok(m))) => Ok(m),
+            Ok(Ok(Err(HeaderTooBig))) => {
+                Err(Reply::new(552, "5.3.4", "Message header section too big"))
+            }
+            Ok(Err(e)) => Err(storage_failure(&e, Some(id), "staged message")),
+            Err(e) => {
+                tracing::error!(id, error = %e, "staged read task failed");
+                Err(temp_failure())
+            }
+        }
     }
 
     /// Run the message filters over the staged message.
     async fn filter(
         &self,
         filters: &[Filter],
-        file: File,
+        msg: Message,
         id: &str,
     ) -> Result<(Decision, Message), Reply> {
-        let host = self.host.clone();
-        let read = tokio::task::spawn_blocking(move || Message::read(file, &host)).await;
-        let msg = match read {
-            Ok(Ok(Ok(m))) => m,
-            Ok(Ok(Err(HeaderTooBig))) => {
-                return Err(Reply::new(
-                    552,
-                    "5.3.4",
-                    "Message header section too big for the content filters",
-                ));
-            }
-            Ok(Err(e)) => return Err(storage_failure(&e, Some(id), "staged message")),
-            Err(e) => {
-                tracing::error!(id, error = %e, "staged read task failed");
-                return Err(temp_failure());
-            }
-        };
         let ctx = Arc::new(Context {
             id: id.to_string(),
             hostname: self.host.clone(),
@@ -245,12 +249,11 @@ impl Staged {
         }
     }
 
-    /// Write the message file (from the scratch file or the filtered
-    /// message, never from memory) into every target's `new/`.
+    /// Write the message file (its body copied from the scratch file, never
+    /// held in memory) into every target's `new/`.
     async fn store(
         self,
         outcome: Outcome,
-        file: Option<File>,
         targets: Vec<Maildir>,
         mailboxes: Vec<String>,
     ) -> Result<Stored, Reply> {
@@ -299,11 +302,7 @@ impl Staged {
                 Timestamp::now(),
             );
             delivery.write(headers.as_bytes())?;
-            match (message, file) {
-                (Some(m), _) => m.write_to(&mut DeliveryWriter(&mut delivery))?,
-                (None, Some(f)) => copy_without_our_results(f, &mut delivery, &host)?,
-                (None, None) => return Err(io::Error::other("no message to store")),
-            }
+            message.write_to(&mut DeliveryWriter(&mut delivery))?;
             let id = delivery.id().to_string();
             let size = delivery.size();
             super::quota::check_fits(&roots, &quotas, size)?;
@@ -410,70 +409,6 @@ fn read_wire(file: File, staged: (u64, u64), max_read: u64) -> io::Result<(Vec<u
         off += n as u64;
     }
     Ok((wire, file))
-}
-
-/// An `Authentication-Results:` field longer than this is dropped unread.
-const MAX_RESULTS_FIELD: usize = 64 * 1024;
-
-/// Copy the staged message into `delivery`, without any
-/// `Authentication-Results:` of its header section that claims our
-/// authserv-id (each such field is read whole, folded lines and all, before
-/// it is judged). Line by line in the header section (lines are bounded by
-/// `max_text_line`), then in blocks.
-fn copy_without_our_results(
-    file: File,
-    delivery: &mut Delivery,
-    authserv_id: &str,
-) -> io::Result<()> {
-    let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
-    let mut r = BufReader::with_capacity(len.clamp(1, 64 * 1024), file);
-    r.seek(SeekFrom::Start(0))?;
-    let mut line = Vec::new();
-    // An Authentication-Results field being read: its bytes so far.
-    let mut pending: Option<Vec<u8>> = None;
-    let flush = |pending: &mut Option<Vec<u8>>, delivery: &mut Delivery| -> io::Result<()> {
-        match pending.take() {
-            Some(field) if field.len() <= MAX_RESULTS_FIELD && !names_us(&field, authserv_id) => {
-                delivery.write(&field)
-            }
-            _ => Ok(()),
-        }
-    };
-    loop {
-        line.clear();
-        if r.read_until(b'\n', &mut line)? == 0 {
-            return flush(&mut pending, delivery);
-        }
-        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
-        if continuation {
-            match &mut pending {
-                // Past the bound it is dropped anyway: stop keeping it.
-                Some(field) if field.len() <= MAX_RESULTS_FIELD => field.extend_from_slice(&line),
-                Some(_) => {}
-                None => delivery.write(&line)?,
-            }
-            continue;
-        }
-        flush(&mut pending, delivery)?;
-        if line == b"\n" {
-            delivery.write(&line)?;
-            break;
-        }
-        if is_results_field(&line) {
-            pending = Some(line.clone());
-        } else {
-            delivery.write(&line)?;
-        }
-    }
-    loop {
-        let buf = r.fill_buf()?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        delivery.write(buf)?;
-        let n = buf.len();
-        r.consume(n);
-    }
 }
 
 fn summary(v: &Verdict) -> AuthSummary {

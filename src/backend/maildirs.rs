@@ -5,25 +5,33 @@
 //! share its fsync (`Maildir::sync_new`). A Maildir whose delivery failed
 //! is forgotten, so the next one creates and checks it again.
 
-use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::bounded::LruMap;
 use crate::maildir::{Maildir, Sub, fsat};
 
-/// Most Maildirs kept open (four descriptors each); past it the table
-/// starts again.
+/// Most Maildirs kept open (four descriptors each); past it the least
+/// recently delivered to is closed.
 pub const MAX_OPEN: usize = 512;
 
 /// An open Maildir and the (device, inode) of its directory, its `tmp/` and
 /// its `new/` when opened.
 type Known = (Maildir, [(u64, u64); 3]);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Maildirs {
-    open: Mutex<HashMap<PathBuf, Known>>,
+    open: Mutex<LruMap<PathBuf, Known>>,
+}
+
+impl Default for Maildirs {
+    fn default() -> Self {
+        Maildirs {
+            open: Mutex::new(LruMap::new(MAX_OPEN)),
+        }
+    }
 }
 
 impl Maildirs {
@@ -37,8 +45,8 @@ impl Maildirs {
             .open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(path)
-            .cloned()?;
+            .touch(&path.to_path_buf())
+            .map(|k| k.clone())?;
         if still(&md, path, &ids) {
             return Some(md);
         }
@@ -58,10 +66,7 @@ impl Maildirs {
             fsat::identity(&md.dir(Sub::New))?,
         ];
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if open.len() >= MAX_OPEN {
-            open.clear();
-        }
-        open.insert(path.to_path_buf(), (md.clone(), ids));
+        *open.touch_or_insert_with(path.to_path_buf(), || (md.clone(), ids)) = (md.clone(), ids);
         Ok(md)
     }
 

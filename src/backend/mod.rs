@@ -196,10 +196,9 @@ impl Backend {
         fresh.throttle = self.throttle.clone();
         // The rate counts survive a reload too (limit changes take effect
         // in the next window).
-        if let (Some(old), Some(new)) = (&self.sender_rate, &mut fresh.sender_rate) {
-            if let Some(new) = Arc::get_mut(new) {
-                new.take_counts(old);
-            }
+        if let (Some(old), Some(_)) = (&self.sender_rate, &fresh.sender_rate) {
+            let q = &fresh.config.quota;
+            fresh.sender_rate = Some(Arc::new(old.reloaded(q.sender_rate, q.sender_window)));
         }
         Ok(fresh)
     }

@@ -7,13 +7,13 @@
 //! and mail clients' changes make `maildirsize` stale (directory mtimes),
 //! and the next delivery counts the mailbox again (`maildir::quota`).
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::bounded::LruMap;
 use crate::maildir::Maildir;
 use crate::maildir::quota::{self, QuotaRule};
 use crate::smtp::reply::Reply;
@@ -89,7 +89,8 @@ pub struct SenderRate {
     limit: u32,
     window: Duration,
     seed: RandomState,
-    seen: Mutex<HashMap<u64, (Instant, u32)>>,
+    /// (window start, messages) per key; shared with the reloaded config's.
+    seen: Arc<Mutex<LruMap<u64, (Instant, u32)>>>,
 }
 
 impl SenderRate {
@@ -98,15 +99,18 @@ impl SenderRate {
             limit,
             window,
             seed: RandomState::new(),
-            seen: Mutex::new(HashMap::new()),
+            seen: Arc::new(Mutex::new(LruMap::new(MAX_KEYS))),
         }
     }
 
-    /// Keep `old`'s counts (a reload).
-    pub fn take_counts(&mut self, old: &SenderRate) {
-        let seen = old.seen.lock().unwrap_or_else(|p| p.into_inner());
-        self.seed = old.seed.clone();
-        *self.seen.get_mut().unwrap_or_else(|p| p.into_inner()) = seen.clone();
+    /// The same counts under a reloaded config's `limit` and `window`.
+    pub fn reloaded(&self, limit: u32, window: Duration) -> SenderRate {
+        SenderRate {
+            limit,
+            window,
+            seed: self.seed.clone(),
+            seen: self.seen.clone(),
+        }
     }
 
     fn key(&self, sender: &str, mailbox: &str) -> u64 {
@@ -127,10 +131,12 @@ impl SenderRate {
     pub fn record(&self, sender: &str, mailbox: &str, now: Instant) {
         let key = self.key(sender, mailbox);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= MAX_KEYS && !seen.contains_key(&key) {
+        if seen.len() >= MAX_KEYS && seen.get(&key).is_none() {
+            // Full: the least recently counted pair goes only if its window
+            // is over; live counts are never dropped for a newcomer.
             let window = self.window;
-            seen.retain(|_, (start, _)| now.duration_since(*start) < window);
-            if seen.len() >= MAX_KEYS {
+            let expired = |e: &(Instant, u32)| now.duration_since(e.0) >= window;
+            if seen.pop_oldest_if(expired).is_none() {
                 tracing::warn!(
                     keys = MAX_KEYS,
                     "sender rate table full; not counting new senders"
@@ -138,7 +144,7 @@ impl SenderRate {
                 return;
             }
         }
-        let e = seen.entry(key).or_insert((now, 0));
+        let e = seen.touch_or_insert_with(key, || (now, 0));
         if now.duration_since(e.0) >= self.window {
             *e = (now, 0);
         }

@@ -273,16 +273,7 @@ impl Message {
     /// copied in blocks.
     pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
         w.write_all(&self.header_bytes())?;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut off = 0u64;
-        loop {
-            let n = self.read_body(off, &mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            w.write_all(buf.get(..n).unwrap_or_default())?;
-            off += n as u64;
-        }
+        copy_range(&self.file, self.body_start, self.len, w)
     }
 
     /// The whole message as a reader of its own (the header section copied,
@@ -311,23 +302,27 @@ impl Source {
     /// Write it all to `w` (blocking).
     pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
         w.write_all(&self.header)?;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut off = self.start;
-        while off < self.len {
-            let want = buf
-                .len()
-                .min(usize::try_from(self.len - off).unwrap_or(usize::MAX));
-            let n = self
-                .file
-                .read_at(buf.get_mut(..want).unwrap_or_default(), off)?;
-            if n == 0 {
-                break;
-            }
-            w.write_all(buf.get(..n).unwrap_or_default())?;
-            off += n as u64;
-        }
-        Ok(())
+        copy_range(&self.file, self.start, self.len, w)
     }
+}
+
+/// Copy bytes `start..end` of `file` to `w` in 64 KiB blocks (positioned
+/// reads: the file's offset is not used, so handles may share it).
+fn copy_range(file: &File, start: u64, end: u64, w: &mut impl Write) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut off = start;
+    while off < end {
+        let want = buf
+            .len()
+            .min(usize::try_from(end - off).unwrap_or(usize::MAX));
+        let n = file.read_at(buf.get_mut(..want).unwrap_or_default(), off)?;
+        if n == 0 {
+            break;
+        }
+        w.write_all(buf.get(..n).unwrap_or_default())?;
+        off += n as u64;
+    }
+    Ok(())
 }
 
 /// A value from a milter in stored form: lines split at CRLF, LF or a lone
@@ -439,6 +434,33 @@ mod tests {
             whole(&m),
             "Authentication-Results: other.example; spf=fail\n\nb\n"
         );
+    }
+
+    /// Which fields are ours to drop: any spelling of the name (blanks
+    /// before the colon too), never a field that only contains the name.
+    #[test]
+    fn results_fields_are_recognised_by_name() {
+        for ours in [
+            "Authentication-Results: mx.example.org; spf=pass\n",
+            "authentication-results :MX.example.org (forged); dmarc=pass\n",
+            "Authentication-Results:\tmx.example.org;\n",
+        ] {
+            assert_eq!(
+                whole(&message(format!("{ours}\nb\n").as_bytes())),
+                "\nb\n",
+                "{ours}"
+            );
+        }
+        for theirs in [
+            "X-Authentication-Results: mx.example.org; x\n",
+            "Authentication-Results-X: mx.example.org\n",
+        ] {
+            let text = format!("{theirs}\nb\n");
+            assert_eq!(whole(&message(text.as_bytes())), text);
+        }
+        // A continuation line first is body, not a field.
+        let text = " mx.example.org; continuation\n\nb\n";
+        assert_eq!(whole(&message(text.as_bytes())), text);
     }
 
     #[test]
