@@ -82,20 +82,12 @@ trap 'kill $MD_PID 2>/dev/null; wait $MD_PID 2>/dev/null' EXIT
 wait_port 127.0.0.1:"${POP3_PORT[zlib]}" || true
 kill -0 $MD_PID 2>/dev/null || die "maildird did not start: $WORK/maildird.log"
 
-cpu() { awk -v hz="$(getconf CLK_TCK)" '{ s = $0; sub(/^.*\) /, "", s); split(s, f, " "); printf "%.2f\n", (f[12] + f[13]) / hz }' "/proc/$MD_PID/stat"; }
 RESULTS=$(mktemp)
 trap 'kill $MD_PID 2>/dev/null; wait $MD_PID 2>/dev/null; rm -f "$RESULTS"' EXIT
 measure() { # measure CELL FILTER KEY -- loadgen args
-    local cell=$1 f=$2 key=$3 out c0 c1 rate n
-    shift 4
-    sync
-    c0=$(cpu)
-    out=$("$LG" "$@") || die "$cell $f: loadgen failed"
-    c1=$(cpu)
-    rate=$(awk -v k="$key" '$1 == k { print $2 }' <<<"$out")
-    n=$(awk '$1 == "delivered" || $1 == "msgs" { print $2 }' <<<"$out")
-    echo "$cell $f $rate $(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN { printf "%.3f", (b - a) * 1000 / n }')" >>"$RESULTS"
-    log "  $cell $f: $key=$rate"
+    local rate
+    rate=$(ab_measure "$RESULTS" "$MD_PID" "$1" "$2" "$3" -- "$LG" "${@:5}") || die "$1 $2: loadgen failed"
+    log "  $1 $2: $3=$rate"
 }
 # LG pop3 warm-up: moves new/ to cur/ once, so every measured run is the same.
 "$LG" pop3 127.0.0.1:"${POP3_PORT[none]}" --user 'u{i}' --pass $PASS --conc 10 --sessions 10 \
@@ -118,21 +110,6 @@ echo "## Filter costs (bench/filters.sh $ROUNDS, $(date -u '+%Y-%m-%d %H:%M UTC'
 echo
 echo "| cell | chain | msgs/s median (min–max) | vs none | server CPU ms/msg | vs none |"
 echo "|---|---|---|---|---|---|"
-awk '
-    function med(k,   n, i, j, t, a) { n = cnt[k]; for (i = 1; i <= n; i++) a[i] = v[k, i]
-        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-        LO = a[1]; HI = a[n]; return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-    { k = $1 SUBSEP $2; cnt[k]++; v[k, cnt[k]] = $3 + 0; c[k, cnt[k]] = $4 + 0; cells[$1] = 1 }
-    END {
-        split("none log zlib", fs, " ")
-        for (cell in cells) for (i = 1; i <= 3; i++) {
-            k = cell SUBSEP fs[i]; if (!cnt[k]) continue
-            m = med(k); lo = LO; hi = HI
-            for (j = 1; j <= cnt[k]; j++) v[k, j] = c[k, j]
-            cm = med(k)
-            if (fs[i] == "none") { base = m; cbase = cm }
-            printf "%s %d| %s | %s | %.0f (%.0f–%.0f) | %+.1f%% | %.3f | %+.1f%% |\n", cell, i, cell, fs[i] == "none" ? "[] (none)" : "[\"" fs[i] "\"]", m, lo, hi, (m / base - 1) * 100, cm, (cm / cbase - 1) * 100
-        }
-    }' "$RESULTS" | sort | cut -d'|' -f2- | sed 's/^/|/' 
+ab_table "$RESULTS" 'none=[] (none);log=["log"];zlib=["zlib"]'
 echo
 echo "msgs/s: delivered (SMTP 1 KiB, 50 clients, 2000 per run) or retrieved (POP3 RETR 10 KiB, 10 sessions, 16 in flight); vs none: change of the median against the listener without filters in the same daemon, same rounds."

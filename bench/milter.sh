@@ -103,28 +103,17 @@ for mode in off on; do
     wait_port 127.0.0.1:"${SMTP_PORT[$mode]}" || die "maildird ($mode) did not start: $WORK/maildird-$mode.log"
 done
 
-# A fresh, empty Maildir for every run (the old one goes to trash: deleting
-# thousands of files here slows later creates for minutes).
+# A fresh, empty Maildir for every run (lib.sh: ab_fresh).
 fresh() {
-    local md=$WORK/mail-$1/alice
-    [ -e "$md" ] && mv "$md" "$WORK/trash/$(date +%s%N)"
-    install -d -m 700 -o nobody -g nogroup "$md" "$md/tmp" "$md/new" "$md/cur"
-    echo "$md"
+    ab_fresh "$WORK/trash" "$WORK/mail-$1/alice"
+    echo "$WORK/mail-$1/alice"
 }
-cpu() { awk -v hz="$(getconf CLK_TCK)" '{ s = $0; sub(/^.*\) /, "", s); split(s, f, " "); printf "%.2f\n", (f[12] + f[13]) / hz }' "/proc/$1/stat"; }
 RESULTS=$(mktemp)
 trap 'kill ${PID[off]} ${PID[on]} $UB_PID 2>/dev/null; wait 2>/dev/null; rm -f "$RESULTS"' EXIT
 measure() { # measure CELL MODE KEY -- command...
-    local cell=$1 mode=$2 key=$3 out c0 c1 rate n
-    shift 4
-    sync
-    c0=$(cpu "${PID[$mode]}")
-    out=$("$@") || die "$cell $mode: load client failed"
-    c1=$(cpu "${PID[$mode]}")
-    rate=$(awk -v k="$key" '$1 == k { print $2 }' <<<"$out")
-    n=$(awk '$1 == "delivered" { print $2 }' <<<"$out")
-    echo "$cell $mode $rate $(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN { printf "%.3f", (b - a) * 1000 / n }')" >>"$RESULTS"
-    log "  $cell $mode: $key=$rate"
+    local rate
+    rate=$(ab_measure "$RESULTS" "${PID[$2]}" "$@") || die "$1 $2: load client failed"
+    log "  $1 $2: $3=$rate"
 }
 # Warm-up: one message each (rspamd's maps, the page cache).
 for mode in off on; do
@@ -150,21 +139,6 @@ echo "## Milter cost (bench/milter.sh $ROUNDS, $(date -u '+%Y-%m-%d %H:%M UTC'))
 echo
 echo "| client | milter | msgs/s median (min–max) | vs off | server CPU ms/msg | vs off |"
 echo "|---|---|---|---|---|---|"
-awk '
-    function med(k,   n, i, j, t, a) { n = cnt[k]; for (i = 1; i <= n; i++) a[i] = v[k, i]
-        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-        LO = a[1]; HI = a[n]; return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-    { k = $1 SUBSEP $2; cnt[k]++; v[k, cnt[k]] = $3 + 0; c[k, cnt[k]] = $4 + 0; cells[$1] = 1 }
-    END {
-        split("off on", ms, " ")
-        for (cell in cells) for (i = 1; i <= 2; i++) {
-            k = cell SUBSEP ms[i]; if (!cnt[k]) continue
-            m = med(k); lo = LO; hi = HI
-            for (j = 1; j <= cnt[k]; j++) v[k, j] = c[k, j]
-            cm = med(k)
-            if (ms[i] == "off") { base = m; cbase = cm }
-            printf "%s %d| %s | %s | %.0f (%.0f–%.0f) | %+.1f%% | %.3f | %+.1f%% |\n", cell, i, cell, ms[i], m, lo, hi, (m / base - 1) * 100, cm, (cm / cbase - 1) * 100
-        }
-    }' "$RESULTS" | sort | cut -d'|' -f2- | sed 's/^/|/'
+ab_table "$RESULTS" 'off=off;on=on'
 echo
 echo "SMTP 1 KiB messages, one per connection, delivered (250 and in new/); on: every message through rspamd $(rspamd --version 2>/dev/null | awk '{ print $NF; exit }') in milter mode (2 proxy workers, self-scan) on loopback; vs off: change of the median against the daemon without message_filters, same rounds. rspamd itself used $((RS_CPU1 - RS_CPU0)) s of CPU over all the on runs."
