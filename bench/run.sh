@@ -102,6 +102,9 @@ to_trash() { # move a directory out of the way without deleting anything
 
 
 CLK_TCK=$(getconf CLK_TCK)
+machine_cpu() { # CPU seconds the whole machine (every core) spent busy so far
+    awk -v hz="$CLK_TCK" '$1 == "cpu" { printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / hz; exit }' /proc/stat
+}
 tree_cpu() { # CPU seconds of process $1, its descendants and their reaped children
     { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root="$1" -v hz="$CLK_TCK" '
         { pid = $1; s = $0; sub(/^.*\) /, "", s); split(s, f, " ")
@@ -197,12 +200,16 @@ peers start all >&2
 # its lines go to $RAW, metrics of a successful run to $DATA (plus server CPU).
 FAILS=0
 measure() {
-    local round=$1 cell=$2 server=$3 pid=$4 units=$5 out rc=0 c0 c1 n
+    local round=$1 cell=$2 server=$3 pid=$4 units=$5 out rc=0 c0 c1 m0 m1 t0 t1 n
     shift 6
     sync
     sleep "$SETTLE"
     c0=$(tree_cpu "$pid")
+    m0=$(machine_cpu)
+    t0=$(date +%s.%N)
     out=$("$LG" "$@" 2>"$WORK/loadgen.err") || rc=$?
+    t1=$(date +%s.%N)
+    m1=$(machine_cpu)
     c1=$(tree_cpu "$pid")
     awk -v p="$round $cell $server" '{ print p, $0 }' <<<"$out" >>"$RAW"
     if [ "$rc" != 0 ]; then
@@ -215,7 +222,10 @@ measure() {
     if [ -n "$units" ]; then
         n=$(awk -v k="$units" '$1 == k { print $2 }' <<<"$out")
         awk -v p="$round $cell $server" -v c="$c1" -v c0="$c0" -v n="$n" \
-            'BEGIN { if (n > 0) printf "%s cpu_ms_per_msg %.3f\n", p, (c - c0) * 1000 / n }' >>"$DATA"
+            -v m0="$m0" -v m1="$m1" -v t0="$t0" -v t1="$t1" -v cores="$(nproc)" 'BEGIN { if (n > 0) {
+                printf "%s cpu_ms_per_msg %.3f\n", p, (c - c0) * 1000 / n
+                printf "%s machine_ms_per_msg %.3f\n%s busy_pct %.1f\n", p, (m1 - m0) * 1000 / n, p, (m1 - m0) * 100 / ((t1 - t0) * cores)
+            } }' >>"$DATA"
     fi
     log "  $cell $server: $(awk '$1 ~ /^(e2e_per_s|msgs_per_s|mb_per_s|pss_kib_per_conn|probe_p50_ms|conns)$/ { printf "%s=%s ", $1, $2 }' <<<"$out")cpu=$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2fs", b - a }')"
 }
@@ -248,7 +258,7 @@ smtp_peer() { smtp_run "$1" postfix; }
 # COUNT files in the Maildir, timed from the start.
 files_in() { find "$1/new" "$1/cur" -type f 2>/dev/null | wc -l; }
 sms_run() { # sms_run ROUND SERVER
-    local round=$1 server=$2 addr md pid c0 c1 t0 t1 n deadline
+    local round=$1 server=$2 addr md pid c0 c1 m0 m1 t0 t1 n deadline
     if [ "$server" = maildird ]; then
         addr=$MD_SMTP md=$WORK/mail/alice pid=$MD_PID
         to_trash "$md"; md_maildir "$md"
@@ -260,6 +270,7 @@ sms_run() { # sms_run ROUND SERVER
     sync
     sleep "$SETTLE"
     c0=$(tree_cpu "$pid")
+    m0=$(machine_cpu)
     t0=$(date +%s.%N)
     if ! timeout 180 "$SMTP_SOURCE" -s "$CONC" -m "$COUNT" -l "$SIZE" -M client.bench.test \
         -f sender@bench.test -t alice@bench.test "$addr" >"$WORK/smtp-source.out" 2>&1; then
@@ -276,14 +287,19 @@ sms_run() { # sms_run ROUND SERVER
     done
     t1=$(date +%s.%N)
     c1=$(tree_cpu "$pid")
+    m1=$(machine_cpu)
     if [ "$n" -lt "$COUNT" ]; then
         FAILS=$((FAILS + 1))
         echo "$round $CELL $server failed 1" >>"$DATA"
         log "  $CELL $server FAILED: $n of $COUNT delivered"
         return 0
     fi
-    awk -v p="$round $CELL $server" -v n="$COUNT" -v t0="$t0" -v t1="$t1" -v c0="$c0" -v c1="$c1" 'BEGIN {
+    # machine: every core's busy time (server, smtp-source, kernel) per
+    # message, and the share of both cores that was busy.
+    awk -v p="$round $CELL $server" -v n="$COUNT" -v t0="$t0" -v t1="$t1" -v c0="$c0" -v c1="$c1" \
+        -v m0="$m0" -v m1="$m1" -v cores="$(nproc)" 'BEGIN {
         printf "%s e2e_per_s %.1f\n%s delivered %d\n%s cpu_ms_per_msg %.3f\n", p, n / (t1 - t0), p, n, p, (c1 - c0) * 1000 / n
+        printf "%s machine_ms_per_msg %.3f\n%s busy_pct %.1f\n", p, (m1 - m0) * 1000 / n, p, (m1 - m0) * 100 / ((t1 - t0) * cores)
     }' | tee -a "$RAW" >>"$DATA"
     log "  $CELL $server: e2e_per_s=$(awk -v n="$COUNT" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.1f", n / (t1 - t0) }') cpu=$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2fs", b - a }')"
 }
@@ -483,6 +499,14 @@ smtp-1k-c50|cpu_ms_per_msg|postfix|SMTP 1 KiB, conc 50|server CPU ms/msg|l
 smtp-1k-c10|cpu_ms_per_msg|postfix|SMTP 1 KiB, conc 10|server CPU ms/msg|l
 smtp-100k-c50|cpu_ms_per_msg|postfix|SMTP 100 KiB, conc 50|server CPU ms/msg|l
 smtp-src-1k-c50|cpu_ms_per_msg|postfix|SMTP 1 KiB, conc 50, smtp-source|server CPU ms/msg|l
+smtp-1k-c50|machine_ms_per_msg|postfix|SMTP 1 KiB, conc 50|machine CPU ms/msg (all cores)|l
+smtp-1k-c50|busy_pct|postfix|SMTP 1 KiB, conc 50|cores busy %|l
+smtp-src-1k-c50|machine_ms_per_msg|postfix|SMTP 1 KiB, conc 50, smtp-source|machine CPU ms/msg (all cores)|l
+smtp-src-1k-c50|busy_pct|postfix|SMTP 1 KiB, conc 50, smtp-source|cores busy %|l
+pop3-p1|machine_ms_per_msg|dovecot|POP3 RETR 10 KiB, pipeline 1|machine CPU ms/msg (all cores)|l
+pop3-p1|busy_pct|dovecot|POP3 RETR 10 KiB, pipeline 1|cores busy %|l
+pop3-p16|machine_ms_per_msg|dovecot|POP3 RETR 10 KiB, pipeline 16|machine CPU ms/msg (all cores)|l
+pop3-p16|busy_pct|dovecot|POP3 RETR 10 KiB, pipeline 16|cores busy %|l
 pop3-p1|cpu_ms_per_msg|dovecot|POP3 RETR 10 KiB, pipeline 1|server CPU ms/msg|l
 pop3-p16|cpu_ms_per_msg|dovecot|POP3 RETR 10 KiB, pipeline 16|server CPU ms/msg|l
 idle-smtp|pss_kib_per_conn|postfix|Idle SMTP after EHLO, $IDLE_CONNS conns|PSS KiB/conn|l
