@@ -476,9 +476,9 @@ impl Mailbox for MaildirMailbox {
         let MaildirMailbox {
             md, lock, entries, ..
         } = self;
-        let bases: Vec<String> = indexes
+        let marked: Vec<scan::Entry> = indexes
             .iter()
-            .filter_map(|&i| entries.get(i).map(|e| e.base.clone()))
+            .filter_map(|&i| entries.get(i).cloned())
             .collect();
         tokio::task::spawn_blocking(move || {
             // RFC 1939 §8: only the holder of the maildrop may change it. A lost
@@ -491,7 +491,7 @@ impl Mailbox for MaildirMailbox {
                 warn!(path = %md.path().display(), error = ?e, "pop3 update refused: the mailbox lock is not ours");
                 return Err(StoreError::Temporary);
             }
-            let r = scan::remove_messages(&md, &bases);
+            let r = scan::remove_messages(&md, &marked);
             // Release only after the removal is durable.
             drop(lock);
             r.map_err(|e| {

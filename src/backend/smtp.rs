@@ -15,10 +15,10 @@ use super::checked::{StageParams, Staged};
 use super::quota::{SenderRate, full_reply, rate_reply, refuses};
 use super::recipients::resolve;
 use crate::auth::{Role, validate_name};
-use crate::maildir::deliver::{Delivery, scratch_file, staging_maildir};
+use crate::maildir::deliver::{Delivery, RollbackFailed, scratch_file, staging_maildir};
 use crate::maildir::name::UniqueName;
 use crate::maildir::quota::QuotaRule;
-use crate::maildir::{Maildir, fsat, is_no_space};
+use crate::maildir::{Maildir, fsat, is_no_space, is_stale_handle};
 use crate::smtp::backend::{
     Authenticated, Backend as SmtpBackend, BodySink, Envelope, SessionInfo, Stored,
 };
@@ -393,24 +393,33 @@ impl MaildirSink {
         };
         let quotas = mem::take(&mut self.quotas);
         let host = self.host.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut delivery = match body {
-                Body::Pending { name, headers } => {
-                    let mut d = Delivery::begin_named(&targets, &host, Some(name.clone()))?;
-                    d.write(pending_headers(&headers, &name, &d).as_bytes())?;
-                    d
+        let (maildirs, paths) = (self.maildirs.clone(), self.paths.clone());
+        let log_id = id.clone();
+        let done = tokio::task::spawn_blocking(move || match body {
+            Body::Pending { name, headers } => {
+                let whole = |targets: &[Maildir]| {
+                    let d = Delivery::begin_named(targets, &host, Some(name.clone()))?;
+                    let headers = pending_headers(&headers, &name, &d);
+                    finish(d, &[headers.as_bytes(), &buf], targets, &quotas)
+                };
+                match whole(&targets) {
+                    // The whole message is still here: once more through
+                    // new handles (shared storage that failed over, or a
+                    // directory replaced under a cached handle).
+                    Err(e) if is_stale_handle(&e) && RollbackFailed::of(&e).is_none() => {
+                        tracing::warn!(id = %log_id, error = %e, "maildir delivery failed on a stale handle; trying once more");
+                        maildirs.forget(&paths);
+                        let fresh = paths
+                            .iter()
+                            .map(|p| maildirs.ensure(p))
+                            .collect::<io::Result<Vec<Maildir>>>()?;
+                        whole(&fresh)
+                    }
+                    r => r,
                 }
-                Body::Direct(d) => d,
-                Body::Staged(_) => {
-                    return Err(io::Error::other("staged message in the direct path"));
-                }
-            };
-            delivery.write(&buf)?;
-            let size = delivery.size();
-            super::quota::check_fits(&targets, &quotas, size)?;
-            let paths = delivery.commit(&targets)?;
-            super::quota::account(&targets, &quotas, size);
-            Ok(paths)
+            }
+            Body::Direct(d) => finish(d, &[&buf], &targets, &quotas),
+            Body::Staged(_) => Err(io::Error::other("staged message in the direct path")),
         })
         .await;
         match done {
@@ -506,13 +515,30 @@ impl BodySink for MaildirSink {
     }
 }
 
+/// Write the last bytes of a message, check its quotas, and commit it.
+fn finish(
+    mut delivery: Delivery,
+    bytes: &[&[u8]],
+    targets: &[Maildir],
+    quotas: &[Option<QuotaRule>],
+) -> io::Result<Vec<std::path::PathBuf>> {
+    for b in bytes {
+        delivery.write(b)?;
+    }
+    let size = delivery.size();
+    super::quota::check_fits(targets, quotas, size)?;
+    let paths = delivery.commit(targets)?;
+    super::quota::account(targets, quotas, size);
+    Ok(paths)
+}
+
 /// The reply to a failed commit (details in the log).
 pub(super) fn commit_failure(e: &io::Error, id: &str) -> Reply {
     if super::quota::is_over_quota(e) {
         tracing::info!(id, error = %e, "over quota");
         return super::quota::overflow_reply();
     }
-    match crate::maildir::deliver::RollbackFailed::of(e) {
+    match RollbackFailed::of(e) {
         // Some copies stayed in new/ after a failure: say which, in the
         // log and (by id) in the reply, so a duplicate after the
         // client's retry can be explained.

@@ -279,7 +279,12 @@ impl Drop for Delivery {
             // Uncommitted: discard buffered bytes without writing them.
             let (f, _) = file.into_parts();
             drop(f);
-            let _ = fsat::unlink_at(self.first.dir(Sub::Tmp), self.name.as_str());
+            match fsat::unlink_at(self.first.dir(Sub::Tmp), self.name.as_str()) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %self.tmp_path().display(), error = %e, "cannot remove a delivery's tmp file; the tmp sweep will");
+                }
+                _ => {}
+            }
         }
     }
 }

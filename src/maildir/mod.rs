@@ -279,3 +279,10 @@ fn split(path: &Path) -> io::Result<(&Path, &str)> {
 pub fn is_no_space(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(c) if c == nix::libc::ENOSPC || c == nix::libc::EDQUOT)
 }
+
+/// A handle that no longer reaches its file or directory (NFS `ESTALE`), or a
+/// network filesystem that lost its servers for a moment (FUSE `ENOTCONN`):
+/// the same operation through handles opened again may work.
+pub fn is_stale_handle(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(c) if c == nix::libc::ESTALE || c == nix::libc::ENOTCONN)
+}

@@ -573,7 +573,9 @@ fn replace_file(md: &Maildir, text: &[u8]) -> io::Result<File> {
         .and_then(|()| file.sync_all())
         .and_then(|()| fsat::rename_at(tmp, name.as_str(), md.root(), FILE_NAME));
     if let Err(e) = result {
-        let _ = fsat::unlink_at(tmp, name.as_str());
+        if let Err(u) = fsat::unlink_at(tmp, name.as_str()) {
+            tracing::warn!(path = %md.tmp().join(name.as_str()).display(), error = %u, "cannot remove a quota file's tmp file; the tmp sweep will");
+        }
         return Err(e);
     }
     Ok(file)

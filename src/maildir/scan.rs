@@ -226,20 +226,50 @@ fn index(md: &Maildir) -> io::Result<HashMap<String, Vec<(Sub, String)>>> {
     Ok(map)
 }
 
-/// POP3 UPDATE: unlink the messages `bases` wherever they are now, tolerating
-/// ones already gone; every message is tried even after a failure, then `new/`
-/// and `cur/` are fsynced so the removals that happened are durable. An error
-/// says how many messages could not be removed.
+/// POP3 UPDATE: unlink the messages `msgs` where the session last saw them
+/// (by name: a listing of a network filesystem can miss a file for a moment,
+/// e.g. GlusterFS while it heals the directory), else wherever their base
+/// name is now (mutt moved them), tolerating ones already gone; every message
+/// is tried even after a failure, then `new/` and `cur/` are fsynced so the
+/// removals that happened are durable. An error says how many messages could
+/// not be removed.
 /// (An entry the owner swapped for a link is left alone: not a message.)
-pub fn remove_messages(md: &Maildir, bases: &[String]) -> io::Result<()> {
-    if bases.is_empty() {
+pub fn remove_messages(md: &Maildir, msgs: &[Entry]) -> io::Result<()> {
+    if msgs.is_empty() {
         return Ok(());
     }
-    let map = index(md)?;
+    let mut map: Option<HashMap<String, Vec<(Sub, String)>>> = None;
     let mut failed = 0usize;
     let mut first: Option<io::Error> = None;
-    for base in bases {
-        let mut found = map.get(base).cloned().unwrap_or_default();
+    for m in msgs {
+        let dir = md.dir(m.sub);
+        if fsat::is_regular(dir, &m.name, None) {
+            match fsat::unlink_at(dir, &m.name) {
+                Ok(()) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    failed += 1;
+                    first.get_or_insert(e);
+                    continue;
+                }
+            }
+        }
+        if map.is_none() {
+            match index(md) {
+                Ok(i) => map = Some(i),
+                Err(e) => {
+                    failed += 1;
+                    first.get_or_insert(e);
+                    continue;
+                }
+            }
+        }
+        let base = &m.base;
+        let mut found = map
+            .as_ref()
+            .and_then(|i| i.get(base))
+            .cloned()
+            .unwrap_or_default();
         // Moved between the directory read and the unlink: look once more.
         let mut retried = false;
         while let Some((sub, name)) = found.pop() {
@@ -269,7 +299,7 @@ pub fn remove_messages(md: &Maildir, bases: &[String]) -> io::Result<()> {
     match first {
         Some(e) => Err(io::Error::new(
             e.kind(),
-            format!("{failed} of {} messages not removed: {e}", bases.len()),
+            format!("{failed} of {} messages not removed: {e}", msgs.len()),
         )),
         None => synced,
     }
@@ -440,7 +470,13 @@ mod tests {
         let again = snapshot(&md).unwrap();
         assert_eq!(uidl(&again[0].base), before);
         assert_eq!(find(&md, base), Some((Sub::Cur, format!("{base}:2,S"))));
-        remove_messages(&md, &[s[0].base.clone(), "gone.already".into()]).unwrap();
+        let gone = Entry {
+            base: "gone.already".into(),
+            sub: Sub::New,
+            name: "gone.already".into(),
+            size: 1,
+        };
+        remove_messages(&md, &[s[0].clone(), gone]).unwrap();
         assert_eq!(find(&md, base), None);
         assert!(md.new_dir().join(keep).exists());
         assert_eq!(snapshot(&md).unwrap().len(), 1);
@@ -493,7 +529,9 @@ mod tests {
         // The FIFO is refused without blocking, and removal unlinks links, not targets.
         let e = open_message(&md, Sub::Cur, "4.M1P1.fifo").unwrap_err();
         assert!(fsat::is_refused(&e), "{e}");
-        remove_messages(&md, &["1.M1P1.real".into()]).unwrap();
+        remove_messages(&md, &s).unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"secret\n");
+        // The link at the message's name is left alone too.
+        assert!(fs::symlink_metadata(md.new_dir().join("1.M1P1.real")).is_ok());
     }
 }

@@ -636,6 +636,27 @@ impl Daemon {
         d
     }
 
+    /// `nsenter --net=/run/netns/NETNS maildird serve -c CFG` (the daemon in a
+    /// network namespace the test made, as a host of its own), waiting for `READY=1`.
+    pub fn start_in_netns(env: &TestEnv, cfg: &Path, netns: &str) -> Daemon {
+        let mut cmd = Command::new(require_tool("nsenter", "util-linux"));
+        cmd.arg(format!("--net=/run/netns/{netns}"))
+            .arg(bin())
+            .arg("serve")
+            .arg("-c")
+            .arg(cfg);
+        let d = Daemon::spawn(
+            env,
+            cmd,
+            &format!("maildird serve in {netns}"),
+            |c, sock| {
+                c.env("NOTIFY_SOCKET", sock);
+            },
+        );
+        d.wait_ready();
+        d
+    }
+
     /// `systemd-socket-activate -l A... [--fdname=N:N] -E NOTIFY_SOCKET=.. maildird
     /// serve -c CFG`. Returns once every socket is listening; the daemon itself is
     /// exec()ed on the first connection, so connect, then `wait_ready`.
@@ -1248,7 +1269,7 @@ pub fn wait_listening(port: u16, what: &str) {
 
 /// A real haproxy on 127.0.0.1:`front`, round-robin over `backends` with
 /// `send_proxy` (`send-proxy` or `send-proxy-v2`); killed on drop.
-pub struct Haproxy(Child);
+pub struct Haproxy(pub Child);
 
 impl Drop for Haproxy {
     fn drop(&mut self) {
