@@ -128,18 +128,40 @@ brick_start() { # node
     done
 }
 
+# A brick killed in the middle of a create can keep a file that never got
+# its GlusterFS id (no trusted.gfid xattr): the heal cannot copy it and "heal
+# info" lists its directory for ever. In a Maildir's tmp/ that is an
+# unfinished delivery: remove it from the brick, as GlusterFS's docs tell an
+# admin to, and say so on stdout. Anywhere else it is left for the test to fail.
+fix_gfidless() {
+    for n in 1 2 3; do
+        b="$DIR/s$n/brick/b"
+        [ -d "$b/mail" ] || continue
+        find "$b/mail" -mindepth 3 -maxdepth 3 -type f -path "$b/mail/*/tmp/*" | while read -r f; do
+            getfattr -n trusted.gfid "$f" >/dev/null 2>&1 && continue
+            echo "removed from brick $n (no gfid): ${f#"$b"/}"
+            rm -f "$f"
+        done
+    done
+}
+
 # The self-heal daemons start on their own when a brick comes back; trigger
 # an index heal once more and poll the summary (each "heal info" starts a
 # client of its own: not too often).
 heal_wait() { # seconds
     cli volume heal "$VOL" >/dev/null 2>&1 || true
-    end=$(($(date +%s) + $1))
+    start=$(date +%s)
+    end=$((start + $1))
     while :; do
         info=$(cli volume heal "$VOL" info summary 2>/dev/null || true)
         pending=$(echo "$info" | awk '/^Total Number of entries:/ {s += $NF} END {print s + 0}')
         connected=$(echo "$info" | grep -c '^Status: Connected' || true)
         if [ "$pending" = 0 ] && [ "$connected" = 3 ]; then return 0; fi
         [ "$(date +%s)" -lt "$end" ] || die "heal not done after $1 s: $info"
+        if [ "$(date +%s)" -ge $((start + 10)) ]; then
+            fix_gfidless
+            cli volume heal "$VOL" >/dev/null 2>&1 || true
+        fi
         sleep 1
     done
 }
