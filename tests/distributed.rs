@@ -881,8 +881,8 @@ fn hosts_and_bricks_fail_under_load_and_no_mail_is_lost() {
     // Retrieved and deleted by two committed sessions: reported, not
     // asserted. With the lock held throughout (checked next), this happens
     // when a host still lists a message that the other host's committed
-    // QUIT removed, while GlusterFS heals a brick (seen in 2 of 12 runs: 120
-    // and 154 messages; the client downloads them again). Nothing is lost.
+    // QUIT removed, while GlusterFS heals a brick (seen in 3 of 13 runs: 120
+    // to 154 messages; the client downloads them again). Nothing is lost.
     // The lock: no session logged in while another held the maildrop.
     let mut overlaps = 0;
     for a in &pop3.sessions {
