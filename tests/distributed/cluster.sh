@@ -138,7 +138,9 @@ fix_gfidless() {
         b="$DIR/s$n/brick/b"
         [ -d "$b/mail" ] || continue
         find "$b/mail" -mindepth 3 -maxdepth 3 -type f -path "$b/mail/*/tmp/*" | while read -r f; do
-            getfattr -n trusted.gfid "$f" >/dev/null 2>&1 && continue
+            # Only when getfattr ran and listed no trusted.gfid.
+            ids=$(getfattr --absolute-names -m '^trusted\.gfid$' "$f" 2>/dev/null) || continue
+            [ -z "$ids" ] || continue
             echo "removed from brick $n (no gfid): ${f#"$b"/}"
             rm -f "$f"
         done
