@@ -236,17 +236,23 @@ pair() {
 }
 
 # --- SMTP: every run gets a fresh, empty Maildir (the old one goes to trash)
+# smtp_target SERVER: sets ADDR, MD (alice's Maildir, fresh and empty: the old
+# one goes to trash) and PID (the server's) for an SMTP cell.
+smtp_target() {
+    if [ "$1" = maildird ]; then
+        ADDR=$MD_SMTP MD=$WORK/mail/alice PID=$MD_PID
+        to_trash "$MD"; md_maildir "$MD"
+    else
+        ADDR=$PEER_SMTP MD=$WORK/peers/mail/alice/Maildir PID=$(pf_pid)
+        to_trash "$MD"
+        install -d -m 700 -o benchmail -g benchmail "$MD" "$MD/tmp" "$MD/new" "$MD/cur"
+    fi
+}
 SMTP_CELLS="smtp-1k-c50:50:1024:2000 smtp-1k-c10:10:1024:2000 smtp-100k-c50:50:102400:1000"
 smtp_run() { # smtp_run ROUND SERVER
     local server=$2 addr md pid
-    if [ "$server" = maildird ]; then
-        addr=$MD_SMTP md=$WORK/mail/alice pid=$MD_PID
-        to_trash "$md"; md_maildir "$md"
-    else
-        addr=$PEER_SMTP md=$WORK/peers/mail/alice/Maildir pid=$(pf_pid)
-        to_trash "$md"
-        install -d -m 700 -o benchmail -g benchmail "$md" "$md/tmp" "$md/new" "$md/cur"
-    fi
+    smtp_target "$server"
+    addr=$ADDR md=$MD pid=$PID
     measure "$1" "$CELL" "$server" "$pid" delivered -- smtp "$addr" --conc "$CONC" --size "$SIZE" \
         --count "$COUNT" --rcpt alice@bench.test --maildir "$md" --time-limit 180 --drain-timeout 60
 }
@@ -259,14 +265,8 @@ smtp_peer() { smtp_run "$1" postfix; }
 files_in() { find "$1/new" "$1/cur" -type f 2>/dev/null | wc -l; }
 sms_run() { # sms_run ROUND SERVER
     local round=$1 server=$2 addr md pid c0 c1 m0 m1 t0 t1 n deadline
-    if [ "$server" = maildird ]; then
-        addr=$MD_SMTP md=$WORK/mail/alice pid=$MD_PID
-        to_trash "$md"; md_maildir "$md"
-    else
-        addr=$PEER_SMTP md=$WORK/peers/mail/alice/Maildir pid=$(pf_pid)
-        to_trash "$md"
-        install -d -m 700 -o benchmail -g benchmail "$md" "$md/tmp" "$md/new" "$md/cur"
-    fi
+    smtp_target "$server"
+    addr=$ADDR md=$MD pid=$PID
     sync
     sleep "$SETTLE"
     c0=$(tree_cpu "$pid")

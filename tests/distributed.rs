@@ -118,7 +118,6 @@ fn host_config(env: &TestEnv, n: u32, mount: &Path) -> PathBuf {
 /// health checks (also sent with a PROXY header) every 200 ms, and a failed
 /// connection re-dispatched to the other host.
 fn start_haproxy(env: &TestEnv, front: u16) -> Haproxy {
-    let bin = require_tool("haproxy", "haproxy");
     let servers: String = (1..=2)
         .map(|n| {
             format!(
@@ -126,28 +125,11 @@ fn start_haproxy(env: &TestEnv, front: u16) -> Haproxy {
             )
         })
         .collect();
-    let cfg = env.write_config(
-        "haproxy.cfg",
-        &format!(
-            "global\n  maxconn 2000\n\
-             defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
-             \x20 retries 3\n  option redispatch\n\
-             frontend fe\n  bind 127.0.0.1:{front}\n  default_backend be\n\
-             backend be\n  balance roundrobin\n  option smtpchk EHLO haproxy.test\n{servers}"
-        ),
-    );
-    let child = Command::new(bin)
-        .arg("-db")
-        .arg("-f")
-        .arg(&cfg)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn haproxy");
-    let h = Haproxy(child);
-    wait_listening(front, "haproxy");
-    h
+    haproxy_backend(
+        env,
+        front,
+        &format!("  retries 3\n  option redispatch\n  option smtpchk EHLO haproxy.test\n{servers}"),
+    )
 }
 
 /// Message `i`: a distinct Message-ID, a size from 200 bytes to 6 KiB, lines
@@ -191,49 +173,77 @@ enum Outcome {
     NotSent,
 }
 
-struct Smtp {
+/// A line client that reports a lost connection as an error (hosts die in
+/// this test) instead of failing the test, as `common::Line` does.
+struct Conn {
     r: BufReader<TcpStream>,
     w: TcpStream,
 }
 
-impl Smtp {
-    fn connect(port: u16) -> std::io::Result<Smtp> {
-        let s = TcpStream::connect(("127.0.0.1", port))?;
+impl Conn {
+    fn connect(host: &str, port: u16) -> std::io::Result<Conn> {
+        let s = TcpStream::connect((host, port))?;
         s.set_read_timeout(Some(Duration::from_secs(60)))?;
         let w = s.try_clone()?;
-        Ok(Smtp {
+        Ok(Conn {
             r: BufReader::new(s),
             w,
         })
     }
 
-    /// One reply (multi-line joined): its code and last line.
+    fn line(&mut self) -> std::io::Result<String> {
+        let mut l = String::new();
+        if self.r.read_line(&mut l)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(l)
+    }
+
+    /// One SMTP reply (multi-line joined): its code and last line.
     fn reply(&mut self) -> std::io::Result<(u16, String)> {
         loop {
-            let mut l = String::new();
-            if self.r.read_line(&mut l)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
+            let l = self.line()?;
+            let bad = || std::io::Error::other(format!("bad reply {l:?}"));
             if l.len() < 4 {
-                return Err(std::io::Error::other(format!("bad reply {l:?}")));
+                return Err(bad());
             }
             if l.as_bytes()[3] != b'-' {
-                let code = l[..3]
-                    .parse()
-                    .map_err(|_| std::io::Error::other(format!("bad reply {l:?}")))?;
+                let code = l[..3].parse().map_err(|_| bad())?;
                 return Ok((code, l.trim_end().to_string()));
             }
         }
     }
 
+    /// An SMTP command and its reply.
     fn cmd(&mut self, line: &str) -> std::io::Result<(u16, String)> {
         self.w.write_all(format!("{line}\r\n").as_bytes())?;
         self.reply()
     }
 
+    /// A POP3 command and its one-line reply.
+    fn cmd_pop(&mut self, c: &str) -> std::io::Result<String> {
+        self.w.write_all(format!("{c}\r\n").as_bytes())?;
+        self.line()
+    }
+
+    /// The body of a POP3 multi-line reply, dot-unstuffed, CRLF kept.
+    fn multi(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let mut l = Vec::new();
+            if self.r.read_until(b'\n', &mut l)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if l == b".\r\n" {
+                return Ok(out);
+            }
+            out.extend_from_slice(l.strip_prefix(b".").unwrap_or(&l));
+        }
+    }
+
     /// One transaction; `Err` when the connection is gone (the outcome is then
     /// `Unknown` if the final dot was sent, else nothing happened).
-    fn send(&mut self, i: usize) -> std::io::Result<Outcome> {
+    fn send_message(&mut self, i: usize) -> std::io::Result<Outcome> {
         let (c, l) = self.cmd("MAIL FROM:<load@example.net>")?;
         if c != 250 {
             self.cmd("RSET")?;
@@ -323,7 +333,7 @@ fn sender(
         again
     };
     'conn: while Instant::now() < deadline {
-        let Ok(mut c) = Smtp::connect(front) else {
+        let Ok(mut c) = Conn::connect("127.0.0.1", front) else {
             continue;
         };
         match c.reply() {
@@ -338,7 +348,7 @@ fn sender(
                 let _ = c.cmd("QUIT");
                 return;
             };
-            match c.send(i) {
+            match c.send_message(i) {
                 Ok(o @ Outcome::Unknown) => {
                     record(i, o);
                     continue 'conn;
@@ -385,55 +395,15 @@ struct Pop3Log {
     refused: usize,
 }
 
-struct Pop3 {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Pop3 {
-    fn line(&mut self) -> std::io::Result<String> {
-        let mut l = String::new();
-        if self.r.read_line(&mut l)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(l)
-    }
-
-    fn cmd(&mut self, c: &str) -> std::io::Result<String> {
-        self.w.write_all(format!("{c}\r\n").as_bytes())?;
-        self.line()
-    }
-
-    /// The body of a multi-line reply, dot-unstuffed, CRLF kept.
-    fn multi(&mut self) -> std::io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        loop {
-            let mut l = Vec::new();
-            if self.r.read_until(b'\n', &mut l)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            if l == b".\r\n" {
-                return Ok(out);
-            }
-            out.extend_from_slice(l.strip_prefix(b".").unwrap_or(&l));
-        }
-    }
-}
-
 /// One session as carol on host `n`: retrieve and delete up to 200 messages.
 fn pop3_session(n: u32, log: &Mutex<Pop3Log>) -> std::io::Result<()> {
-    let s = TcpStream::connect((format!("{NET}.2{n}").as_str(), 1110))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut p = Pop3 {
-        w: s.try_clone()?,
-        r: BufReader::new(s),
-    };
+    let mut p = Conn::connect(&format!("{NET}.2{n}"), 1110)?;
     if !p.line()?.starts_with("+OK") {
         return Ok(());
     }
-    p.cmd(&format!("USER {DRAINED}"))?;
+    p.cmd_pop(&format!("USER {DRAINED}"))?;
     let pass_sent = Instant::now();
-    let ok = p.cmd(&format!("PASS {PW}"))?;
+    let ok = p.cmd_pop(&format!("PASS {PW}"))?;
     let ok_at = Instant::now();
     if !ok.starts_with("+OK") {
         let mut l = log.lock().unwrap();
@@ -455,25 +425,25 @@ fn pop3_session(n: u32, log: &Mutex<Pop3Log>) -> std::io::Result<()> {
         committed: None,
     };
     let result = (|| -> std::io::Result<()> {
-        let stat = p.cmd("STAT")?;
+        let stat = p.cmd_pop("STAT")?;
         let count: usize = stat
             .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse().ok())
             .ok_or_else(|| std::io::Error::other(format!("STAT: {stat}")))?;
         for m in 1..=count.min(200) {
-            if !p.cmd(&format!("RETR {m}"))?.starts_with("+OK") {
+            if !p.cmd_pop(&format!("RETR {m}"))?.starts_with("+OK") {
                 return Err(std::io::Error::other("RETR refused"));
             }
             let bytes = p.multi()?;
             let t = token(&bytes).ok_or_else(|| std::io::Error::other("no token"))?;
-            if !p.cmd(&format!("DELE {m}"))?.starts_with("+OK") {
+            if !p.cmd_pop(&format!("DELE {m}"))?.starts_with("+OK") {
                 return Err(std::io::Error::other("DELE refused"));
             }
             session.deleted.push((t, bytes));
         }
         session.quit_sent = Some(Instant::now());
-        let bye = p.cmd("QUIT")?;
+        let bye = p.cmd_pop("QUIT")?;
         // -ERR: some deletions may have failed, others happened (RFC 1939).
         session.committed = bye.starts_with("+OK").then_some(true);
         Ok(())
@@ -605,18 +575,11 @@ fn hosts_and_bricks_fail_under_load_and_no_mail_is_lost() {
     // The failures, each when a share of the load is acknowledged.
     let at = |share: usize| MESSAGES * share / 10;
     let wait_acked = |n: usize, what: &str, hosts: &[&Daemon]| {
-        while acked.load(Ordering::Relaxed) < n {
-            assert!(
-                Instant::now() < deadline,
-                "load stalled at {} acknowledged before {what}",
-                acked.load(Ordering::Relaxed)
-            );
-            for h in hosts {
-                h.drain_notify();
-            }
-            // Progress poll: the senders run on their own threads.
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            wait_count(&acked, n, deadline, hosts),
+            "load stalled at {} acknowledged before {what}",
+            acked.load(Ordering::Relaxed)
+        );
     };
     let mut failures = Vec::new();
     let tmux = Tmux {
@@ -628,13 +591,7 @@ fn hosts_and_bricks_fail_under_load_and_no_mail_is_lost() {
     std::fs::create_dir_all(mutt_home.join("Mail")).expect("mkdir ~/Mail");
     let start_mutt = || {
         let inner = format!("exec mutt -n -R -F /dev/null -f '{}/'", bob.display());
-        let o = run(
-            tmux.cmd()
-                .args(["new-session", "-d", "-s", "mutt", "-x", "160", "-y", "40"])
-                .arg(format!("HOME={} TERM=screen {inner}", mutt_home.display())),
-            b"",
-        );
-        assert_ok(&o, "tmux new-session");
+        tmux.start(&format!("HOME={} TERM=screen {inner}", mutt_home.display()));
     };
 
     // (a) SIGKILL host 1 mid-load, then start it again.
@@ -696,13 +653,12 @@ fn hosts_and_bricks_fail_under_load_and_no_mail_is_lost() {
         acked.load(Ordering::Relaxed),
         started.elapsed()
     ));
-    let until = Instant::now() + WAIT;
-    while deferred.load(Ordering::Relaxed) < before + 5 && Instant::now() < until {
-        h1.as_ref().unwrap().drain_notify();
-        h2.drain_notify();
-        // Progress poll: the senders run on their own threads.
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_count(
+        &deferred,
+        before + 5,
+        Instant::now() + WAIT,
+        &[h1.as_ref().unwrap(), &h2],
+    );
     cluster.sh(&["brick-start", "1"]);
     cluster.sh(&["brick-start", "2"]);
     failures.push(format!(
@@ -1050,6 +1006,23 @@ fn hosts_and_bricks_fail_under_load_and_no_mail_is_lost() {
     }
     drop(h1);
     drop(h2);
+}
+
+/// Wait until `counter` (the senders') reaches `n`, or `until`; whether it
+/// did. The hosts' notify sockets are drained meanwhile (see
+/// `Daemon::drain_notify`).
+fn wait_count(counter: &AtomicUsize, n: usize, until: Instant, hosts: &[&Daemon]) -> bool {
+    while counter.load(Ordering::Relaxed) < n {
+        if Instant::now() >= until {
+            return false;
+        }
+        for h in hosts {
+            h.drain_notify();
+        }
+        // Progress poll: the senders run on their own threads.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
 
 /// A complaint unless `bytes` (a stored file, LF, or a retrieved message,

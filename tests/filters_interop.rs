@@ -437,18 +437,12 @@ fn mutt_reads_pop3_over_maildird_tunnel_with_zlib() {
         bin: tmux_bin,
         sock: env.path().join("tmux.sock"),
     };
-    let o = run(
-        tmux.cmd()
-            .args(["new-session", "-d", "-s", "mutt", "-x", "160", "-y", "40"])
-            .arg(format!(
-                "HOME={} TERM=screen exec {} -n -F {} -f pop://alice@127.0.0.1/",
-                home.display(),
-                mutt.display(),
-                muttrc.display()
-            )),
-        b"",
-    );
-    assert_ok(&o, "tmux new-session");
+    tmux.start(&format!(
+        "HOME={} TERM=screen exec {} -n -F {} -f pop://alice@127.0.0.1/",
+        home.display(),
+        mutt.display(),
+        muttrc.display()
+    ));
     tmux.wait_screen("the POP3 message list", |s| {
         s.contains("first zlib message") && s.contains("second zlib message")
     });

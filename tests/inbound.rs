@@ -757,19 +757,13 @@ fn mutt_opens_junk(env: &TestEnv, subject: &str) {
         bin: tmux_bin,
         sock: env.path().join("tmux.sock"),
     };
-    let o = run(
-        tmux.cmd()
-            .args(["new-session", "-d", "-s", "mutt", "-x", "160", "-y", "40"])
-            .arg(format!(
-                "HOME={} TERM=screen exec {} -n -F {} -f {}",
-                home.display(),
-                mutt.display(),
-                muttrc.display(),
-                maildir.display()
-            )),
-        b"",
-    );
-    assert_ok(&o, "tmux new-session");
+    tmux.start(&format!(
+        "HOME={} TERM=screen exec {} -n -F {} -f {}",
+        home.display(),
+        mutt.display(),
+        muttrc.display(),
+        maildir.display()
+    ));
     tmux.wait_screen("the (empty) inbox", |s| s.contains("Msgs:0"));
     tmux.keys(&["c"]);
     tmux.wait_screen("the change-folder prompt", |s| s.contains("Open mailbox"));

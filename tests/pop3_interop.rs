@@ -495,16 +495,10 @@ fn mutt_reading_the_maildir_keeps_pop3_uidls_and_sizes() {
     };
     let maildir = format!("{}/", env.maildir("alice").display());
     let inner = format!("exec mutt -n -F /dev/null -f '{maildir}'");
-    let o = run(
-        tmux.cmd()
-            .args(["new-session", "-d", "-s", "mutt", "-x", "160", "-y", "40"])
-            .arg(format!(
-                "exec su {name} -s /bin/sh -c \"HOME={} TERM=screen {inner}\"",
-                home.display()
-            )),
-        b"",
-    );
-    assert_ok(&o, "tmux new-session");
+    tmux.start(&format!(
+        "exec su {name} -s /bin/sh -c \"HOME={} TERM=screen {inner}\"",
+        home.display()
+    ));
     tmux.wait_screen("the message list", |s| {
         s.contains("first message") && s.contains("second message")
     });

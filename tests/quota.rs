@@ -197,13 +197,7 @@ s.quit()
     // mutt asks to create ~/Mail (its default `folder`) when it is missing.
     std::fs::create_dir_all(home.join("Mail")).expect("mkdir ~/Mail");
     let inner = format!("exec mutt -n -F /dev/null -f '{}/'", md.display());
-    let o = run(
-        tmux.cmd()
-            .args(["new-session", "-d", "-s", "mutt", "-x", "160", "-y", "40"])
-            .arg(format!("HOME={} TERM=screen {inner}", home.display())),
-        b"",
-    );
-    assert_ok(&o, "tmux new-session");
+    tmux.start(&format!("HOME={} TERM=screen {inner}", home.display()));
     tmux.wait_screen("the message list", |s| s.contains("big2"));
     // Move to "big2" with mutt's search, delete it, sync, quit.
     tmux.keys(&["/", "big2", "Enter"]);

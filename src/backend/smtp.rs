@@ -299,14 +299,24 @@ pub fn trace_headers(
     h
 }
 
-/// A pending message's trace headers, with the id of the file actually
-/// created (should its announced name have been taken in `tmp/`).
-fn pending_headers(headers: &str, name: &UniqueName, d: &Delivery) -> String {
+/// A pending message's file in `targets`, with its trace headers written:
+/// under its announced name, or another should that be taken in `tmp/` (the
+/// `Received:` id then follows the file).
+fn open_pending(
+    name: &UniqueName,
+    headers: &str,
+    targets: &[Maildir],
+    host: &str,
+) -> io::Result<Delivery> {
+    let mut d = Delivery::begin_named(targets, host, Some(name.clone()))?;
     if d.id() == name.id() {
-        headers.to_string()
+        d.write(headers.as_bytes())?;
     } else {
-        headers.replacen(&format!(" id {}", name.id()), &format!(" id {}", d.id()), 1)
+        let renamed =
+            headers.replacen(&format!(" id {}", name.id()), &format!(" id {}", d.id()), 1);
+        d.write(renamed.as_bytes())?;
     }
+    Ok(d)
 }
 
 /// Where a message's body goes while it arrives.
@@ -335,8 +345,7 @@ impl Body {
     fn write(&mut self, bytes: &[u8], targets: &[Maildir], host: &str) -> io::Result<()> {
         match self {
             Body::Pending { name, headers } => {
-                let mut d = Delivery::begin_named(targets, host, Some(name.clone()))?;
-                d.write(pending_headers(headers, name, &d).as_bytes())?;
+                let mut d = open_pending(name, headers, targets, host)?;
                 d.write(bytes)?;
                 *self = Body::Direct(d);
                 Ok(())
@@ -398,9 +407,8 @@ impl MaildirSink {
         let done = tokio::task::spawn_blocking(move || match body {
             Body::Pending { name, headers } => {
                 let whole = |targets: &[Maildir]| {
-                    let d = Delivery::begin_named(targets, &host, Some(name.clone()))?;
-                    let headers = pending_headers(&headers, &name, &d);
-                    finish(d, &[headers.as_bytes(), &buf], targets, &quotas)
+                    let d = open_pending(&name, &headers, targets, &host)?;
+                    finish(d, &buf, targets, &quotas)
                 };
                 match whole(&targets) {
                     // The whole message is still here: once more through
@@ -418,7 +426,7 @@ impl MaildirSink {
                     r => r,
                 }
             }
-            Body::Direct(d) => finish(d, &[&buf], &targets, &quotas),
+            Body::Direct(d) => finish(d, &buf, &targets, &quotas),
             Body::Staged(_) => Err(io::Error::other("staged message in the direct path")),
         })
         .await;
@@ -518,13 +526,11 @@ impl BodySink for MaildirSink {
 /// Write the last bytes of a message, check its quotas, and commit it.
 fn finish(
     mut delivery: Delivery,
-    bytes: &[&[u8]],
+    bytes: &[u8],
     targets: &[Maildir],
     quotas: &[Option<QuotaRule>],
 ) -> io::Result<Vec<std::path::PathBuf>> {
-    for b in bytes {
-        delivery.write(b)?;
-    }
+    delivery.write(bytes)?;
     let size = delivery.size();
     super::quota::check_fits(targets, quotas, size)?;
     let paths = delivery.commit(targets)?;

@@ -254,22 +254,21 @@ pub fn remove_messages(md: &Maildir, msgs: &[Entry]) -> io::Result<()> {
                 }
             }
         }
-        if map.is_none() {
-            match index(md) {
-                Ok(i) => map = Some(i),
+        // Not where the session saw it: list new/ and cur/ once for all
+        // such messages.
+        let names = match &mut map {
+            Some(names) => names,
+            None => match index(md) {
+                Ok(i) => map.insert(i),
                 Err(e) => {
                     failed += 1;
                     first.get_or_insert(e);
                     continue;
                 }
-            }
-        }
+            },
+        };
         let base = &m.base;
-        let mut found = map
-            .as_ref()
-            .and_then(|i| i.get(base))
-            .cloned()
-            .unwrap_or_default();
+        let mut found = names.get(base).cloned().unwrap_or_default();
         // Moved between the directory read and the unlink: look once more.
         let mut retried = false;
         while let Some((sub, name)) = found.pop() {

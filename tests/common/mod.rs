@@ -629,7 +629,12 @@ impl Daemon {
     pub fn start_with(env: &TestEnv, cfg: &Path) -> Daemon {
         let mut cmd = Command::new(bin());
         cmd.arg("serve").arg("-c").arg(cfg);
-        let d = Daemon::spawn(env, cmd, "maildird serve", |c, sock| {
+        Daemon::start_cmd(env, cmd, "maildird serve")
+    }
+
+    /// `cmd` (which runs `maildird serve`), given `NOTIFY_SOCKET`; waits for `READY=1`.
+    fn start_cmd(env: &TestEnv, cmd: Command, label: &str) -> Daemon {
+        let d = Daemon::spawn(env, cmd, label, |c, sock| {
             c.env("NOTIFY_SOCKET", sock);
         });
         d.wait_ready();
@@ -645,16 +650,7 @@ impl Daemon {
             .arg("serve")
             .arg("-c")
             .arg(cfg);
-        let d = Daemon::spawn(
-            env,
-            cmd,
-            &format!("maildird serve in {netns}"),
-            |c, sock| {
-                c.env("NOTIFY_SOCKET", sock);
-            },
-        );
-        d.wait_ready();
-        d
+        Daemon::start_cmd(env, cmd, &format!("maildird serve in {netns}"))
     }
 
     /// `systemd-socket-activate -l A... [--fdname=N:N] -E NOTIFY_SOCKET=.. maildird
@@ -1213,6 +1209,17 @@ impl Tmux {
         c
     }
 
+    /// A new 160x40 session `mutt` running the shell command `command`.
+    pub fn start(&self, command: &str) {
+        let o = run(
+            self.cmd()
+                .args(["new-session", "-d", "-s", "mutt", "-x", "160", "-y", "40"])
+                .arg(command),
+            b"",
+        );
+        assert_ok(&o, "tmux new-session");
+    }
+
     pub fn capture(&self) -> Option<String> {
         let o = run(self.cmd().args(["capture-pane", "-p", "-t", "mutt"]), b"");
         o.status
@@ -1269,7 +1276,7 @@ pub fn wait_listening(port: u16, what: &str) {
 
 /// A real haproxy on 127.0.0.1:`front`, round-robin over `backends` with
 /// `send_proxy` (`send-proxy` or `send-proxy-v2`); killed on drop.
-pub struct Haproxy(pub Child);
+pub struct Haproxy(Child);
 
 impl Drop for Haproxy {
     fn drop(&mut self) {
@@ -1279,19 +1286,25 @@ impl Drop for Haproxy {
 }
 
 pub fn haproxy(env: &TestEnv, front: u16, backends: &[u16], send_proxy: &str) -> Haproxy {
-    let bin = require_tool("haproxy", "haproxy");
     let servers: String = backends
         .iter()
         .enumerate()
         .map(|(i, port)| format!("  server mx{i} 127.0.0.1:{port} {send_proxy}\n"))
         .collect();
+    haproxy_backend(env, front, &servers)
+}
+
+/// A real haproxy on 127.0.0.1:`front` whose backend has the lines `backend`
+/// (servers and options) after `balance roundrobin`; killed on drop.
+pub fn haproxy_backend(env: &TestEnv, front: u16, backend: &str) -> Haproxy {
+    let bin = require_tool("haproxy", "haproxy");
     let cfg = env.write_config(
         &format!("haproxy-{front}.cfg"),
         &format!(
             "global\n  maxconn 2000\n\
              defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
              frontend fe\n  bind 127.0.0.1:{front}\n  default_backend be\n\
-             backend be\n  balance roundrobin\n{servers}"
+             backend be\n  balance roundrobin\n{backend}"
         ),
     );
     let child = Command::new(bin)
